@@ -1,0 +1,192 @@
+"""Qwen3 attention plus the paper's output gate, in one place.
+
+Read `forward` top to bottom: it is plain grouped-query attention (projections, per-head q/k
+RMSNorm, rotary, softmax attention, `W_O`) with the gate as three visible lines:
+gate logits from the residual stream, a sigmoid, and a multiply of the SDPA output before `W_O`.
+
+Weights are stored per head, the TransformerLens way. The released checkpoints keep the gate
+rows inside `q_proj`, interleaved per key-value group; `gated_interp.loading.qproj_layout` turns
+that layout into `W_Q`/`W_G` and back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+from transformer_lens import FactoredMatrix
+from transformer_lens.hook_points import HookPoint
+
+from gated_interp.components.rms_norm import RMSNorm
+from gated_interp.components.rotary import RotaryEmbedding
+from gated_interp.config import GatedQwen3Config
+
+
+@dataclass
+class KVCacheEntry:
+    """Rotated keys and values of the positions already processed, for one layer."""
+
+    keys: Float[Tensor, "batch k_pos kv_head d_head"]
+    values: Float[Tensor, "batch k_pos kv_head d_head"]
+
+
+def _bias(shape: tuple[int, ...], cfg: GatedQwen3Config) -> nn.Parameter | None:
+    return nn.Parameter(torch.zeros(*shape, dtype=cfg.dtype)) if cfg.qkv_bias else None
+
+
+class GatedAttention(nn.Module):
+    def __init__(self, cfg: GatedQwen3Config):
+        super().__init__()
+        self.cfg = cfg
+        h, kv, d, m = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
+        self.W_Q = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
+        self._W_K = nn.Parameter(torch.empty(kv, m, d, dtype=cfg.dtype))
+        self._W_V = nn.Parameter(torch.empty(kv, m, d, dtype=cfg.dtype))
+        self.W_O = nn.Parameter(torch.empty(h, d, m, dtype=cfg.dtype))
+        self.b_Q, self._b_K, self._b_V = _bias((h, d), cfg), _bias((kv, d), cfg), _bias((kv, d), cfg)
+        self.b_O = _bias((m,), cfg)
+        if cfg.gate != "none":
+            self.W_G = nn.Parameter(torch.empty(h, m, cfg.gate_width, dtype=cfg.dtype))
+            self.b_G = _bias((h, cfg.gate_width), cfg)
+        if cfg.use_qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
+
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head], raw projection
+        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        if cfg.use_qk_norm:
+            self.hook_q_normed = HookPoint()  # [batch, pos, head, d_head]
+            self.hook_k_normed = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos], scaled and masked
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        if cfg.gate != "none":
+            self.hook_z_pre_gate = HookPoint()  # [batch, pos, head, d_head], the SDPA output
+            self.hook_gate_logits = HookPoint()  # [batch, pos, head, gate]
+            self.hook_gate = HookPoint()  # [batch, pos, head, gate], sigmoid(gate logits)
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head], what W_O reads
+        if cfg.use_attn_result:
+            self.hook_result = HookPoint()  # [batch, pos, head, d_model]
+
+    # ---- weights, TransformerLens style ---------------------------------------------------
+    def _expand(self, t: Tensor) -> Tensor:
+        """Key-value-head tensors repeated so that row j belongs to query head j."""
+        return t.repeat_interleave(self.cfg.n_groups, dim=0)
+
+    def _zeros_if_none(self, bias: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+        if bias is not None:
+            return bias
+        return torch.zeros(*shape, dtype=self.W_Q.dtype, device=self.W_Q.device)
+
+    @property
+    def W_K(self) -> Float[Tensor, "head d_model d_head"]:
+        return self._expand(self._W_K)
+
+    @property
+    def W_V(self) -> Float[Tensor, "head d_model d_head"]:
+        return self._expand(self._W_V)
+
+    @property
+    def b_K(self) -> Float[Tensor, "head d_head"]:
+        return self._expand(self._zeros_if_none(self._b_K, tuple(self._W_K.shape[::2])))
+
+    @property
+    def b_V(self) -> Float[Tensor, "head d_head"]:
+        return self._expand(self._zeros_if_none(self._b_V, tuple(self._W_V.shape[::2])))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Ignores q/k RMSNorm and rotary, as TransformerLens' QK does for rotary models."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    # ---- forward ---------------------------------------------------------------------------
+    def _project(self, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        out = einops.einsum(x, W, "batch pos d_model, head d_model d -> batch pos head d")
+        return out if b is None else out + b
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        cos: Float[Tensor, "batch pos d_head"],
+        sin: Float[Tensor, "batch pos d_head"],
+        mask: Bool[Tensor, "batch 1 q_pos k_pos"] | None = None,
+        past_kv: KVCacheEntry | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """`mask` is True where a query may read a key; None means plainly causal, no padding."""
+        cfg = self.cfg
+        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(x, self._W_K, self._b_K))
+        v = self.hook_v(self._project(x, self._W_V, self._b_V))
+        if cfg.use_qk_norm:
+            q = self.hook_q_normed(self.q_norm(q))
+            k = self.hook_k_normed(self.k_norm(k))
+        q = self.hook_rot_q(RotaryEmbedding.apply(q, cos, sin))
+        k = self.hook_rot_k(RotaryEmbedding.apply(k, cos, sin))
+        if past_kv is not None:
+            k = past_kv.keys = torch.cat([past_kv.keys, k], dim=1)
+            v = past_kv.values = torch.cat([past_kv.values, v], dim=1)
+
+        z = self._attend(q, k, v, mask)
+
+        if cfg.gate != "none":
+            # The paper's G1 gate: query-dependent, from the same residual input as the queries.
+            z = self.hook_z_pre_gate(z)
+            gate_logits = self.hook_gate_logits(self._project(x, self.W_G, self.b_G))
+            z = z * self.hook_gate(torch.sigmoid(gate_logits))
+        z = self.hook_z(z)
+
+        if cfg.use_attn_result:
+            result = self.hook_result(
+                einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
+            )
+            out = result.sum(dim=-2)
+        else:
+            out = einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos d_model")
+        return out if self.b_O is None else out + self.b_O
+
+    def _attend(
+        self,
+        q: Float[Tensor, "batch q_pos head d_head"],
+        k: Float[Tensor, "batch k_pos kv_head d_head"],
+        v: Float[Tensor, "batch k_pos kv_head d_head"],
+        mask: Bool[Tensor, "batch 1 q_pos k_pos"] | None,
+    ) -> Float[Tensor, "batch q_pos head d_head"]:
+        if mask is None and q.shape[1] != k.shape[1]:
+            raise ValueError("a mask is required when queries and keys differ in length (KV cache)")
+        needs_pattern = self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
+        if not needs_pattern:
+            # Fast path: nobody looks at the pattern, so let the fused kernel skip materialising it.
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                attn_mask=mask,
+                is_causal=mask is None,
+                enable_gqa=self.cfg.n_groups > 1,
+            )
+            return z.transpose(1, 2)
+
+        k_per_head = k.repeat_interleave(self.cfg.n_groups, dim=2)
+        v_per_head = v.repeat_interleave(self.cfg.n_groups, dim=2)
+        scores = einops.einsum(
+            q, k_per_head, "batch q_pos head d_head, batch k_pos head d_head -> batch head q_pos k_pos"
+        ) / math.sqrt(self.cfg.d_head)
+        if mask is None:
+            n = q.shape[1]
+            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None, None]
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+        pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+        return einops.einsum(
+            pattern, v_per_head, "batch head q_pos k_pos, batch k_pos head d_head -> batch q_pos head d_head"
+        )

@@ -1,0 +1,41 @@
+"""A pre-norm transformer block with TransformerLens' residual-stream hooks."""
+
+from __future__ import annotations
+
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from gated_interp.components.attention import GatedAttention, KVCacheEntry
+from gated_interp.components.mlp import GatedMLP
+from gated_interp.components.rms_norm import RMSNorm
+from gated_interp.config import GatedQwen3Config
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GatedQwen3Config, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.ln1 = RMSNorm(cfg.d_model, cfg.rms_norm_eps, cfg.dtype)
+        self.attn = GatedAttention(cfg)
+        self.ln2 = RMSNorm(cfg.d_model, cfg.rms_norm_eps, cfg.dtype)
+        self.mlp = GatedMLP(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        cos: Float[Tensor, "batch pos d_head"],
+        sin: Float[Tensor, "batch pos d_head"],
+        mask: Bool[Tensor, "batch 1 q_pos k_pos"] | None = None,
+        past_kv: KVCacheEntry | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), cos, sin, mask, past_kv))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out)

@@ -1,0 +1,31 @@
+"""RMSNorm with TransformerLens' hook points (`hook_scale`, `hook_normalized`)."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+
+class RMSNorm(nn.Module):
+    """`w * x / sqrt(mean(x^2) + eps)`, computed in float32 as Hugging Face Qwen3 does.
+
+    `hook_scale` holds the divisor and `hook_normalized` the unweighted result, so that
+    `ActivationCache.apply_ln_to_stack` can divide any residual component by the cached scale.
+    """
+
+    def __init__(self, width: int, eps: float, dtype: torch.dtype = torch.float32, hooked: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(width, dtype=dtype))
+        # q_norm/k_norm are unhooked: the attention hooks their outputs as hook_q_normed/hook_k_normed.
+        self.hook_scale = HookPoint() if hooked else nn.Identity()  # [..., 1]
+        self.hook_normalized = HookPoint() if hooked else nn.Identity()  # [..., width]
+
+    def forward(self, x: Float[Tensor, "... width"]) -> Float[Tensor, "... width"]:
+        in_dtype = x.dtype
+        x32 = x.float()
+        scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        normalized = self.hook_normalized(x32 / scale).to(in_dtype)
+        return normalized * self.w

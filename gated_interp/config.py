@@ -1,0 +1,97 @@
+"""The model's configuration, in TransformerLens' vocabulary.
+
+Field names follow `transformer_lens.HookedTransformerConfig` where one exists (`d_model`, `n_heads`,
+`n_key_value_heads`, `d_head`, `d_mlp`, `d_vocab`, `normalization_type`, ...), because
+`ActivationCache` and `transformer_lens.patching` read them. Conversion to and from the Hugging Face
+`config.json` of the released checkpoints lives in `gated_interp.loading.hf_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+GateKind = Literal["none", "headwise", "elementwise"]
+GATE_KINDS: tuple[str, ...] = ("none", "headwise", "elementwise")
+
+
+@dataclass
+class GatedQwen3Config:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_key_value_heads: int | None = None  # None means plain multi-head attention
+    n_ctx: int = 2048  # only a default for generation; RoPE has no hard limit
+    gate: GateKind = "none"
+    use_qk_norm: bool = True
+    qkv_bias: bool = False  # the released code puts this bias on q, k, v *and* o
+    tie_word_embeddings: bool = False
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear", "factor": f} or None
+    use_attn_result: bool = False
+    model_name: str = "gated-qwen3"
+    tokenizer_name: str | None = None
+    device: str | None = None
+    dtype: torch.dtype = torch.float32
+    hf_extra: dict[str, Any] = field(default_factory=dict)  # config.json keys we carry but do not use
+
+    # Constants that TransformerLens code reads from a config; fixed for this architecture.
+    normalization_type: str = "RMS"
+    act_fn: str = "silu"
+    attn_only: bool = False
+    positional_embedding_type: str = "rotary"
+    final_rms: bool = True
+    gated_mlp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_key_value_heads is None:
+            self.n_key_value_heads = self.n_heads
+        if self.gate not in GATE_KINDS:
+            raise ValueError(f"gate must be one of {GATE_KINDS}, got {self.gate!r}")
+        if self.n_heads % self.n_key_value_heads != 0:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
+                f"({self.n_key_value_heads}) for grouped-query attention"
+            )
+        if self.d_head % 2 != 0:
+            raise ValueError(f"d_head must be even for rotary embeddings, got {self.d_head}")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+            if kind not in ("default", "linear"):
+                raise NotImplementedError(
+                    f"rope_scaling type {kind!r} is not supported yet (supported: default, linear)"
+                )
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def n_groups(self) -> int:
+        """Query heads per key-value head."""
+        return self.n_heads // self.n_key_value_heads
+
+    @property
+    def gate_width(self) -> int:
+        """Gate logits per head: 1 (headwise), d_head (elementwise) or 0 (no gate)."""
+        return {"none": 0, "headwise": 1, "elementwise": self.d_head}[self.gate]
+
+    @property
+    def d_q_proj(self) -> int:
+        """Output width of the released `q_proj`: queries followed by gate logits."""
+        return self.n_heads * (self.d_head + self.gate_width)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def n_params(self) -> int:
+        attn = self.d_model * self.d_q_proj + 2 * self.d_model * self.n_key_value_heads * self.d_head
+        attn += self.n_heads * self.d_head * self.d_model
+        mlp = 3 * self.d_model * self.d_mlp
+        embed = self.d_vocab * self.d_model * (1 if self.tie_word_embeddings else 2)
+        return self.n_layers * (attn + mlp) + embed

@@ -1,0 +1,135 @@
+"""config.json of the released checkpoints ↔ `GatedQwen3Config`.
+
+The released config is a Qwen3 (or Qwen2) config plus four keys: `headwise_attn_output_gate`,
+`elementwise_attn_output_gate`, `use_qk_norm` and `qkv_bias`. It is read as JSON only: `auto_map`
+and any Python files next to it are never imported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gated_interp.config import GatedQwen3Config
+from gated_interp.loading.errors import CheckpointError
+
+SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2")
+# Keys we interpret; everything else in config.json is carried in cfg.hf_extra and written back.
+_INTERPRETED = {
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "intermediate_size", "vocab_size", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
+    "tie_word_embeddings", "headwise_attn_output_gate", "elementwise_attn_output_gate", "use_qk_norm",
+    "qkv_bias", "attention_bias", "max_position_embeddings", "model_type", "architectures", "torch_dtype",
+    "dtype", "auto_map",
+}
+
+
+def read_config_json(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} has no config.json: point at a checkpoint folder in the released Hugging Face "
+            "format (config.json plus *.safetensors or pytorch_model.bin)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+
+
+def gate_kind(hf: dict[str, Any]) -> str:
+    headwise = bool(hf.get("headwise_attn_output_gate", False))
+    elementwise = bool(hf.get("elementwise_attn_output_gate", False))
+    if headwise and elementwise:
+        raise CheckpointError(
+            "config.json sets both headwise_attn_output_gate and elementwise_attn_output_gate; "
+            "a checkpoint has one gate kind: set at most one of them to true"
+        )
+    return "headwise" if headwise else "elementwise" if elementwise else "none"
+
+
+def _required(hf: dict[str, Any], key: str) -> Any:
+    if key not in hf:
+        raise CheckpointError(f"config.json lacks {key!r}, which a Qwen3 config must have")
+    return hf[key]
+
+
+def config_from_hf(
+    hf: dict[str, Any], *, tie_word_embeddings_default: bool = False, dtype: torch.dtype = torch.float32,
+    device: str | None = None, model_name: str = "gated-qwen3",
+) -> GatedQwen3Config:
+    """`tie_word_embeddings_default` is used when config.json does not say (the caller knows
+    whether the weights carry an `lm_head.weight`)."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"config.json has model_type {model_type!r}; gated_interp reads {SUPPORTED_MODEL_TYPES} "
+            "checkpoints in the gated-attention release format"
+        )
+    rope_parameters = hf.get("rope_parameters") or {}
+    rope_theta = hf.get("rope_theta", rope_parameters.get("rope_theta", 1_000_000.0))
+    rope_scaling = hf.get("rope_scaling")
+    if rope_scaling is None and rope_parameters.get("rope_type", "default") != "default":
+        rope_scaling = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+    n_heads = _required(hf, "num_attention_heads")
+    d_model = _required(hf, "hidden_size")
+    try:
+        return GatedQwen3Config(
+            d_model=d_model,
+            n_layers=_required(hf, "num_hidden_layers"),
+            n_heads=n_heads,
+            n_key_value_heads=hf.get("num_key_value_heads", n_heads),
+            d_head=hf.get("head_dim") or d_model // n_heads,
+            d_mlp=_required(hf, "intermediate_size"),
+            d_vocab=_required(hf, "vocab_size"),
+            n_ctx=hf.get("max_position_embeddings", 2048),
+            gate=gate_kind(hf),
+            use_qk_norm=bool(hf.get("use_qk_norm", True)),
+            qkv_bias=bool(hf.get("qkv_bias", hf.get("attention_bias", False))),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", tie_word_embeddings_default)),
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            model_name=model_name,
+            dtype=dtype,
+            device=device,
+            hf_extra={k: v for k, v in hf.items() if k not in _INTERPRETED},
+        )
+    except (ValueError, NotImplementedError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"config.json describes a model gated_interp cannot build: {error}") from error
+
+
+def hf_config_from(cfg: GatedQwen3Config, torch_dtype: str = "bfloat16") -> dict[str, Any]:
+    """The config.json the authors' code reads: a Qwen3 config plus the gate/bias/norm flags."""
+    hf = dict(cfg.hf_extra)
+    hf.update(
+        {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_key_value_heads,
+            "head_dim": cfg.d_head,
+            "intermediate_size": cfg.d_mlp,
+            "vocab_size": cfg.d_vocab,
+            "max_position_embeddings": cfg.n_ctx,
+            "rms_norm_eps": cfg.rms_norm_eps,
+            "rope_theta": cfg.rope_theta,
+            "rope_scaling": cfg.rope_scaling,
+            "tie_word_embeddings": cfg.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": cfg.qkv_bias,
+            "headwise_attn_output_gate": cfg.gate == "headwise",
+            "elementwise_attn_output_gate": cfg.gate == "elementwise",
+            "use_qk_norm": cfg.use_qk_norm,
+            "qkv_bias": cfg.qkv_bias,
+            "torch_dtype": torch_dtype,
+        }
+    )
+    return hf

@@ -1,0 +1,111 @@
+"""`load_hooked`: a checkpoint folder (or variant name) → `HookedGatedQwen3`.
+
+Every name and shape is checked against the config before a single weight is copied; weights are
+then copied one tensor at a time into an uninitialised model, in the requested dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from gated_interp.config import GatedQwen3Config
+from gated_interp.loading.errors import CheckpointError
+from gated_interp.loading.hf_config import config_from_hf, read_config_json
+from gated_interp.loading.resolve import resolve_checkpoint
+from gated_interp.loading.state_dict import IGNORED_SUFFIXES, by_hf_name, expected_hf_shapes, hf_to_ours
+from gated_interp.loading.weight_files import WeightFiles
+from gated_interp.model import HookedGatedQwen3
+
+logger = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def load_hooked(
+    name_or_path: str | os.PathLike,
+    *,
+    size: str = "1B",
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> HookedGatedQwen3:
+    """Load a released-format checkpoint as a hooked model.
+
+    `name_or_path` is a variant (`"baseline"`, `"gate_headwise"`, `"gate_elementwise"`), resolved
+    to the bundled models with `size="tiny"`, else to `$GATED_INTERP_CHECKPOINTS/1B_<variant>` or the
+    hub (`QwQZh/gated_attention`); or the path of a checkpoint folder. `dtype` defaults to float32,
+    so that analyses run at full precision whatever the dtype on disk.
+    """
+    folder = resolve_checkpoint(name_or_path, size)
+    return load_folder(folder, device=device, dtype=dtype or torch.float32, progress=progress)
+
+
+def load_folder(
+    folder: Path, *, device: str | None = None, dtype: torch.dtype = torch.float32, progress: bool = True
+) -> HookedGatedQwen3:
+    hf = read_config_json(folder)
+    files = WeightFiles(folder)
+    names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES)}
+    cfg = config_from_hf(
+        hf,
+        tie_word_embeddings_default="lm_head.weight" not in names,
+        dtype=dtype,
+        device=device,
+        model_name=folder.name,
+    )
+    if cfg.tie_word_embeddings:
+        names.discard("lm_head.weight")  # some tied checkpoints still store a copy
+    check_tensors(names, files, cfg, folder)
+
+    model = HookedGatedQwen3(cfg, tokenizer=load_tokenizer(folder))
+    params = dict(model.named_parameters())
+    table = by_hf_name(cfg)
+    with torch.no_grad():
+        for name in tqdm(sorted(names), desc=f"loading {folder.name}", disable=not progress, leave=False):
+            for our_name, tensor in hf_to_ours(name, files.get(name), cfg, table):
+                params[our_name].copy_(tensor)
+    return model
+
+
+def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, folder: Path) -> None:
+    expected = expected_hf_shapes(cfg)
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    described = (
+        f"config.json describes gate={cfg.gate!r}, qkv_bias={cfg.qkv_bias}, use_qk_norm={cfg.use_qk_norm}, "
+        f"tie_word_embeddings={cfg.tie_word_embeddings}"
+    )
+    if missing:
+        raise CheckpointError(
+            f"{folder}: {len(missing)} tensor(s) the config calls for are missing, e.g. {missing[:4]}; "
+            f"{described}: check that these flags match the weights"
+        )
+    if unexpected:
+        raise CheckpointError(
+            f"{folder}: {len(unexpected)} tensor(s) the config does not call for, e.g. {unexpected[:4]}; "
+            f"{described}: check that these flags match the weights"
+        )
+    for name, shape in expected.items():
+        found = files.shape(name)
+        if found != shape:
+            hint = ""
+            if name.endswith("q_proj.weight"):
+                hint = f" (q_proj carries queries plus gate logits: gate={cfg.gate!r} gives {cfg.d_q_proj} rows)"
+            raise CheckpointError(
+                f"{folder}: tensor {name} has shape {list(found)}, but config.json implies {list(shape)}{hint}"
+            )
+
+
+def load_tokenizer(folder: Path) -> Any | None:
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        logger.warning("%s has no tokenizer files; the model will take token ids only", folder)
+        return None
+    from transformers import AutoTokenizer
+
+    # trust_remote_code=False: a checkpoint's Python files are never run.
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)

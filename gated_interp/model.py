@@ -1,0 +1,476 @@
+"""`HookedGatedQwen3`: Qwen3 with optional attention-output gating, on TransformerLens' hooks.
+
+It behaves like a `transformer_lens.HookedTransformer`: the same hook names, cache keys, weight
+shapes and call signatures (`forward`, `run_with_cache`, `run_with_hooks`, `to_tokens`, `generate`,
+...), so that `ActivationCache` methods and `transformer_lens.patching` work on it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from gated_interp.cache import GatedActivationCache
+from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbedding, TransformerBlock, Unembed
+from gated_interp.config import GatedQwen3Config
+
+ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
+ReturnType = Optional[Literal["logits", "loss", "both"]]
+
+
+class HookedGatedQwen3(HookedRootModule):
+    def __init__(self, cfg: GatedQwen3Config, tokenizer: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.rotary = RotaryEmbedding(cfg.d_head, cfg.rope_theta, cfg.rope_scaling)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
+        self.ln_final = RMSNorm(cfg.d_model, cfg.rms_norm_eps, cfg.dtype)
+        self.unembed = Unembed(cfg, self.embed)
+        self.setup()
+        self.to(cfg.device)
+
+    # ---- set-up --------------------------------------------------------------------------
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> HookedGatedQwen3:
+        """Random initialisation for training from scratch: normal(0, std) matrices, output
+        projections scaled by 1/sqrt(2 n_layers) (GPT-2 style, for a stable residual stream at
+        init), unit norm weights, zero biases."""
+        generator = torch.Generator().manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith(".w"):
+                values = torch.ones(param.shape)
+            elif param.ndim == 1 or name.split(".")[-1].startswith(("b_", "_b_")):
+                values = torch.zeros(param.shape)
+            else:
+                scale = std / (2 * self.cfg.n_layers) ** 0.5 if name.endswith(("W_O", "W_out")) else std
+                values = torch.randn(param.shape, generator=generator) * scale
+            with torch.no_grad():
+                param.copy_(values.to(param.dtype))
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> HookedGatedQwen3:
+        super().to(*args, **kwargs)
+        # transformer_lens.patching builds its index tensors on cfg.device, so keep it in step.
+        self.cfg.device = str(self.W_E.device)
+        self.cfg.dtype = self.W_E.dtype
+        return self
+
+    # ---- tokenisation --------------------------------------------------------------------
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError(
+                "this model has no tokenizer: pass token ids, or load a checkpoint folder that has "
+                "tokenizer files (tokenizer.json / tokenizer_config.json)"
+            )
+        return self.tokenizer
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        return self.tokenizer is not None and self.tokenizer.bos_token_id is not None
+
+    def _tokenize(
+        self, input: str | Sequence[str], prepend_bos: bool | None = None
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """Tokens and attention mask; batches are right-padded with the tokenizer's pad token."""
+        tokenizer = self._require_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise ValueError("expected a string or a non-empty list of strings")
+        prepend_bos = self.default_prepend_bos if prepend_bos is None else prepend_bos
+        if prepend_bos and tokenizer.bos_token_id is None:
+            raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = [([tokenizer.bos_token_id] if prepend_bos else []) + seq for seq in ids]
+        empty = [i for i, seq in enumerate(ids) if not seq]
+        if empty:
+            raise ValueError(f"prompt(s) at index {empty} are empty: give at least one token of text")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        length = max(len(seq) for seq in ids)
+        tokens = torch.full((len(ids), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for i, seq in enumerate(ids):
+            tokens[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+        return tokens.to(self.cfg.device), mask.to(self.cfg.device)
+
+    def to_tokens(
+        self, input: str | Sequence[str], prepend_bos: bool | None = None
+    ) -> Int[Tensor, "batch pos"]:
+        return self._tokenize(input, prepend_bos)[0]
+
+    def to_str_tokens(
+        self, input: str | Int[Tensor, "pos"] | Int[Tensor, "1 pos"] | Sequence[int], prepend_bos: bool | None = None
+    ) -> list[str]:
+        tokenizer = self._require_tokenizer()
+        if isinstance(input, str):
+            tokens = self.to_tokens(input, prepend_bos)[0]
+        else:
+            tokens = torch.as_tensor(input)
+            if tokens.ndim == 2:
+                if tokens.shape[0] != 1:
+                    raise ValueError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}")
+                tokens = tokens[0]
+        return [tokenizer.decode([int(t)]) for t in tokens]
+
+    def to_string(self, tokens: Int[Tensor, "pos"] | Int[Tensor, "batch pos"] | Sequence[int]) -> str | list[str]:
+        tokenizer = self._require_tokenizer()
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [tokenizer.decode(row.tolist()) for row in tokens]
+        return tokenizer.decode(tokens.tolist())
+
+    def to_single_token(self, string: str) -> int:
+        tokens = self.to_tokens(string, prepend_bos=False)[0]
+        if tokens.numel() != 1:
+            raise ValueError(f"{string!r} is {tokens.numel()} tokens, not one")
+        return int(tokens.item())
+
+    # ---- forward -------------------------------------------------------------------------
+    def _as_tokens(
+        self, input: ModelInput, attention_mask: Tensor | None, prepend_bos: bool | None
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            tokens, string_mask = self._tokenize(input, prepend_bos)
+            if attention_mask is None and not bool(string_mask.all()):
+                attention_mask = string_mask
+            return tokens, attention_mask
+        tokens = torch.as_tensor(input, device=self.cfg.device)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or tokens.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"tokens must be an integer tensor [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
+        if tokens.shape[1] == 0:
+            raise ValueError("empty input: give at least one token")
+        bad = (tokens < 0) | (tokens >= self.cfg.d_vocab)
+        if bool(bad.any()):
+            raise ValueError(
+                f"token id {int(tokens[bad][0])} is outside the vocabulary (0..{self.cfg.d_vocab - 1}); "
+                "were these tokens made with another model's tokenizer?"
+            )
+        if attention_mask is not None:
+            if attention_mask.shape != tokens.shape:
+                raise ValueError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} does not match tokens {tuple(tokens.shape)}"
+                )
+            attention_mask = attention_mask.to(tokens.device)
+        return tokens, attention_mask
+
+    @staticmethod
+    def _attention_mask_4d(
+        attention_mask: Int[Tensor, "batch k_pos"], n_queries: int
+    ) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
+        """Causal, padding keys hidden; a padding query still reads itself so that no softmax row
+        is empty (its output is never used)."""
+        n_keys = attention_mask.shape[1]
+        device = attention_mask.device
+        query_at = torch.arange(n_keys - n_queries, n_keys, device=device)[:, None]
+        key_at = torch.arange(n_keys, device=device)[None, :]
+        causal = key_at <= query_at
+        visible = attention_mask.bool()[:, None, None, :] | (key_at == query_at)
+        return causal & visible
+
+    def forward(
+        self,
+        input: ModelInput,
+        return_type: ReturnType = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        stop_at_layer: int | None = None,
+        past_kv_cache: list[KVCacheEntry] | None = None,
+        past_attention_mask: Int[Tensor, "batch past_pos"] | None = None,
+    ) -> Any:
+        """Logits `[batch, pos, d_vocab]`, loss, both (as a tuple), or None.
+
+        `attention_mask` marks real tokens (1) and padding (0); padded batches give each sequence
+        the same result as its unpadded run. With `stop_at_layer=n`, returns the residual stream
+        entering block n (`[batch, pos, d_model]`) instead. `past_kv_cache` (one entry per layer,
+        extended in place) lets `generate` feed one new token at a time.
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        tokens, attention_mask = self._as_tokens(input, attention_mask, prepend_bos)
+        n_new = tokens.shape[1]
+        full_mask = attention_mask
+        if past_kv_cache is not None:
+            n_past = past_kv_cache[0].keys.shape[1]
+            if full_mask is None:
+                full_mask = torch.ones_like(tokens)
+            if past_attention_mask is None:
+                past_attention_mask = torch.ones(tokens.shape[0], n_past, dtype=full_mask.dtype, device=tokens.device)
+            full_mask = torch.cat([past_attention_mask.to(full_mask), full_mask], dim=1)
+
+        if full_mask is None:
+            positions = torch.arange(n_new, device=tokens.device)[None].expand(tokens.shape[0], -1)
+            mask_4d = None
+        else:
+            positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -n_new:]
+            # An all-real, cache-free batch needs no explicit mask: keep the fused causal kernel.
+            needs_mask = past_kv_cache is not None or not bool(full_mask.all())
+            mask_4d = self._attention_mask_4d(full_mask, n_new) if needs_mask else None
+
+        residual = self.hook_embed(self.embed(tokens))
+        cos, sin = self.rotary(positions, residual.dtype)
+        for layer, block in enumerate(self.blocks[:stop_at_layer]):
+            past = past_kv_cache[layer] if past_kv_cache is not None else None
+            residual = block(residual, cos, sin, mask_4d, past)
+        if stop_at_layer is not None:
+            return residual
+
+        logits = self.unembed(self.ln_final(residual))
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    @staticmethod
+    def loss_fn(
+        logits: Float[Tensor, "batch pos d_vocab"],
+        tokens: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        per_token: bool = False,
+    ) -> Float[Tensor, ""] | Float[Tensor, "batch pos-1"]:
+        """Next-token cross-entropy; predictions of or from padding are left out of the mean."""
+        if tokens.shape[1] < 2:
+            raise ValueError("the loss needs at least two tokens per sequence")
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+        if per_token:
+            return nll
+        if attention_mask is None:
+            return nll.mean()
+        counted = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(nll.dtype)
+        return (nll * counted).sum() / counted.sum()
+
+    # ---- caching -------------------------------------------------------------------------
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any
+    ) -> tuple[Any, GatedActivationCache | dict[str, Tensor]]:
+        """As `HookedTransformer.run_with_cache`; the cache also answers `cache["gate", l]`."""
+        out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if return_cache_object:
+            return out, GatedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, cache_dict
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input: ModelInput = "",
+        max_new_tokens: int = 10,
+        stop_at_eos: bool = True,
+        eos_token_id: int | None = None,
+        do_sample: bool = True,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        return_type: Literal["input", "str", "tokens"] = "input",
+        seed: int | None = None,
+        verbose: bool = True,
+    ) -> str | list[str] | Int[Tensor, "batch pos"]:
+        """Greedy (`do_sample=False` or `temperature=0`) or sampled continuation, with a KV cache.
+
+        Returns strings when given strings (`return_type="input"`), else tokens. Batched prompts
+        of different lengths are left-aligned with padding masked, so each continues its own text.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        given_strings = isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str))
+        if isinstance(input, str) and input == "" and self.default_prepend_bos:
+            tokens = torch.tensor([[self.tokenizer.bos_token_id]], device=self.cfg.device)
+            mask = torch.ones_like(tokens)
+        else:
+            tokens, mask = self._as_tokens(input, None, prepend_bos)
+            mask = torch.ones_like(tokens) if mask is None else mask
+        # Left-align padding so that every sequence's next token goes at the same column.
+        tokens, mask = _left_pad(tokens, mask)
+        if eos_token_id is None and self.tokenizer is not None:
+            eos_token_id = self.tokenizer.eos_token_id
+        generator = torch.Generator(device=self.cfg.device).manual_seed(seed) if seed is not None else None
+        greedy = not do_sample or temperature == 0.0
+
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        kv_cache: list[KVCacheEntry] | None = None
+        next_input, next_mask = tokens, mask
+        for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generating"):
+            if use_past_kv_cache:
+                if kv_cache is None:
+                    kv_cache = self._empty_kv_cache(tokens.shape[0])
+                    past_mask = mask[:, :0]
+                else:
+                    past_mask = mask[:, :-1]
+                logits = self(next_input, attention_mask=next_mask, past_kv_cache=kv_cache, past_attention_mask=past_mask)
+            else:
+                logits = self(tokens, attention_mask=mask)
+            next_logits = logits[:, -1].float()
+            if greedy:
+                next_token = next_logits.argmax(-1)
+            else:
+                next_token = _sample(next_logits / temperature, top_k, top_p, generator)
+            if eos_token_id is not None and stop_at_eos:
+                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
+                finished |= next_token == eos_token_id
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(next_token[:, None])], dim=1)
+            next_input, next_mask = next_token[:, None], torch.ones_like(next_token[:, None])
+            if stop_at_eos and eos_token_id is not None and bool(finished.all()):
+                break
+
+        if return_type == "tokens" or (return_type == "input" and not given_strings):
+            return tokens
+        texts = [self.tokenizer.decode(row[m.bool()].tolist()) for row, m in zip(tokens, mask)]
+        return texts[0] if isinstance(input, str) else texts
+
+    def _empty_kv_cache(self, batch: int) -> list[KVCacheEntry]:
+        shape = (batch, 0, self.cfg.n_key_value_heads, self.cfg.d_head)
+        return [
+            KVCacheEntry(
+                torch.empty(shape, dtype=self.cfg.dtype, device=self.cfg.device),
+                torch.empty(shape, dtype=self.cfg.dtype, device=self.cfg.device),
+            )
+            for _ in range(self.cfg.n_layers)
+        ]
+
+    # ---- TransformerLens helpers ---------------------------------------------------------
+    def tokens_to_residual_directions(
+        self, tokens: str | int | Int[Tensor, ""] | Int[Tensor, "pos"] | Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "... d_model"]:
+        """Unembedding directions of tokens, with `ln_final`'s weight folded in.
+
+        Our RMSNorm weights are not folded into `W_U` (the model runs exactly as released), so the
+        direction that a residual vector divided by `ln_final.hook_scale` must be dotted with to give
+        a logit is `w * W_U[:, token]`. That keeps `ActivationCache.logit_attrs` exact.
+        """
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        tokens = torch.as_tensor(tokens, device=self.cfg.device)
+        directions = (self.ln_final.w[:, None] * self.W_U)[:, tokens]
+        return directions.movedim(0, -1)
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, "d_model"]:
+        """Sum of the output biases written into the residual stream before `layer`'s attention
+        (or before its MLP with `mlp_input=True`). Qwen3's MLPs have no bias."""
+        total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=self.cfg.device)
+        for i in range(layer + (1 if mlp_input else 0)):
+            if i >= self.cfg.n_layers:
+                break
+            b_O = self.blocks[i].attn.b_O
+            if b_O is not None:
+                total = total + b_O
+        return total
+
+    # ---- stacked weights -----------------------------------------------------------------
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, "d_vocab"]:
+        return self.unembed.b_U
+
+    def _stack_attn(self, name: str) -> Tensor:
+        return torch.stack([getattr(block.attn, name) for block in self.blocks], dim=0)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stack_attn("W_Q")
+
+    @property
+    def W_K(self) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stack_attn("W_K")
+
+    @property
+    def W_V(self) -> Float[Tensor, "layer head d_model d_head"]:
+        return self._stack_attn("W_V")
+
+    @property
+    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
+        return self._stack_attn("W_O")
+
+    @property
+    def W_G(self) -> Float[Tensor, "layer head d_model gate"]:
+        if self.cfg.gate == "none":
+            raise AttributeError("this model has no attention-output gate (cfg.gate == 'none')")
+        return self._stack_attn("W_G")
+
+    @property
+    def W_gate(self) -> Float[Tensor, "layer d_model d_mlp"]:
+        return torch.stack([block.mlp.W_gate for block in self.blocks], dim=0)
+
+    @property
+    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
+        return torch.stack([block.mlp.W_in for block in self.blocks], dim=0)
+
+    @property
+    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
+        return torch.stack([block.mlp.W_out for block in self.blocks], dim=0)
+
+    @property
+    def OV(self):
+        from transformer_lens import FactoredMatrix
+
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self):
+        from transformer_lens import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedGatedQwen3(gate={c.gate!r}, n_layers={c.n_layers}, d_model={c.d_model}, "
+            f"n_heads={c.n_heads}, n_key_value_heads={c.n_key_value_heads}, d_head={c.d_head}, "
+            f"d_vocab={c.d_vocab}, params={c.n_params / 1e6:.1f}M)"
+        )
+
+
+def _left_pad(
+    tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Move each row's real tokens to the right end (stable), padding to the left."""
+    if bool(mask[:, -1].all()):
+        return tokens, mask
+    order = torch.argsort(mask, dim=1, stable=True)  # zeros (padding) first, real tokens in order
+    return tokens.gather(1, order), mask.gather(1, order)
+
+
+def _sample(
+    logits: Float[Tensor, "batch d_vocab"],
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Int[Tensor, "batch"]:
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop tokens once the mass before them already reaches top_p; the top token always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -1,0 +1,1 @@
+"""Training-side helpers: tokenizer training and data windows for the language-model runs."""
