@@ -1,9 +1,9 @@
 """gated_interp: mechanistic interpretability of gated-attention transformers.
 
-    import gated_interp as gi
-    model = gi.load_hooked("gate_headwise", size="tiny")
-    logits, cache = model.run_with_cache("Sparse gating mechanism mitigates attention sink.")
-    cache["gate", 1]   # sigmoid gate scores, [batch, pos, head, 1]
+import gated_interp as gi
+model = gi.load_hooked("gate_headwise", size="tiny")
+logits, cache = model.run_with_cache("Sparse gating mechanism mitigates attention sink.")
+cache["gate", 1]   # sigmoid gate scores, [batch, pos, head, 1]
 """
 
 from gated_interp.cache import GatedActivationCache

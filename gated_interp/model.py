@@ -103,9 +103,7 @@ class HookedGatedQwen3(HookedRootModule):
             mask[i, : len(seq)] = 1
         return tokens.to(self.cfg.device), mask.to(self.cfg.device)
 
-    def to_tokens(
-        self, input: str | Sequence[str], prepend_bos: bool | None = None
-    ) -> Int[Tensor, "batch pos"]:
+    def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:
         return self._tokenize(input, prepend_bos)[0]
 
     def to_str_tokens(
@@ -289,7 +287,9 @@ class HookedGatedQwen3(HookedRootModule):
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        given_strings = isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str))
+        given_strings = isinstance(input, str) or (
+            isinstance(input, (list, tuple)) and input and isinstance(input[0], str)
+        )
         if isinstance(input, str) and input == "" and self.default_prepend_bos:
             tokens = torch.tensor([[self.tokenizer.bos_token_id]], device=self.cfg.device)
             mask = torch.ones_like(tokens)
@@ -313,7 +313,9 @@ class HookedGatedQwen3(HookedRootModule):
                     past_mask = mask[:, :0]
                 else:
                     past_mask = mask[:, :-1]
-                logits = self(next_input, attention_mask=next_mask, past_kv_cache=kv_cache, past_attention_mask=past_mask)
+                logits = self(
+                    next_input, attention_mask=next_mask, past_kv_cache=kv_cache, past_attention_mask=past_mask
+                )
             else:
                 logits = self(tokens, attention_mask=mask)
             next_logits = logits[:, -1].float()

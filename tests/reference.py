@@ -93,8 +93,7 @@ def random_released_checkpoint(config: dict, seed: int = 0, dtype=torch.float32)
         p = f"model.layers.{i}."
         sd[p + "input_layernorm.weight"] = norm(d)
         sd[p + "post_attention_layernorm.weight"] = norm(d)
-        shapes = {"q_proj": (q_width, d), "k_proj": (kv * hd, d),
-                  "v_proj": (kv * hd, d), "o_proj": (d, h * hd)}
+        shapes = {"q_proj": (q_width, d), "k_proj": (kv * hd, d), "v_proj": (kv * hd, d), "o_proj": (d, h * hd)}
         for name, shape in shapes.items():
             sd[p + f"self_attn.{name}.weight"] = mat(*shape, std=0.1)
             if bias:
@@ -129,8 +128,9 @@ def _linear(x, sd, key):
 
 
 @torch.no_grad()
-def reference_activations(config: dict, state_dict: dict, input_ids: torch.Tensor,
-                          attention_mask: Optional[torch.Tensor] = None) -> dict:
+def reference_activations(
+    config: dict, state_dict: dict, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+) -> dict:
     """Forward pass returning per-layer activations and logits (float32).
 
     Keys: "blocks.{i}.q" [b,p,h,d] (raw q_proj queries, pre q_norm),
@@ -177,7 +177,7 @@ def reference_activations(config: dict, state_dict: dict, input_ids: torch.Tenso
         L["q"] = q
         gate_logits = None
         if g:
-            gate_logits = grouped[..., n_rep * hd:].reshape(B, P, h, g)
+            gate_logits = grouped[..., n_rep * hd :].reshape(B, P, h, g)
             L["gate_logits"] = gate_logits
 
         k = _linear(a_in, sd, p + "self_attn.k_proj").view(B, P, kv, hd)
@@ -218,7 +218,8 @@ def reference_activations(config: dict, state_dict: dict, input_ids: torch.Tenso
     return acts
 
 
-def reference_logits(config: dict, state_dict: dict, input_ids: torch.Tensor,
-                     attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def reference_logits(
+    config: dict, state_dict: dict, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Logits [batch, pos, vocab] in float32."""
     return reference_activations(config, state_dict, input_ids, attention_mask)["logits"]

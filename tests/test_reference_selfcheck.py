@@ -22,16 +22,19 @@ TOL = 1e-4
 def _hf_model(cfg, sd):
     rope = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
     if cfg.get("rope_scaling"):
-        rope = {"rope_type": "linear", "factor": cfg["rope_scaling"]["factor"],
-                "rope_theta": cfg["rope_theta"]}
+        rope = {"rope_type": "linear", "factor": cfg["rope_scaling"]["factor"], "rope_theta": cfg["rope_theta"]}
     hf_cfg = transformers.Qwen3Config(
-        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"],
         num_hidden_layers=cfg["num_hidden_layers"],
         num_attention_heads=cfg["num_attention_heads"],
-        num_key_value_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"],
-        rms_norm_eps=cfg["rms_norm_eps"], rope_parameters=rope,
-        attention_bias=cfg["qkv_bias"], tie_word_embeddings=cfg["tie_word_embeddings"],
+        num_key_value_heads=cfg["num_key_value_heads"],
+        head_dim=cfg["head_dim"],
+        rms_norm_eps=cfg["rms_norm_eps"],
+        rope_parameters=rope,
+        attention_bias=cfg["qkv_bias"],
+        tie_word_embeddings=cfg["tie_word_embeddings"],
         max_position_embeddings=512,
     )
     hf_cfg._attn_implementation = "eager"
@@ -125,9 +128,9 @@ def _gated_from_ungated(cfg_plain, sd_plain, kind, gate_w, gate_b):
         for grp in range(kv):
             heads = range(grp * n_rep, (grp + 1) * n_rep)
             for j in heads:
-                rows.append(w[j * hd:(j + 1) * hd])
+                rows.append(w[j * hd : (j + 1) * hd])
                 if b is not None:
-                    brows.append(b[j * hd:(j + 1) * hd])
+                    brows.append(b[j * hd : (j + 1) * hd])
             for j in heads:
                 rows.append(gate_w[j])
                 if b is not None:
@@ -174,7 +177,7 @@ def test_gate_per_head_closing(kind, n_kv):
         for i in range(cfg["num_hidden_layers"]):
             key = f"model.layers.{i}.self_attn.o_proj.weight"
             w = sd[key].clone()
-            w[:, closed * hd:(closed + 1) * hd] = 0
+            w[:, closed * hd : (closed + 1) * hd] = 0
             ref_sd[key] = w
         diff = (reference_logits(gcfg, gsd, ids) - reference_logits(cfg, ref_sd, ids)).abs().max()
         assert diff.item() <= TOL

@@ -19,11 +19,29 @@ from gated_interp.loading.errors import CheckpointError
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2")
 # Keys we interpret; everything else in config.json is carried in cfg.hf_extra and written back.
 _INTERPRETED = {
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-    "intermediate_size", "vocab_size", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
-    "tie_word_embeddings", "headwise_attn_output_gate", "elementwise_attn_output_gate", "use_qk_norm",
-    "qkv_bias", "attention_bias", "max_position_embeddings", "model_type", "architectures", "torch_dtype",
-    "dtype", "auto_map",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "tie_word_embeddings",
+    "headwise_attn_output_gate",
+    "elementwise_attn_output_gate",
+    "use_qk_norm",
+    "qkv_bias",
+    "attention_bias",
+    "max_position_embeddings",
+    "model_type",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "auto_map",
 }
 
 
@@ -58,8 +76,12 @@ def _required(hf: dict[str, Any], key: str) -> Any:
 
 
 def config_from_hf(
-    hf: dict[str, Any], *, tie_word_embeddings_default: bool = False, dtype: torch.dtype = torch.float32,
-    device: str | None = None, model_name: str = "gated-qwen3",
+    hf: dict[str, Any],
+    *,
+    tie_word_embeddings_default: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    model_name: str = "gated-qwen3",
 ) -> GatedQwen3Config:
     """`tie_word_embeddings_default` is used when config.json does not say (the caller knows
     whether the weights carry an `lm_head.weight`)."""

@@ -33,8 +33,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, size: str = "1B") -> Pat
     if os.sep in name or name.startswith("."):
         raise CheckpointError(f"checkpoint folder {path} does not exist")
     raise CheckpointError(
-        f"unknown model {name!r}: give a variant name ({', '.join(VARIANTS)}) or the path of a "
-        "checkpoint folder"
+        f"unknown model {name!r}: give a variant name ({', '.join(VARIANTS)}) or the path of a checkpoint folder"
     )
 
 

@@ -18,8 +18,15 @@ from torch import Tensor
 from gated_interp.loading.errors import CheckpointError
 
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 
@@ -68,7 +75,11 @@ class WeightFiles:
             file.seek(self._data_start[path] + start)
             data = bytearray(file.read(end - start))
         dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-        return torch.frombuffer(data, dtype=dtype).reshape(entry["shape"]) if data else torch.empty(entry["shape"], dtype=dtype)
+        return (
+            torch.frombuffer(data, dtype=dtype).reshape(entry["shape"])
+            if data
+            else torch.empty(entry["shape"], dtype=dtype)
+        )
 
     def items(self) -> Iterator[tuple[str, Tensor]]:
         for name in sorted(self.names()):
