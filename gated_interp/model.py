@@ -8,6 +8,7 @@ shapes and call signatures (`forward`, `run_with_cache`, `run_with_hooks`, `to_t
 from __future__ import annotations
 
 from collections.abc import Sequence
+import hashlib
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -45,8 +46,10 @@ class HookedGatedQwen3(HookedRootModule):
         """Random initialisation for training from scratch: normal(0, std) matrices, output
         projections scaled by 1/sqrt(2 n_layers) (GPT-2 style, for a stable residual stream at
         init), unit norm weights, zero biases."""
-        generator = torch.Generator().manual_seed(seed)
         for name, param in self.named_parameters():
+            # One generator per parameter, seeded by its name: the weights that a baseline and a
+            # gated variant share start identical, whatever extra (gate) parameters exist.
+            generator = torch.Generator().manual_seed(_name_seed(seed, name))
             if name.endswith(".w"):
                 values = torch.ones(param.shape)
             elif param.ndim == 1 or name.split(".")[-1].startswith(("b_", "_b_")):
@@ -446,6 +449,11 @@ class HookedGatedQwen3(HookedRootModule):
             f"n_heads={c.n_heads}, n_key_value_heads={c.n_key_value_heads}, d_head={c.d_head}, "
             f"d_vocab={c.d_vocab}, params={c.n_params / 1e6:.1f}M)"
         )
+
+
+def _name_seed(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _left_pad(

@@ -69,7 +69,9 @@ def load_folder(
         for name in tqdm(sorted(names), desc=f"loading {folder.name}", disable=not progress, leave=False):
             for our_name, tensor in hf_to_ours(name, files.get(name), cfg, table):
                 params[our_name].copy_(tensor)
-    return model
+    # Eval mode, as Hugging Face's from_pretrained returns: transformer_lens.patching refuses
+    # models in training mode.
+    return model.eval()
 
 
 def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, folder: Path) -> None:

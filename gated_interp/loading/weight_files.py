@@ -71,9 +71,12 @@ class WeightFiles:
             return self._bin[name]
         path, entry = self._entries[name]
         start, end = entry["data_offsets"]
+        # readinto a preallocated buffer: `bytearray(file.read(n))` would hold the bytes twice.
+        data = bytearray(end - start)
         with open(path, "rb") as file:
             file.seek(self._data_start[path] + start)
-            data = bytearray(file.read(end - start))
+            if file.readinto(data) != len(data):
+                raise CheckpointError(f"{path}: tensor {name} is cut short (truncated file?)")
         dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
         return (
             torch.frombuffer(data, dtype=dtype).reshape(entry["shape"])

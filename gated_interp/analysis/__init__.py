@@ -1,0 +1,61 @@
+"""Measurements of attention sinks, massive activations and gate scores, and interventions.
+
+Every measurement reads a cache from `model.run_with_cache(tokens, attention_mask=mask)` (or a
+plain `{hook_name: tensor}` dict) plus, where padding matters, that `attention_mask [batch, pos]`,
+and returns tensors or DataFrames; drawing them is `gated_interp.plotting`'s job.
+
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    first_token_attention(cache, mask)          # [layer, head]
+    sink_rate(cache, eps=0.3, attention_mask=mask)
+    massive_activations(cache, mask)            # DataFrame, one row per layer
+    gate_stats(cache, mask)                     # DataFrame, one row per (layer, head)
+    compare_variants({"baseline": m0, "gate_headwise": m1}, prompts)
+
+Layers and heads are 0-based throughout.
+"""
+
+from gated_interp.analysis.compare import compare_variants, measure_variant
+from gated_interp.analysis.gates import gate_stats, gate_values, mean_gate_by_head, mean_gate_score
+from gated_interp.analysis.interventions import (
+    ablation_effects,
+    fix_gates,
+    intervene,
+    mean_ablate_heads,
+    mean_gates,
+    open_gates,
+    remove_sink,
+    zero_ablate_heads,
+)
+from gated_interp.analysis.massive import m_act, massive_activations, max_activation_by_layer
+from gated_interp.analysis.sinks import (
+    first_token_attention,
+    first_token_attention_by_layer,
+    head_averaged_patterns,
+    key_importance,
+    sink_rate,
+)
+
+__all__ = [
+    "ablation_effects",
+    "compare_variants",
+    "first_token_attention",
+    "first_token_attention_by_layer",
+    "fix_gates",
+    "gate_stats",
+    "gate_values",
+    "head_averaged_patterns",
+    "intervene",
+    "key_importance",
+    "m_act",
+    "massive_activations",
+    "max_activation_by_layer",
+    "mean_ablate_heads",
+    "mean_gate_by_head",
+    "mean_gate_score",
+    "mean_gates",
+    "measure_variant",
+    "open_gates",
+    "remove_sink",
+    "sink_rate",
+    "zero_ablate_heads",
+]

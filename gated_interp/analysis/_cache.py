@@ -1,0 +1,103 @@
+"""Reading activations out of a cache, with errors that say how to make a cache that has them.
+
+Shared by the measurement modules; nothing here computes a measurement. A "cache" is the
+`GatedActivationCache` / `ActivationCache` that `model.run_with_cache(tokens, attention_mask=...)`
+returns, or a plain `{hook_name: tensor}` dict of the same keys (batch dimension included).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+# Short name of a hook → (key template, what `names_filter` must let through to keep it).
+HOOKS = {
+    "pattern": ("blocks.{layer}.attn.hook_pattern", "pattern"),
+    "gate": ("blocks.{layer}.attn.hook_gate", "hook_gate"),
+    "z": ("blocks.{layer}.attn.hook_z", "hook_z"),
+    "resid_post": ("blocks.{layer}.hook_resid_post", "resid_post"),
+}
+
+
+def _as_dict(cache: Any) -> Mapping[str, Tensor]:
+    return cache.cache_dict if hasattr(cache, "cache_dict") else cache
+
+
+def _has_batch_dim(cache: Any) -> bool:
+    return getattr(cache, "has_batch_dim", True)
+
+
+def _cache_model_gate(cache: Any) -> str | None:
+    model = getattr(cache, "model", None)
+    return getattr(getattr(model, "cfg", None), "gate", None)
+
+
+def layers_with(cache: Any, hook: str) -> list[int]:
+    """Sorted layer indices for which the cache holds `hook` (a key of `HOOKS`)."""
+    template = HOOKS[hook][0]
+    regex = re.compile("^" + re.escape(template).replace(re.escape("{layer}"), r"(\d+)") + "$")
+    return sorted(int(m.group(1)) for key in _as_dict(cache) if (m := regex.match(key)))
+
+
+def missing_hook_error(hook: str, what: str) -> KeyError:
+    template, filter_word = HOOKS[hook]
+    # A dict cache carries no model, so an ungated model's cache also lands here: say so.
+    ungated = " (or, for gate hooks, the cache comes from an ungated baseline model, which has none)"
+    return KeyError(
+        f"the cache has no {template.format(layer='{l}')} activations, which {what} needs: run "
+        f"model.run_with_cache(tokens) without a names_filter that drops them, or with a names_filter "
+        f'that keeps them, e.g. names_filter=lambda name: "{filter_word}" in name' + (ungated if hook == "gate" else "")
+    )
+
+
+def require_layers(cache: Any, hook: str, what: str) -> list[int]:
+    """Layers holding `hook`; raises a `KeyError` naming the fix when there are none."""
+    if hook == "gate":
+        require_gated(cache, what)
+    layers = layers_with(cache, hook)
+    if not layers:
+        raise missing_hook_error(hook, what)
+    return layers
+
+
+def require_gated(cache: Any, what: str) -> None:
+    """Raise a `ValueError` if the cache comes from an ungated (baseline) model."""
+    if _cache_model_gate(cache) == "none":
+        raise ValueError(
+            f"{what} needs gate scores, but this cache comes from an ungated (baseline, gate='none') model: "
+            "use a headwise or elementwise gated model, or report gate measurements as NaN for baselines"
+        )
+
+
+def get(cache: Any, hook: str, layer: int, what: str) -> Tensor:
+    """The activation `hook` of `layer`, with a batch dimension even if the cache removed it."""
+    key = HOOKS[hook][0].format(layer=layer)
+    if hook == "gate":
+        require_gated(cache, what)
+    store = _as_dict(cache)
+    if key not in store:
+        raise missing_hook_error(hook, what)
+    value = store[key]
+    return value if _has_batch_dim(cache) else value[None]
+
+
+def real_positions(
+    attention_mask: Int[Tensor, "batch pos"] | None, batch: int, n_pos: int, device: torch.device
+) -> Bool[Tensor, "batch pos"]:
+    """True at real (non-padding) positions; all True without a mask."""
+    if attention_mask is None:
+        return torch.ones(batch, n_pos, dtype=torch.bool, device=device)
+    mask = torch.as_tensor(attention_mask, device=device)
+    if mask.ndim == 1:
+        mask = mask[None]
+    if tuple(mask.shape) != (batch, n_pos):
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)} but the cached activations are [batch={batch}, "
+            f"pos={n_pos}]: pass the mask used for the run_with_cache call that made this cache"
+        )
+    return mask.bool()

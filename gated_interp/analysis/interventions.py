@@ -1,0 +1,285 @@
+"""Interventions as lists of `(hook_name, hook_fn)` pairs, for
+`model.run_with_hooks(tokens, fwd_hooks=hooks)` or `with intervene(model, hooks): ...`.
+
+- gates (`hook_gate`, `[batch, pos, head, gate]`): `open_gates` (score 1: the gated model becomes
+  its ungated self), `fix_gates` (a constant), `mean_gates` (a query-independent gate: the mean
+  over a reference batch);
+- heads (`hook_z`, `[batch, pos, head, d_head]`): `zero_ablate_heads`, `mean_ablate_heads`;
+- sinks (`hook_pattern`, `[batch, head, q_pos, k_pos]`): `remove_sink`. Hooking the pattern makes
+  the model materialise it instead of using the fused attention kernel: slower, same result.
+
+`ablation_effects` measures the loss (and an optional metric) with and without each intervention.
+Layers and heads are 0-based.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gated_interp.analysis._inputs import Prompts, as_batches
+
+Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
+Metric = Callable[[Float[Tensor, "batch pos d_vocab"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]], float]
+
+
+# ---- selection -------------------------------------------------------------------------------
+def _layers(model: Any, layers: Iterable[int] | int | None) -> list[int]:
+    n = model.cfg.n_layers
+    chosen = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
+    bad = [layer for layer in chosen if not -n <= layer < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has {n} layers (0-based, 0..{n - 1})")
+    return [layer % n for layer in chosen]
+
+
+def _heads(model: Any, heads: Iterable[int] | int | None) -> list[int] | slice:
+    if heads is None:
+        return slice(None)
+    n = model.cfg.n_heads
+    chosen = [heads] if isinstance(heads, int) else list(heads)
+    bad = [head for head in chosen if not 0 <= head < n]
+    if bad:
+        raise ValueError(f"heads {bad} out of range: the model has {n} heads per layer (0-based, 0..{n - 1})")
+    return chosen
+
+
+def _by_layer(model: Any, heads: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    if not heads:
+        raise ValueError("no heads given: pass a list of (layer, head) pairs")
+    grouped: dict[int, list[int]] = defaultdict(list)
+    for layer, head in heads:
+        grouped[_layers(model, [layer])[0]] += _heads(model, [head])
+    return dict(grouped)
+
+
+def _require_gate(model: Any, what: str) -> None:
+    if model.cfg.gate == "none":
+        raise ValueError(
+            f"{what} needs a gated model, but this one is ungated (cfg.gate == 'none'): it has no hook_gate; "
+            "use a headwise or elementwise variant"
+        )
+
+
+def _gate_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_gate"
+
+
+# ---- gates -----------------------------------------------------------------------------------
+def fix_gates(
+    model: Any,
+    value: float | Tensor,
+    layers: Iterable[int] | int | None = None,
+    heads: Iterable[int] | int | None = None,
+) -> list[Hook]:
+    """Set the gate scores of the chosen heads to `value` (a float, or a tensor broadcastable to
+    `[pos, n_chosen_heads, gate]`) at every position."""
+    _require_gate(model, "fix_gates")
+    head_index = _heads(model, heads)
+
+    def hook(gate: Float[Tensor, "batch pos head gate"], hook: Any) -> Tensor:
+        gate = gate.clone()
+        gate[:, :, head_index] = torch.as_tensor(value, dtype=gate.dtype, device=gate.device)
+        return gate
+
+    return [(_gate_hook(layer), hook) for layer in _layers(model, layers)]
+
+
+def open_gates(
+    model: Any, layers: Iterable[int] | int | None = None, heads: Iterable[int] | int | None = None
+) -> list[Hook]:
+    """Gate score 1 on the chosen heads: with all layers and heads, the gated model computes
+    exactly what the same weights without a gate would."""
+    return fix_gates(model, 1.0, layers, heads)
+
+
+@torch.no_grad()
+def mean_gates(
+    model: Any,
+    reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
+    layers: Iterable[int] | int | None = None,
+    heads: Iterable[int] | int | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    over: Sequence[str] | str = ("batch", "pos"),
+) -> list[Hook]:
+    """Replace each chosen head's gate by its mean on `reference_tokens` (element-wise for
+    elementwise gates), a query-independent gate.
+
+    `over=("batch", "pos")` (default) averages over sequences and real positions: one gate vector
+    per head, used at every position. `over="batch"` averages over sequences only, per position:
+    runs may then be at most as long as the reference, and a single reference prompt reproduces
+    its own run exactly.
+    """
+    _require_gate(model, "mean_gates")
+    over = (over,) if isinstance(over, str) else tuple(over)
+    if set(over) not in ({"batch", "pos"}, {"batch"}):
+        raise ValueError(f"over must be ('batch', 'pos') or ('batch',), got {over!r}")
+    chosen_layers, head_index = _layers(model, layers), _heads(model, heads)
+    tokens, mask = next(as_batches(model, reference_tokens, None, attention_mask))
+    names = {_gate_hook(layer) for layer in chosen_layers}
+    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=lambda name: name in names)
+    weights = mask.to(model.cfg.dtype)[:, :, None, None]  # [batch, pos, 1, 1]
+    means: dict[int, Tensor] = {}
+    for layer in chosen_layers:
+        gate = cache[_gate_hook(layer)]
+        if "pos" in over:
+            means[layer] = (gate * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, gate]
+        else:
+            # A position that is padding in every reference sequence keeps a 0/0: say so at use.
+            means[layer] = (gate * weights).sum(0) / weights.sum(0)  # [pos, head, gate]
+
+    def make_hook(mean: Tensor) -> Callable[[Tensor, Any], Tensor]:
+        def hook(gate: Float[Tensor, "batch pos head gate"], hook: Any) -> Tensor:
+            gate = gate.clone()
+            if mean.ndim == 2:
+                gate[:, :, head_index] = mean[head_index]
+                return gate
+            n_pos = gate.shape[1]
+            if n_pos > mean.shape[0]:
+                raise ValueError(
+                    f"mean_gates(over='batch') holds per-position means for {mean.shape[0]} positions but this "
+                    f"run has {n_pos}: use a reference batch at least as long, or over=('batch', 'pos')"
+                )
+            gate[:, :, head_index] = mean[:n_pos, head_index]
+            return gate
+
+        return hook
+
+    return [(_gate_hook(layer), make_hook(means[layer])) for layer in chosen_layers]
+
+
+# ---- heads -----------------------------------------------------------------------------------
+def _set_heads_hooks(
+    model: Any, heads: Sequence[tuple[int, int]], values: Callable[[int], Tensor | float]
+) -> list[Hook]:
+    def make_hook(layer: int, head_index: list[int]) -> Callable[[Tensor, Any], Tensor]:
+        def hook(z: Float[Tensor, "batch pos head d_head"], hook: Any) -> Tensor:
+            z = z.clone()
+            value = values(layer)
+            z[:, :, head_index] = value[head_index] if isinstance(value, Tensor) else value
+            return z
+
+        return hook
+
+    return [
+        (f"blocks.{layer}.attn.hook_z", make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()
+    ]
+
+
+def zero_ablate_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[Hook]:
+    """Zero the (gated) output `hook_z` of each `(layer, head)`: the head writes nothing (b_O stays)."""
+    return _set_heads_hooks(model, heads, lambda layer: 0.0)
+
+
+@torch.no_grad()
+def mean_ablate_heads(
+    model: Any,
+    heads: Sequence[tuple[int, int]],
+    reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+) -> list[Hook]:
+    """Replace `hook_z` of each `(layer, head)` by its mean over the reference batch and real
+    positions (`[d_head]` per head), at every position."""
+    grouped = _by_layer(model, heads)
+    tokens, mask = next(as_batches(model, reference_tokens, None, attention_mask))
+    names = {f"blocks.{layer}.attn.hook_z" for layer in grouped}
+    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=lambda name: name in names)
+    weights = mask.to(model.cfg.dtype)[:, :, None, None]
+    means = {
+        layer: (cache[f"blocks.{layer}.attn.hook_z"] * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, d_head]
+        for layer in grouped
+    }
+    return _set_heads_hooks(model, heads, lambda layer: means[layer])
+
+
+# ---- sinks -----------------------------------------------------------------------------------
+def remove_sink(
+    model: Any,
+    layers: Iterable[int] | int | None = None,
+    heads: Iterable[int] | int | None = None,
+    key_position: int = 0,
+) -> list[Hook]:
+    """Zero the attention of queries after `key_position` to it and renormalise the rest of each
+    row to sum to 1. Query `key_position` keeps its attention (for key 0 it has nothing else to
+    see); a row whose whole mass was on the sink becomes all zeros (the head then writes nothing)."""
+    head_index = _heads(model, heads)
+
+    def hook(pattern: Float[Tensor, "batch head q_pos k_pos"], hook: Any) -> Tensor:
+        n_q, n_k = pattern.shape[-2:]
+        first_query = key_position + 1 - (n_k - n_q)  # query rows are the last n_q key positions
+        if first_query >= n_q:
+            return pattern
+        pattern = pattern.clone()
+        rows = pattern[:, head_index, max(first_query, 0) :]
+        rows[..., key_position] = 0
+        rows = rows / rows.sum(-1, keepdim=True).clamp(min=torch.finfo(rows.dtype).tiny)
+        pattern[:, head_index, max(first_query, 0) :] = rows
+        return pattern
+
+    return [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in _layers(model, layers)]
+
+
+# ---- running ---------------------------------------------------------------------------------
+@contextmanager
+def intervene(model: Any, hooks: Sequence[Hook]) -> Iterator[Any]:
+    """`with intervene(model, open_gates(model)): model(tokens)`: the hooks are attached inside the
+    block and removed on leaving it, even on error. Yields the model."""
+    with model.hooks(fwd_hooks=list(hooks)):
+        yield model
+
+
+@torch.no_grad()
+def ablation_effects(
+    model: Any,
+    prompts_or_tokens: Prompts,
+    interventions: Mapping[str, Sequence[Hook]],
+    metric: Metric | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Loss (and `metric(logits, tokens, attention_mask) -> float`, if given) with each
+    intervention and without.
+
+    Returns a DataFrame indexed by intervention name, with a first row "clean" (no hooks) and
+    columns loss, delta_loss (loss - clean loss) and, with a metric, metric and delta_metric.
+    Loss is the mean next-token loss, padding excluded; the metric is averaged over batches,
+    weighted by sequences.
+    """
+    batches = list(as_batches(model, prompts_or_tokens, batch_size, attention_mask))
+
+    def evaluate(hooks: Sequence[Hook]) -> dict[str, float]:
+        loss_sum = n_predicted = metric_sum = n_seqs = 0.0
+        with intervene(model, hooks):
+            for tokens, mask in batches:
+                logits = model(tokens, attention_mask=mask)
+                counted = float((mask[:, 1:] * mask[:, :-1]).sum())
+                loss_sum += float(model.loss_fn(logits, tokens, mask)) * counted
+                n_predicted += counted
+                if metric is not None:
+                    metric_sum += float(metric(logits, tokens, mask)) * tokens.shape[0]
+                    n_seqs += tokens.shape[0]
+        row = {"loss": loss_sum / n_predicted if n_predicted else float("nan")}
+        if metric is not None:
+            row["metric"] = metric_sum / n_seqs
+        return row
+
+    if "clean" in interventions:
+        raise ValueError('"clean" names the run without hooks: give that intervention another name')
+    rows = {"clean": evaluate([])}
+    for name, hooks in tqdm(interventions.items(), desc="interventions", disable=not progress):
+        rows[name] = evaluate(hooks)
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame["delta_loss"] = frame["loss"] - frame.loc["clean", "loss"]
+    if metric is not None:
+        frame["delta_metric"] = frame["metric"] - frame.loc["clean", "metric"]
+    frame.index.name = "intervention"
+    return frame

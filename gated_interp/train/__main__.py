@@ -1,0 +1,90 @@
+"""`python -m gated_interp.train`: train the bundled tiny variants from a corpus folder.
+
+    python -m gated_interp.train --corpus ../shared/corpus --out gated_interp/checkpoints/tiny
+
+The corpus folder holds `train.txt` and `valid.txt` (documents separated by one blank line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gated_interp.train.data import evaluation_windows, make_windows, read_documents, tokenize_documents
+from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
+from gated_interp.train.trainer import VARIANT_GATES, TrainConfig, train_variants
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m gated_interp.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, required=True, help="folder with train.txt and valid.txt")
+    parser.add_argument("--out", type=Path, required=True, help="output folder; one sub-folder per variant")
+    parser.add_argument("--variants", nargs="+", default=list(defaults.variants), choices=list(VARIANT_GATES))
+    parser.add_argument("--tokens", type=float, default=defaults.total_tokens, help="training tokens per variant")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--max-corpus-bytes", type=int, default=None, help="use only the start of train.txt")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    for name in ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head", "d_mlp", "seq_len",
+                 "batch_size", "warmup_steps", "eval_interval", "eval_windows", "save_interval", "seed"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "rope_theta"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    train_path, valid_path = args.corpus / "train.txt", args.corpus / "valid.txt"
+    for path in (train_path, valid_path):
+        if not path.is_file():
+            print(f"error: {path} not found; --corpus must be a folder with train.txt and valid.txt", file=sys.stderr)
+            return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = TrainConfig(
+        variants=tuple(args.variants), total_tokens=int(args.tokens), lr=args.lr, weight_decay=args.weight_decay,
+        rope_theta=args.rope_theta,
+        **{name: getattr(args, name) for name in ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head",
+                                                  "d_mlp", "seq_len", "batch_size", "warmup_steps",
+                                                  "eval_interval", "eval_windows", "save_interval", "seed")},
+    )
+    started = time.time()
+    tokenizer = train_bpe_tokenizer(train_path, vocab_size=args.vocab_size, max_bytes=args.max_corpus_bytes)
+    documents = read_documents(train_path)
+    if args.max_corpus_bytes:
+        documents = _truncate(documents, args.max_corpus_bytes)
+    train_windows = make_windows(tokenize_documents(tokenizer, documents), tokenizer.bos_token_id, train.seq_len)
+    eval_windows = evaluation_windows(tokenizer, valid_path, train.seq_len, train.eval_windows)
+    print(f"tokenizer and data ready in {time.time() - started:.0f} s: {train_windows.shape[0]} training windows "
+          f"of {train.seq_len} tokens, {eval_windows.shape[0]} held-out windows; {train.n_steps} steps planned")
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tokenizer, args.out / "_tokenizer")
+    train_variants(train, train_windows, eval_windows, tokenizer, args.out, max_minutes=args.max_minutes)
+    for variant in train.variants:
+        save_tokenizer(tokenizer, args.out / variant)
+    corpus_info = {"corpus": str(args.corpus), "train_bytes": train_path.stat().st_size,
+                   "training_windows": int(train_windows.shape[0]), "eval_windows": int(eval_windows.shape[0])}
+    (args.out / "corpus_info.json").write_text(json.dumps(corpus_info, indent=2) + "\n")
+    return 0
+
+
+def _truncate(documents: list[str], max_bytes: int) -> list[str]:
+    kept, total = [], 0
+    for doc in documents:
+        if total >= max_bytes:
+            break
+        kept.append(doc[: max_bytes - total])
+        total += len(kept[-1])
+    return kept
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
