@@ -22,8 +22,9 @@ from gated_interp.train.trainer import VARIANT_GATES, TrainConfig, train_variant
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m gated_interp.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gated_interp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", type=Path, required=True, help="folder with train.txt and valid.txt")
     parser.add_argument("--out", type=Path, required=True, help="output folder; one sub-folder per variant")
     parser.add_argument("--variants", nargs="+", default=list(defaults.variants), choices=list(VARIANT_GATES))
@@ -32,8 +33,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--max-corpus-bytes", type=int, default=None, help="use only the start of train.txt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    for name in ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head", "d_mlp", "seq_len",
-                 "batch_size", "warmup_steps", "eval_interval", "eval_windows", "save_interval", "seed"):
+    for name in (
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "n_key_value_heads",
+        "d_head",
+        "d_mlp",
+        "seq_len",
+        "batch_size",
+        "warmup_steps",
+        "eval_interval",
+        "eval_windows",
+        "save_interval",
+        "seed",
+    ):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "rope_theta"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
@@ -50,11 +64,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     train = TrainConfig(
-        variants=tuple(args.variants), total_tokens=int(args.tokens), lr=args.lr, weight_decay=args.weight_decay,
+        variants=tuple(args.variants),
+        total_tokens=int(args.tokens),
+        lr=args.lr,
+        weight_decay=args.weight_decay,
         rope_theta=args.rope_theta,
-        **{name: getattr(args, name) for name in ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head",
-                                                  "d_mlp", "seq_len", "batch_size", "warmup_steps",
-                                                  "eval_interval", "eval_windows", "save_interval", "seed")},
+        **{
+            name: getattr(args, name)
+            for name in (
+                "d_model",
+                "n_layers",
+                "n_heads",
+                "n_key_value_heads",
+                "d_head",
+                "d_mlp",
+                "seq_len",
+                "batch_size",
+                "warmup_steps",
+                "eval_interval",
+                "eval_windows",
+                "save_interval",
+                "seed",
+            )
+        },
     )
     started = time.time()
     tokenizer = train_bpe_tokenizer(train_path, vocab_size=args.vocab_size, max_bytes=args.max_corpus_bytes)
@@ -63,15 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         documents = _truncate(documents, args.max_corpus_bytes)
     train_windows = make_windows(tokenize_documents(tokenizer, documents), tokenizer.bos_token_id, train.seq_len)
     eval_windows = evaluation_windows(tokenizer, valid_path, train.seq_len, train.eval_windows)
-    print(f"tokenizer and data ready in {time.time() - started:.0f} s: {train_windows.shape[0]} training windows "
-          f"of {train.seq_len} tokens, {eval_windows.shape[0]} held-out windows; {train.n_steps} steps planned")
+    print(
+        f"tokenizer and data ready in {time.time() - started:.0f} s: {train_windows.shape[0]} training windows "
+        f"of {train.seq_len} tokens, {eval_windows.shape[0]} held-out windows; {train.n_steps} steps planned"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     save_tokenizer(tokenizer, args.out / "_tokenizer")
     train_variants(train, train_windows, eval_windows, tokenizer, args.out, max_minutes=args.max_minutes)
     for variant in train.variants:
         save_tokenizer(tokenizer, args.out / variant)
-    corpus_info = {"corpus": str(args.corpus), "train_bytes": train_path.stat().st_size,
-                   "training_windows": int(train_windows.shape[0]), "eval_windows": int(eval_windows.shape[0])}
+    corpus_info = {
+        "corpus": str(args.corpus),
+        "train_bytes": train_path.stat().st_size,
+        "training_windows": int(train_windows.shape[0]),
+        "eval_windows": int(eval_windows.shape[0]),
+    }
     (args.out / "corpus_info.json").write_text(json.dumps(corpus_info, indent=2) + "\n")
     return 0
 

@@ -113,9 +113,7 @@ def make_optimizer(model: HookedGatedQwen3, train: TrainConfig) -> torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(
-    model: HookedGatedQwen3, windows: Int[Tensor, "n seq"], batch_size: int = 16
-) -> dict[str, float]:
+def evaluate(model: HookedGatedQwen3, windows: Int[Tensor, "n seq"], batch_size: int = 16) -> dict[str, float]:
     """Held-out loss, and per layer the mean attention that queries ≥ 1 give to position 0 and
     the max |residual| after the block, on fixed windows."""
     n_layers = model.cfg.n_layers
@@ -166,8 +164,13 @@ def train_variants(
     def log_eval(step: int) -> None:
         for variant, model in models.items():
             model.eval()
-            row = {"step": step, "tokens": step * train.tokens_per_step, "variant": variant,
-                   "elapsed_s": round(time.time() - started, 1), **evaluate(model, eval_windows)}
+            row = {
+                "step": step,
+                "tokens": step * train.tokens_per_step,
+                "variant": variant,
+                "elapsed_s": round(time.time() - started, 1),
+                **evaluate(model, eval_windows),
+            }
             row["train_loss"] = running_loss.get(variant, float("nan"))
             log_rows.append(row)
             model.train()

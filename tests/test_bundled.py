@@ -1,0 +1,126 @@
+"""The bundled tiny models: they load offline, from the source tree and from a built wheel, and
+their model card's figures are reproduced from the shipped held-out windows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import gated_interp
+from gated_interp import analysis
+from gated_interp.loading.bundled import TINY_DIR, bundled_metrics, heldout_tokens
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    not (TINY_DIR / "metrics.json").is_file(), reason="bundled tiny models not built in this checkout"
+)
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict]:
+    tokens = heldout_tokens()
+    results = {}
+    for variant in gated_interp.VARIANTS:
+        model = gated_interp.load_hooked(variant, size="tiny", progress=False)
+        with torch.no_grad():
+            loss, cache = model.run_with_cache(
+                tokens, return_type="loss", names_filter=lambda name: name.endswith("hook_pattern")
+            )
+        results[variant] = {
+            "model": model,
+            "heldout_loss": float(loss),
+            "first_token_attention_by_layer": analysis.first_token_attention_by_layer(cache).tolist(),
+        }
+    return results
+
+
+@pytest.mark.parametrize("variant", gated_interp.VARIANTS)
+def test_heldout_loss_matches_the_model_card(measured, variant):
+    card = bundled_metrics()["variants"][variant]
+    assert measured[variant]["heldout_loss"] == pytest.approx(card["heldout_loss"], rel=0.01)
+
+
+@pytest.mark.parametrize("variant", gated_interp.VARIANTS)
+def test_first_token_attention_matches_the_model_card(measured, variant):
+    card = bundled_metrics()["variants"][variant]
+    assert measured[variant]["first_token_attention_by_layer"] == pytest.approx(
+        card["first_token_attention_by_layer"], abs=1e-3
+    )
+
+
+def test_bundled_models_are_the_three_variants_in_released_format(measured):
+    gates = {v: measured[v]["model"].cfg.gate for v in gated_interp.VARIANTS}
+    assert gates == {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
+    for variant in gated_interp.VARIANTS:
+        model = measured[variant]["model"]
+        assert model.cfg.n_key_value_heads < model.cfg.n_heads  # grouped-query attention, as in the 1B models
+        assert model.cfg.use_qk_norm
+        assert model.tokenizer is not None
+
+
+def test_bundle_is_small():
+    total = sum(f.stat().st_size for f in TINY_DIR.rglob("*") if f.is_file())
+    assert total < 30e6
+
+
+def test_generation_from_a_story_prompt(measured):
+    model = measured["gate_headwise"]["model"]
+    text = model.generate("Once upon a time", max_new_tokens=12, do_sample=False, verbose=False)
+    assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
+
+
+def test_loads_from_an_installed_wheel_offline(tmp_path):
+    """Build the wheel, install it alone into a folder, and load every variant from there with the
+    hub switched off and an empty hub cache: the package data must carry the models."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
+        check=True,
+    )
+    (wheel,) = wheel_dir.glob("gated_interp-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gated_interp/checkpoints/tiny/gate_headwise/model.safetensors" in names
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True
+    )
+    script = (
+        "import gated_interp, sys\n"
+        "assert gated_interp.__file__.startswith(sys.argv[1]), gated_interp.__file__\n"
+        "for v in gated_interp.VARIANTS:\n"
+        "    m = gated_interp.load_hooked(v, size='tiny', progress=False)\n"
+        "    print(v, m.cfg.gate, float(m('Once upon a time there was a king.', return_type='loss')))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    env.pop("GATED_INTERP_CHECKPOINTS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line.split()[:2] for line in result.stdout.splitlines()] == [
+        ["baseline", "none"],
+        ["gate_headwise", "headwise"],
+        ["gate_elementwise", "elementwise"],
+    ]

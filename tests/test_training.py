@@ -1,0 +1,116 @@
+"""A short training run end to end: tokenizer, windows, three variants in lockstep, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+
+import gated_interp
+from gated_interp.train.__main__ import main as train_main
+from gated_interp.train.trainer import TrainConfig, build_models, lr_at
+
+WORDS = "the a little girl boy cat dog ran saw big small red house tree and then said she he it was".split()
+
+
+def write_corpus(folder, n_docs: int, seed: int) -> None:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(40)).capitalize() + "." for _ in range(12)]
+        docs.append("\n".join(paragraphs))
+    (folder / ("train.txt" if seed == 0 else "valid.txt")).write_text("\n\n".join(docs) + "\n")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_corpus(folder, n_docs=6, seed=0)
+    write_corpus(folder, n_docs=2, seed=1)
+    return folder
+
+
+def test_short_training_run_writes_loadable_checkpoints(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--tokens",
+        "2048",
+        "--vocab-size",
+        "300",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "2",
+        "--n-heads",
+        "4",
+        "--n-key-value-heads",
+        "2",
+        "--d-head",
+        "8",
+        "--d-mlp",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--eval-interval",
+        "4",
+        "--eval-windows",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--threads",
+        "1",
+    ]
+    assert train_main(args) == 0
+
+    with open(out / "training_log.csv") as file:
+        rows = list(csv.DictReader(file))
+    steps = {int(r["step"]) for r in rows}
+    assert steps == {0, 4, 8}  # 2048 tokens / (8 x 32) = 8 steps, evaluated every 4
+    assert {r["variant"] for r in rows} == {"baseline", "gate_headwise", "gate_elementwise"}
+    first, last = (
+        [float(r["val_loss"]) for r in rows if int(r["step"]) == s and r["variant"] == "baseline"][0] for s in (0, 8)
+    )
+    assert last < first, "eight steps at lr 3e-3 should lower the held-out loss"
+
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["tokens_seen"] == 2048
+    for variant, gate in [("baseline", "none"), ("gate_headwise", "headwise"), ("gate_elementwise", "elementwise")]:
+        model = gated_interp.load_hooked(out / variant, progress=False)
+        assert model.cfg.gate == gate
+        assert model.tokenizer is not None and model.tokenizer.bos_token == "<|doc|>"
+        assert model.to_tokens("the cat")[0, 0].item() == model.tokenizer.bos_token_id
+
+
+def test_variants_start_from_the_same_shared_weights():
+    train = TrainConfig(d_model=16, n_layers=2, n_heads=2, n_key_value_heads=1, d_head=8, d_mlp=32)
+    models = build_models(train, vocab_size=50, tokenizer=None)
+    baseline = dict(models["baseline"].named_parameters())
+    for variant in ("gate_headwise", "gate_elementwise"):
+        params = dict(models[variant].named_parameters())
+        shared = set(baseline) & set(params)
+        assert shared == set(baseline)
+        assert all(torch.equal(baseline[name], params[name]) for name in shared)
+        assert {name for name in params if name not in baseline} == {"blocks.0.attn.W_G", "blocks.1.attn.W_G"}
+
+
+def test_learning_rate_warms_up_then_decays():
+    train = TrainConfig(total_tokens=100 * 32 * 256, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(0, train) == pytest.approx(1e-4)
+    assert lr_at(9, train) == pytest.approx(1e-3)
+    assert lr_at(99, train) == pytest.approx(1e-4, rel=0.05)
+    assert all(lr_at(s, train) >= lr_at(s + 1, train) for s in range(10, 99))
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path, capsys):
+    assert train_main(["--corpus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "train.txt" in capsys.readouterr().err
