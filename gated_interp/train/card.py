@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -173,12 +172,8 @@ def write_card(
     if base is not None:
         layer = strongest_layer
         lines += ["", f"In the baseline's strongest sink layer (layer {layer + 1}) first-token attention is "]
-        ratios = [
-            f"{base['first_token_attention_by_layer'][layer] / metrics[v]['first_token_attention_by_layer'][layer]:.1f}x"
-            f" that of {v}"
-            for v in variants
-            if v != "baseline"
-        ]
+        by_layer = {v: metrics[v]["first_token_attention_by_layer"][layer] for v in variants}
+        ratios = [f"{by_layer['baseline'] / by_layer[v]:.1f}x that of {v}" for v in variants if v != "baseline"]
         lines[-1] += ", ".join(ratios) + "."
     lines += [
         "",
