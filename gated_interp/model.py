@@ -7,8 +7,8 @@ shapes and call signatures (`forward`, `run_with_cache`, `run_with_hooks`, `to_t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -190,29 +190,41 @@ class HookedGatedQwen3(HookedRootModule):
         stop_at_layer: int | None = None,
         past_kv_cache: list[KVCacheEntry] | None = None,
         past_attention_mask: Int[Tensor, "batch past_pos"] | None = None,
+        start_at_layer: int | None = None,
+        tokens: Int[Tensor, "batch pos"] | None = None,
     ) -> Any:
         """Logits `[batch, pos, d_vocab]`, loss, both (as a tuple), or None.
 
         `attention_mask` marks real tokens (1) and padding (0); padded batches give each sequence
         the same result as its unpadded run. With `stop_at_layer=n`, returns the residual stream
         entering block n (`[batch, pos, d_model]`) instead. `past_kv_cache` (one entry per layer,
-        extended in place) lets `generate` feed one new token at a time.
+        extended in place) lets `generate` feed one new token at a time. With `start_at_layer=n`,
+        `input` is the residual stream entering block n (`[batch, pos, d_model]`, e.g. from
+        `stop_at_layer=n`) and the earlier blocks are skipped; pass `tokens` for a loss.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
-        tokens, attention_mask = self._as_tokens(input, attention_mask, prepend_bos)
-        n_new = tokens.shape[1]
+        if start_at_layer is None:
+            tokens, attention_mask = self._as_tokens(input, attention_mask, prepend_bos)
+            residual = self.hook_embed(self.embed(tokens))
+        else:
+            residual = self._as_residual(input, attention_mask, past_kv_cache)
+            if return_type in ("loss", "both") and tokens is None:
+                raise ValueError("a loss from start_at_layer needs the tokens: pass tokens=...")
+        n_new = residual.shape[1]
         full_mask = attention_mask
         if past_kv_cache is not None:
             n_past = past_kv_cache[0].keys.shape[1]
             if full_mask is None:
-                full_mask = torch.ones_like(tokens)
+                full_mask = torch.ones(residual.shape[:2], dtype=torch.long, device=residual.device)
             if past_attention_mask is None:
-                past_attention_mask = torch.ones(tokens.shape[0], n_past, dtype=full_mask.dtype, device=tokens.device)
+                past_attention_mask = torch.ones(
+                    residual.shape[0], n_past, dtype=full_mask.dtype, device=residual.device
+                )
             full_mask = torch.cat([past_attention_mask.to(full_mask), full_mask], dim=1)
 
         if full_mask is None:
-            positions = torch.arange(n_new, device=tokens.device)[None].expand(tokens.shape[0], -1)
+            positions = torch.arange(n_new, device=residual.device)[None].expand(residual.shape[0], -1)
             mask_4d = None
         else:
             positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -n_new:]
@@ -220,9 +232,9 @@ class HookedGatedQwen3(HookedRootModule):
             needs_mask = past_kv_cache is not None or not bool(full_mask.all())
             mask_4d = self._attention_mask_4d(full_mask, n_new) if needs_mask else None
 
-        residual = self.hook_embed(self.embed(tokens))
         cos, sin = self.rotary(positions, residual.dtype)
-        for layer, block in enumerate(self.blocks[:stop_at_layer]):
+        first = start_at_layer or 0
+        for layer, block in zip(range(first, self.cfg.n_layers), self.blocks[first:stop_at_layer]):
             past = past_kv_cache[layer] if past_kv_cache is not None else None
             residual = block(residual, cos, sin, mask_4d, past)
         if stop_at_layer is not None:
@@ -235,6 +247,23 @@ class HookedGatedQwen3(HookedRootModule):
             return None
         loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _as_residual(
+        self, input: Tensor, attention_mask: Tensor | None, past_kv_cache: list[KVCacheEntry] | None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        if not isinstance(input, Tensor) or input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
+            shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(
+                f"with start_at_layer, input must be a residual stream [batch, pos, {self.cfg.d_model}], got {shape}"
+            )
+        if past_kv_cache is not None:
+            raise ValueError("start_at_layer cannot be combined with past_kv_cache")
+        if attention_mask is not None and attention_mask.shape != input.shape[:2]:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match the residual's "
+                f"[batch, pos] {tuple(input.shape[:2])}"
+            )
+        return input.to(self.cfg.device)
 
     @staticmethod
     def loss_fn(

@@ -23,7 +23,6 @@ from gated_interp.plotting import (  # noqa: E402
     save_demo_figure,
 )
 
-
 # A wrong shape is a ValueError from our own check, or a TypeError when pytest runs with
 # jaxtyping's type checking on (--jaxtyping-packages), which stops it at the signature.
 SHAPE_ERRORS = (ValueError, TypeError)

@@ -112,7 +112,13 @@ class GatedAttention(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------------
     def _project(self, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
-        out = einops.einsum(x, W, "batch pos d_model, head d_model d -> batch pos head d")
+        """`x [batch, pos, d_model]` times per-head `W [head, d_model, d]` → `[batch, pos, head, d]`.
+
+        One matmul against `W` laid out as `[d_model, head * d]` (a small copy per call): an
+        einsum here runs one small batched matmul per head and then permutes its output, which
+        is measurably slower than the single large matmul Hugging Face's `nn.Linear` does."""
+        heads, d_model, width = W.shape
+        out = (x @ W.transpose(0, 1).reshape(d_model, heads * width)).unflatten(-1, (heads, width))
         return out if b is None else out + b
 
     def forward(
@@ -152,7 +158,8 @@ class GatedAttention(nn.Module):
             )
             out = result.sum(dim=-2)
         else:
-            out = einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos d_model")
+            # `W_O [head, d_head, d_model]` is already `[head * d_head, d_model]` in memory.
+            out = z.flatten(-2) @ self.W_O.flatten(0, 1)
         return out if self.b_O is None else out + self.b_O
 
     def _attend(
@@ -177,16 +184,19 @@ class GatedAttention(nn.Module):
             )
             return z.transpose(1, 2)
 
-        k_per_head = k.repeat_interleave(self.cfg.n_groups, dim=2)
-        v_per_head = v.repeat_interleave(self.cfg.n_groups, dim=2)
-        scores = einops.einsum(
-            q, k_per_head, "batch q_pos head d_head, batch k_pos head d_head -> batch head q_pos k_pos"
-        ) / math.sqrt(self.cfg.d_head)
+        # Query heads are grouped by key-value head ([batch, kv_head, group, ...]), so that one
+        # broadcast matmul serves every group without copying keys and values per query head.
+        batch, n_q, n_heads, d_head = q.shape
+        n_kv, groups = k.shape[2], self.cfg.n_groups
+        q_grouped = q.permute(0, 2, 1, 3).unflatten(1, (n_kv, groups))  # [batch, kv, group, q_pos, d]
+        k_grouped = k.permute(0, 2, 3, 1)[:, :, None]  # [batch, kv, 1, d, k_pos]
+        v_grouped = v.permute(0, 2, 1, 3)[:, :, None]  # [batch, kv, 1, k_pos, d]
+        scores = (q_grouped @ k_grouped).flatten(1, 2) / math.sqrt(d_head)  # [batch, head, q_pos, k_pos]
         if mask is None:
             n = q.shape[1]
             mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None, None]
         scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
-        pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
-        return einops.einsum(
-            pattern, v_per_head, "batch head q_pos k_pos, batch k_pos head d_head -> batch q_pos head d_head"
-        )
+        softmax_dtype = torch.promote_types(scores.dtype, torch.float32)  # fp32 or better, as HF
+        pattern = self.hook_pattern(torch.softmax(scores.to(softmax_dtype), dim=-1).to(q.dtype))
+        z = pattern.unflatten(1, (n_kv, groups)) @ v_grouped  # [batch, kv, group, q_pos, d]
+        return z.flatten(1, 2).transpose(1, 2)

@@ -25,7 +25,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Float[Tensor, "... width"]) -> Float[Tensor, "... width"]:
         in_dtype = x.dtype
-        x32 = x.float()
+        # Upcast half precision as HF does, but never downcast a float64 model.
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         normalized = self.hook_normalized(x32 / scale).to(in_dtype)
         return normalized * self.w

@@ -1,0 +1,512 @@
+"""`gated-interp`: the command line (also `python -m gated_interp`).
+
+    gated-interp demo  --size tiny --out figures         # the authors' attention-map demo
+    gated-interp sinks --size 1B --csv sinks.csv         # F-Attn, sink rate, M-Act, gate, loss
+    gated-interp info  gate_headwise                     # what a checkpoint is, without loading it
+
+Variants are `baseline`, `gate_headwise` and `gate_elementwise` (resolved for `--size tiny` to the
+bundled models, for `--size 1B` to `$GATED_INTERP_CHECKPOINTS/1B_<variant>` or the Hugging Face
+hub), or the path of a checkpoint folder in the released format (named after the folder).
+
+Exit codes: 0 success, 1 a runtime problem (missing or broken checkpoint, a failed run), 2 bad
+arguments (unknown variant, unusable --out, missing or empty prompts file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gated_interp.loading.errors import CheckpointError
+from gated_interp.loading.resolve import CHECKPOINTS_ENV, SIZES, VARIANTS
+
+DEMO_PROMPT = "Sparse gating mechanism mitigates attention sink."
+# Default prompts of `sinks` when no held-out text fits the models: varied register and length.
+DEFAULT_PROMPTS = (
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the porch.",
+    "In 1905, Albert Einstein published four papers that changed our understanding of physics.",
+    "Once upon a time, a little girl lived with her grandmother in a small house near the forest.",
+    "To install the package, open a terminal, create a virtual environment and run pip install.",
+    "The committee will meet on Thursday to discuss the budget for the next fiscal year.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose molecules.",
+    "She opened the letter slowly, afraid of what it might say, and then began to laugh.",
+    "Prices rose by three percent last month, driven mostly by energy and food costs.",
+)
+DTYPES = ("float32", "bfloat16", "float16")
+FIRST_TOKEN_FIGURE = "first_token_attention_by_layer.png"
+MASSIVE_FIGURE = "massive_activations_by_layer.png"
+
+
+class UsageError(Exception):
+    """A bad argument: reported as `error: ...` with exit code 2."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant as given on the command line, resolved to its checkpoint folder."""
+
+    name: str
+    folder: Path
+    bundled_name: bool  # given as a variant name (not a folder path)
+
+
+# ---- argument parsing ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gated-interp",
+        description="Attention sinks, massive activations and gates of gated-attention Qwen3 models "
+        "(arXiv 2505.06708).",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo(commands)
+    _add_sinks(commands)
+    _add_info(commands)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser, variants: bool = True) -> None:
+    parser.add_argument(
+        "--size",
+        choices=SIZES,
+        default="tiny",
+        help="which release a variant name refers to: the bundled 'tiny' models or the released '1B' "
+        f"ones (${CHECKPOINTS_ENV}/1B_<variant> or the hub); default: tiny",
+    )
+    if variants:
+        parser.add_argument(
+            "--variants",
+            nargs="+",
+            default=list(VARIANTS),
+            metavar="VARIANT",
+            help=f"variant names ({', '.join(VARIANTS)}) or checkpoint folders; default: all three",
+        )
+        parser.add_argument(
+            "--device", default=None, help="torch device, e.g. cpu or cuda:0; default: cuda if available"
+        )
+        parser.add_argument(
+            "--dtype", choices=DTYPES, default="float32", help="dtype to run the models in; default: float32"
+        )
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_demo(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="head-averaged attention maps of four layers per variant (the authors' demo)",
+        description="For each variant: run the prompt, draw the head-averaged attention maps of four "
+        "layers (1, 7, 21, 28 of a 28-layer model) to {variant}_selected_layer_attention_maps.png, then "
+        f"compare the variants' first-token attention by layer ({FIRST_TOKEN_FIGURE}) and largest "
+        f"activation by layer ({MASSIVE_FIGURE}).",
+    )
+    _add_model_options(demo)
+    demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"text to run; default: {DEMO_PROMPT!r}")
+    demo.add_argument("--out", type=Path, default=Path("figures"), help="folder for the figures; default: figures")
+    demo.set_defaults(handler=run_demo)
+
+
+def _add_sinks(commands: Any) -> None:
+    sinks = commands.add_parser(
+        "sinks",
+        help="table of F-Attn, sink rate, M-Act, mean gate score and loss per variant",
+        description="Measure every variant on the same prompts: F-Attn (mean attention to the first "
+        "token), sink rate (Gu et al., eps 0.3), M-Act (mean over layers of the largest |hidden state|), "
+        "mean gate score (NaN when ungated) and next-token loss.",
+    )
+    _add_model_options(sinks)
+    sinks.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="text file, one prompt per non-empty line; default: for --size tiny the bundled held-out "
+        "windows, otherwise a built-in list of English prompts",
+    )
+    sinks.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N prompts")
+    sinks.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass; default: 8")
+    sinks.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also save the table as CSV")
+    sinks.set_defaults(handler=run_sinks)
+
+
+def _add_info(commands: Any) -> None:
+    info = commands.add_parser(
+        "info",
+        help="describe a checkpoint from its config and file headers, without loading weights",
+        description="Print a checkpoint's architecture, gate kind, q_proj layout, parameter count, weight "
+        "files and their dtype, read from config.json and the safetensors headers only.",
+    )
+    info.add_argument("checkpoint", metavar="PATH_OR_VARIANT", help=f"a folder, or one of {', '.join(VARIANTS)}")
+    _add_model_options(info, variants=False)
+    info.set_defaults(handler=run_info)
+
+
+# ---- shared checks -------------------------------------------------------------------------------
+
+
+def resolve_variants(names: Sequence[str], size: str) -> list[Variant]:
+    """Every variant resolved to a folder before any model is loaded."""
+    from gated_interp.loading.resolve import resolve_checkpoint
+
+    variants = []
+    for name in names:
+        check_name(name)
+        folder = resolve_checkpoint(name, size)
+        variants.append(Variant(name if name in VARIANTS else folder.name, folder, name in VARIANTS))
+    duplicates = [name for name, n in Counter(v.name for v in variants).items() if n > 1]
+    if duplicates:
+        raise UsageError(f"variant name(s) {duplicates} given twice (folders are named after their last part)")
+    return variants
+
+
+def check_name(name: str) -> None:
+    """A variant name, or something meant as a path (an unknown bare name is a usage error)."""
+    looks_like_path = Path(name).expanduser().exists() or os.sep in name or name.startswith((".", "~"))
+    if name not in VARIANTS and not looks_like_path:
+        raise UsageError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)} or give a checkpoint folder")
+
+
+def check_out_dir(out: Path) -> Path:
+    """Create `out` and write a temporary file in it, so that a bad --out fails before models load."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write figures to {out}: {error.strerror or error}") from error
+    return out
+
+
+def check_csv_path(path: Path) -> Path:
+    if path.is_dir():
+        raise UsageError(f"--csv {path} is a folder; give a file name")
+    check_out_dir(path.parent if str(path.parent) else Path("."))
+    return path
+
+
+def read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UsageError(f"prompts file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read prompts file {path}: {error}") from error
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UsageError(f"prompts file {path} has no prompts: write one prompt per line")
+    return prompts
+
+
+def load_model(variant: Variant, args: argparse.Namespace) -> Any:
+    import torch
+
+    from gated_interp.loading.load import load_folder
+
+    return load_folder(variant.folder, device=args.device, dtype=getattr(torch, args.dtype), progress=not args.quiet)
+
+
+def _release(model: Any) -> None:
+    """Free a model's memory before the next one loads (1B models are ~7 GB each in float32)."""
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _progress(items: Sequence[Any], desc: str, quiet: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=quiet or len(items) < 2, unit="variant")
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    out = check_out_dir(args.out)
+    if not args.prompt.strip():
+        raise UsageError("--prompt is empty")
+    variants = resolve_variants(args.variants, args.size)
+    first_token, largest = {}, {}
+    written = []
+    for variant in _progress(variants, "demo", args.quiet):
+        model = load_model(variant, args)
+        path, first_token[variant.name], largest[variant.name] = demo_variant(model, variant.name, args.prompt, out)
+        written.append(path)
+        _release(model)
+    written += comparison_figures(first_token, largest, out)
+    for path in written:
+        print(path)
+    return 0
+
+
+def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, Any, Any]:
+    """The variant's attention-map figure, and its per-layer first-token attention and largest activation."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from gated_interp import analysis, plotting
+
+    if model.tokenizer is None:
+        raise CheckpointError(f"{name}: the checkpoint has no tokenizer files, and the demo runs text")
+    layers = plotting.demo_layers(model.cfg.n_layers, zero_based=True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompt, names_filter=_demo_hooks)
+    str_tokens = model.to_str_tokens(prompt)
+    if len(str_tokens) < 2:
+        raise UsageError(f"--prompt {prompt!r} is a single token; first-token attention needs at least two")
+    maps = analysis.head_averaged_patterns(cache, layers)
+    fig = plotting.attention_maps(maps, str_tokens, layers=layers, title=f"{name}: head-averaged attention")
+    path = plotting.save_demo_figure(fig, out, name)
+    plt.close(fig)
+    by_layer = analysis.first_token_attention_by_layer(cache).cpu()
+    largest = analysis.max_activation_by_layer(cache).cpu()
+    return path, by_layer, largest
+
+
+def _demo_hooks(name: str) -> bool:
+    return name.endswith(("hook_pattern", "hook_resid_post"))
+
+
+def comparison_figures(first_token: dict[str, Any], largest: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from gated_interp import plotting
+
+    figures = (
+        (FIRST_TOKEN_FIGURE, first_token, "attention to the first token", "First-token attention by layer", False),
+        (MASSIVE_FIGURE, largest, "max |hidden state| (log)", "Largest activation by layer", True),
+    )
+    paths = []
+    for file_name, values, ylabel, title, log_scale in figures:
+        fig = plotting.plot_by_layer(values, ylabel=ylabel, title=title, log_scale=log_scale)
+        fig.savefig(out / file_name, dpi=150, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(out / file_name)
+    return paths
+
+
+# ---- sinks ---------------------------------------------------------------------------------------
+
+
+def run_sinks(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.csv is not None:
+        check_csv_path(args.csv)
+    explicit = read_prompts(args.prompts) if args.prompts is not None else None
+    variants = resolve_variants(args.variants, args.size)
+    prompts, source = choose_prompts(explicit, args.size, variants)
+    if args.limit is not None:
+        prompts = prompts[: args.limit]
+    print(f"prompts: {source} ({len(prompts)} sequences)", file=sys.stderr)
+    table = measure(variants, prompts, args)
+    print(format_table(table))
+    if args.csv is not None:
+        table.to_csv(args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def choose_prompts(explicit: list[str] | None, size: str, variants: list[Variant]) -> tuple[Any, str]:
+    """The prompts file; else for the bundled tiny models their held-out windows; else built-ins."""
+    if explicit is not None:
+        return explicit, "prompts file"
+    if size == "tiny" and all(v.bundled_name for v in variants):
+        tokens = _heldout_tokens()
+        if tokens is not None:
+            return tokens, "bundled held-out windows"
+    return list(DEFAULT_PROMPTS), "built-in prompts"
+
+
+def _heldout_tokens() -> Any | None:
+    try:
+        from gated_interp.loading.bundled import heldout_tokens
+
+        return heldout_tokens()
+    except (ImportError, CheckpointError, OSError):
+        return None
+
+
+def measure(variants: list[Variant], prompts: Any, args: argparse.Namespace) -> Any:
+    """`compare_variants`, one model in memory at a time."""
+    import pandas as pd
+
+    from gated_interp.analysis import compare_variants
+
+    frames = []
+    for variant in _progress(variants, "sinks", args.quiet):
+        model = load_model(variant, args)
+        if not _takes_text(model, prompts):
+            raise CheckpointError(f"{variant.name}: the checkpoint has no tokenizer files, so it cannot read text")
+        frames.append(
+            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet)
+        )
+        _release(model)
+    return pd.concat(frames)
+
+
+def _takes_text(model: Any, prompts: Any) -> bool:
+    return model.tokenizer is not None or not isinstance(prompts, list)
+
+
+TABLE_HEADERS = {"f_attn": "F-Attn", "sink_rate": "sink rate", "m_act": "M-Act", "mean_gate": "mean gate"}
+
+
+def format_table(table: Any) -> str:
+    """The table with the paper's column names, 4 decimals (M-Act 1) and '-' for an absent gate."""
+
+    formatters = {
+        TABLE_HEADERS.get(column, column): ("{:.1f}" if column == "m_act" else "{:.4f}").format
+        for column in table.columns
+    }
+    return table.rename(columns=TABLE_HEADERS).to_string(formatters=formatters, na_rep="-")
+
+
+# ---- info ----------------------------------------------------------------------------------------
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from gated_interp.loading.resolve import resolve_checkpoint
+
+    name = args.checkpoint
+    check_name(name)
+    folder = resolve_checkpoint(name, args.size)
+    for key, value in describe_checkpoint(folder, name if name in VARIANTS else None):
+        print(f"{key + ':':<22} {value}")
+    return 0
+
+
+def describe_checkpoint(folder: Path, variant: str | None = None) -> list[tuple[str, str]]:
+    """(label, value) rows from config.json and the weight files' headers; no tensor is read."""
+    from gated_interp.loading.hf_config import config_from_hf, gate_kind, read_config_json
+    from gated_interp.loading.load import TOKENIZER_FILES
+    from gated_interp.loading.state_dict import IGNORED_SUFFIXES
+    from gated_interp.loading.weight_files import WeightFiles
+
+    hf = read_config_json(folder)
+    files = WeightFiles(folder)
+    names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES)}
+    cfg = config_from_hf(hf, tie_word_embeddings_default="lm_head.weight" not in names, device="cpu")
+    gate = gate_kind(hf)
+    on_disk = sum(math.prod(files.shape(n)) for n in names)
+    tokenizer = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    return [
+        ("folder", str(folder)),
+        ("model_type", str(hf.get("model_type"))),
+        ("variant", variant or _variant_from_gate(gate)),
+        ("gate", _gate_text(cfg)),
+        ("layers", str(cfg.n_layers)),
+        ("d_model", str(cfg.d_model)),
+        ("heads / kv heads", f"{cfg.n_heads} / {cfg.n_key_value_heads} ({cfg.n_groups} query heads per kv head)"),
+        ("d_head", str(cfg.d_head)),
+        ("d_mlp", str(cfg.d_mlp)),
+        ("vocab", str(cfg.d_vocab)),
+        ("qk norm", _yes(cfg.use_qk_norm)),
+        ("qkv bias", _yes(cfg.qkv_bias)),
+        ("tied embeddings", _yes(cfg.tie_word_embeddings)),
+        ("rope theta", f"{cfg.rope_theta:g}" + (f", scaling {cfg.rope_scaling}" if cfg.rope_scaling else "")),
+        ("q_proj layout", qproj_layout_text(cfg)),
+        ("parameters", f"{_count(cfg.n_params)} (weight matrices and embeddings, from the config)"),
+        ("on disk", f"{_count(on_disk)} values in {len(names)} tensors"),
+        ("weight files", _files_text(folder)),
+        ("dtype on disk", _dtypes_text(files, names)),
+        ("tokenizer", f"yes ({', '.join(tokenizer)})" if tokenizer else "no (the model takes token ids only)"),
+    ]
+
+
+def _variant_from_gate(gate: str) -> str:
+    return {"none": "baseline", "headwise": "gate_headwise", "elementwise": "gate_elementwise"}[gate] + " (from config)"
+
+
+def _gate_text(cfg: Any) -> str:
+    if cfg.gate == "none":
+        return "none (plain softmax attention)"
+    return f"{cfg.gate}: sigmoid gate on the attention output, {cfg.gate_width} score(s) per head"
+
+
+def qproj_layout_text(cfg: Any) -> str:
+    """e.g. "per kv group: 2 heads x 64 query rows + 2 x 1 gate rows; 8 groups, 2048 rows"."""
+    layout = f"per kv group: {cfg.n_groups} heads x {cfg.d_head} query rows"
+    if cfg.gate != "none":
+        layout += f" + {cfg.n_groups} x {cfg.gate_width} gate rows"
+    return f"{layout}; {cfg.n_key_value_heads} groups, {cfg.d_q_proj} rows x {cfg.d_model}"
+
+
+def _files_text(folder: Path) -> str:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    return ", ".join(f"{f.name} ({f.stat().st_size / 2**20:.1f} MiB)" for f in files)
+
+
+def _dtypes_text(files: Any, names: set[str]) -> str:
+    counts = Counter(_disk_dtype(files, name) for name in names)
+    return ", ".join(f"{dtype} ({n} tensors)" for dtype, n in counts.most_common())
+
+
+def _disk_dtype(files: Any, name: str) -> str:
+    # WeightFiles keeps each safetensors header entry (or the mmap'd .bin tensor); reading its dtype
+    # touches no tensor data.
+    if getattr(files, "_bin", None) is not None:
+        return str(files._bin[name].dtype).removeprefix("torch.")
+    return files._entries[name][1]["dtype"]
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _count(n: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix} ({n:,})"
+    return str(n)
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 runtime problem, 2 bad arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or argparse's own usage errors (already printed)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        return _fail(str(error), 2)
+    except CheckpointError as error:
+        return _fail(str(error), 1)
+    except (ValueError, OSError, RuntimeError) as error:
+        return _fail(f"{type(error).__name__}: {error}", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

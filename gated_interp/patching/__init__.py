@@ -1,0 +1,34 @@
+"""Activation patching and attribution patching for `HookedGatedQwen3`, gate activations included.
+
+from functools import partial
+from gated_interp.patching import patch_heads, attribution_patching, metrics
+
+metric = partial(metrics.logit_diff, answer_tokens=answers, wrong_tokens=wrongs)
+_, clean_cache = model.run_with_cache(clean_tokens)
+gate_effect = patch_heads(model, corrupted_tokens, clean_cache, metric, activation="gate")  # [layer, head]
+estimates = attribution_patching(model, clean_tokens, corrupted_tokens, metric)  # {"z": [layer, head], ...}
+"""
+
+from gated_interp.patching import metrics
+from gated_interp.patching.activation import DEFAULT_MAX_TOKENS, patch_heads, patch_resid
+from gated_interp.patching.attribution import attribution_patching, attribution_patching_from_cache
+from gated_interp.patching.metrics import logit_diff, normalized_metric
+from gated_interp.patching.results import HEAD_AXES, HEAD_POS_AXES, RESID_AXES, to_dataframe
+from gated_interp.patching.sites import HEAD_ACTIVATIONS, RESID_ACTIVATIONS
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "HEAD_ACTIVATIONS",
+    "HEAD_AXES",
+    "HEAD_POS_AXES",
+    "RESID_ACTIVATIONS",
+    "RESID_AXES",
+    "attribution_patching",
+    "attribution_patching_from_cache",
+    "logit_diff",
+    "metrics",
+    "normalized_metric",
+    "patch_heads",
+    "patch_resid",
+    "to_dataframe",
+]

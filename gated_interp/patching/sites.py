@@ -1,0 +1,57 @@
+"""Where each patchable activation lives and how its axes are laid out.
+
+A sweep needs three facts per activation: the hook name in a layer, which tensor axis indexes
+heads (if any) and which indexes positions. `canonical` then reorders any of them to
+`[head?, pos, batch, ...]`, so one indexing rule patches them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from gated_interp.model import HookedGatedQwen3
+
+# Activations inside `blocks.{l}.attn`: [batch, pos, head, ...] except the pattern.
+HEAD_ACTIVATIONS = ("z", "z_pre_gate", "gate_logits", "gate", "q", "k", "v", "pattern", "attn_scores")
+GATE_ACTIVATIONS = ("z_pre_gate", "gate_logits", "gate")
+# Residual-stream-shaped activations of `blocks.{l}`: [batch, pos, d_model].
+RESID_ACTIVATIONS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation kind: `hook_name(l)` and its head/position axes in the batched tensor."""
+
+    activation: str
+    head_axis: int | None  # None for residual-stream activations
+    pos_axis: int  # the query/destination position for patterns
+
+    def hook_name(self, layer: int) -> str:
+        if self.head_axis is None:
+            return f"blocks.{layer}.hook_{self.activation}"
+        return f"blocks.{layer}.attn.hook_{self.activation}"
+
+    def canonical(self, act: Tensor, batch_dims: int = 1) -> Tensor:
+        """A view of `act` ordered `[*batch_dims[:-1], head?, pos, batch, rest...]`.
+
+        `batch_dims=2` is for the replicated run, `[copies, prompts, ...]`: the copy axis stays
+        first. Writing into the returned view writes into `act`.
+        """
+        lead = batch_dims - 1
+        src = [lead + self.pos_axis] if self.head_axis is None else [lead + self.head_axis, lead + self.pos_axis]
+        return act.movedim(src, list(range(lead, lead + len(src))))
+
+
+def site(model: HookedGatedQwen3, activation: str) -> Site:
+    """The `Site` of `activation`, with a clear error for names this model does not have."""
+    if activation in GATE_ACTIVATIONS and model.cfg.gate == "none":
+        raise ValueError(f"activation {activation!r} needs a gated model, but this one has cfg.gate == 'none'")
+    if activation in ("pattern", "attn_scores"):
+        return Site(activation, head_axis=1, pos_axis=2)
+    if activation in HEAD_ACTIVATIONS:
+        return Site(activation, head_axis=2, pos_axis=1)
+    if activation in RESID_ACTIVATIONS:
+        return Site(activation, head_axis=None, pos_axis=1)
+    raise ValueError(f"unknown activation {activation!r}; choose from {HEAD_ACTIVATIONS + RESID_ACTIVATIONS}")
