@@ -366,7 +366,10 @@ class HookedGatedQwen3(HookedRootModule):
 
         if return_type == "tokens" or (return_type == "input" and not given_strings):
             return tokens
-        texts = [self.tokenizer.decode(row[m.bool()].tolist()) for row, m in zip(tokens, mask)]
+        # Special tokens (the BOS we prepended, an EOS that ended the text) are not part of the text.
+        texts = [
+            self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(tokens, mask)
+        ]
         return texts[0] if isinstance(input, str) else texts
 
     def _empty_kv_cache(self, batch: int) -> list[KVCacheEntry]:
