@@ -457,17 +457,9 @@ def _files_text(folder: Path) -> str:
     return ", ".join(f"{f.name} ({f.stat().st_size / 2**20:.1f} MiB)" for f in files)
 
 
-def _dtypes_text(files: Any, names: set[str]) -> str:
-    counts = Counter(_disk_dtype(files, name) for name in names)
+def _dtypes_text(files: WeightFiles, names: set[str]) -> str:
+    counts = Counter(files.dtype(name) for name in names)
     return ", ".join(f"{dtype} ({n} tensors)" for dtype, n in counts.most_common())
-
-
-def _disk_dtype(files: Any, name: str) -> str:
-    # WeightFiles keeps each safetensors header entry (or the mmap'd .bin tensor); reading its dtype
-    # touches no tensor data.
-    if getattr(files, "_bin", None) is not None:
-        return str(files._bin[name].dtype).removeprefix("torch.")
-    return files._entries[name][1]["dtype"]
 
 
 def _yes(flag: bool) -> str:

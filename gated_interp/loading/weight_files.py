@@ -66,6 +66,12 @@ class WeightFiles:
             return tuple(self._bin[name].shape)
         return tuple(self._entries[name][1]["shape"])
 
+    def dtype(self, name: str) -> str:
+        """The tensor's dtype on disk, as safetensors names it (e.g. "BF16"), read from the header."""
+        if self._bin is not None:
+            return {v: k for k, v in _SAFETENSORS_DTYPES.items()}[self._bin[name].dtype]
+        return self._entries[name][1]["dtype"]
+
     def get(self, name: str) -> Tensor:
         if self._bin is not None:
             return self._bin[name]

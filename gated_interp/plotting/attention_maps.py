@@ -86,7 +86,8 @@ def attention_maps(
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Leave room above the subplot titles for the figure title.
+    fig.tight_layout(rect=(0, 0, 1, 0.95) if title else None)
     return fig
 
 

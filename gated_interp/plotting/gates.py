@@ -66,7 +66,7 @@ def gate_histograms(
         for ax in axes[row, len(per) :]:
             ax.set_visible(False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 
