@@ -68,6 +68,10 @@ class HookedGatedQwen3(HookedRootModule):
         self.cfg.dtype = self.W_E.dtype
         return self
 
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute and hook each head's output, `blocks.{l}.attn.hook_result [batch, pos, head, d_model]`."""
+        self.cfg.use_attn_result = use_attn_result
+
     # ---- tokenisation --------------------------------------------------------------------
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:

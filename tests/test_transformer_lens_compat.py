@@ -92,7 +92,10 @@ def test_hook_names_and_shapes(tok_model, gate):
     assert set(cache.keys()) == set(expected)  # nothing missing, nothing extra (no gate hooks in baseline)
     for name, shape in expected.items():
         assert tuple(cache[name].shape) == shape, name
-    assert set(model.hook_dict) == set(expected)
+    # hook_result exists on every model but only fires with cfg.use_attn_result
+    assert set(model.hook_dict) == set(expected) | {
+        f"blocks.{l}.attn.hook_result" for l in range(config["num_hidden_layers"])
+    }
 
     pattern = cache["pattern", 0]
     assert torch.allclose(pattern.sum(-1), torch.ones(B, h, P), atol=1e-5)
@@ -102,15 +105,20 @@ def test_hook_names_and_shapes(tok_model, gate):
 @torch.no_grad()
 def test_hook_result_when_use_attn_result(tok_model):
     model, config = tok_model
-    assert "blocks.0.attn.hook_result" not in model.hook_dict
-    other = _with_attn_result(model)
     tokens = _tokens(config)
-    logits, cache = other.run_with_cache(tokens)
-    assert torch.allclose(logits, model(tokens), atol=1e-5)
-    for layer in range(config["num_hidden_layers"]):
-        result = cache["result", layer]
-        assert result.shape == (B, P, config["num_attention_heads"], config["hidden_size"])
-        assert _max_diff(result.sum(-2) + other.blocks[layer].attn.b_O, cache["attn_out", layer]) <= TOL
+    _, cache = model.run_with_cache(tokens)
+    assert "blocks.0.attn.hook_result" not in cache.keys()
+    plain_logits = model(tokens)
+    switched_on = HookedGatedQwen3(dataclasses.replace(model.cfg, hf_extra={}), tokenizer=model.tokenizer)
+    switched_on.load_state_dict(model.state_dict())
+    switched_on.set_use_attn_result(True)  # on a model built without it
+    for other in (_with_attn_result(model), switched_on):
+        logits, cache = other.run_with_cache(tokens)
+        assert torch.allclose(logits, plain_logits, atol=1e-5)
+        for layer in range(config["num_hidden_layers"]):
+            result = cache["result", layer]
+            assert result.shape == (B, P, config["num_attention_heads"], config["hidden_size"])
+            assert _max_diff(result.sum(-2) + other.blocks[layer].attn.b_O, cache["attn_out", layer]) <= TOL
 
 
 @torch.no_grad()

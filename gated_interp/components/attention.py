@@ -72,8 +72,9 @@ class GatedAttention(nn.Module):
             self.hook_gate_logits = HookPoint()  # [batch, pos, head, gate]
             self.hook_gate = HookPoint()  # [batch, pos, head, gate], sigmoid(gate logits)
         self.hook_z = HookPoint()  # [batch, pos, head, d_head], what W_O reads
-        if cfg.use_attn_result:
-            self.hook_result = HookPoint()  # [batch, pos, head, d_model]
+        # Always present, so that `model.set_use_attn_result(True)` needs no rebuild; it only
+        # fires when cfg.use_attn_result is set (the per-head result costs a [.., head, d_model] tensor).
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model]
 
     # ---- weights, TransformerLens style ---------------------------------------------------
     def _expand(self, t: Tensor) -> Tensor:
