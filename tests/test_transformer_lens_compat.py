@@ -94,7 +94,7 @@ def test_hook_names_and_shapes(tok_model, gate):
         assert tuple(cache[name].shape) == shape, name
     # hook_result exists on every model but only fires with cfg.use_attn_result
     assert set(model.hook_dict) == set(expected) | {
-        f"blocks.{l}.attn.hook_result" for l in range(config["num_hidden_layers"])
+        f"blocks.{layer}.attn.hook_result" for layer in range(config["num_hidden_layers"])
     }
 
     pattern = cache["pattern", 0]
