@@ -110,8 +110,13 @@ class HookedGatedQwen3(HookedRootModule):
             mask[i, : len(seq)] = 1
         return tokens.to(self.cfg.device), mask.to(self.cfg.device)
 
-    def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:
-        return self._tokenize(input, prepend_bos)[0]
+    def to_tokens(
+        self, input: str | Sequence[str], prepend_bos: bool | None = None, return_attention_mask: bool = False
+    ) -> Int[Tensor, "batch pos"] | tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """Tokens `[batch, pos]`, right-padded with the pad token when prompts differ in length;
+        with `return_attention_mask=True`, also the mask (1 = real token) to pass to `forward`."""
+        tokens, mask = self._tokenize(input, prepend_bos)
+        return (tokens, mask) if return_attention_mask else tokens
 
     def to_str_tokens(
         self, input: str | Int[Tensor, "pos"] | Int[Tensor, "1 pos"] | Sequence[int], prepend_bos: bool | None = None

@@ -319,6 +319,11 @@ def test_tokenisation_helpers(tok_model, bpe_tokenizer):
         alone = model("the")
     assert _max_diff(both[1, : alone.shape[1]], alone[0]) <= TOL
     assert _max_diff(model(PROMPT), model(tokens)) == 0
+    same, mask = model.to_tokens([PROMPT, "the"], return_attention_mask=True)
+    assert torch.equal(same, batch)
+    assert mask[0].all() and mask[1].sum().item() == alone.shape[1] and mask[1, -1].item() == 0
+    with torch.no_grad():
+        assert _max_diff(model(batch, attention_mask=mask), both) == 0
 
 
 # ---- generation --------------------------------------------------------------------------------
