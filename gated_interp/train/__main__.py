@@ -19,6 +19,24 @@ from gated_interp.train.data import evaluation_windows, make_windows, read_docum
 from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
 from gated_interp.train.trainer import VARIANT_GATES, TrainConfig, train_variants
 
+# TrainConfig fields settable from the command line (as --d-model, --lr, ...).
+INT_OPTIONS = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_key_value_heads",
+    "d_head",
+    "d_mlp",
+    "seq_len",
+    "batch_size",
+    "warmup_steps",
+    "eval_interval",
+    "eval_windows",
+    "save_interval",
+    "seed",
+)
+FLOAT_OPTIONS = ("lr", "weight_decay", "rope_theta")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
@@ -33,23 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--max-corpus-bytes", type=int, default=None, help="use only the start of train.txt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    for name in (
-        "d_model",
-        "n_layers",
-        "n_heads",
-        "n_key_value_heads",
-        "d_head",
-        "d_mlp",
-        "seq_len",
-        "batch_size",
-        "warmup_steps",
-        "eval_interval",
-        "eval_windows",
-        "save_interval",
-        "seed",
-    ):
+    for name in INT_OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "rope_theta"):
+    for name in FLOAT_OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     return parser.parse_args(argv)
 
@@ -66,27 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     train = TrainConfig(
         variants=tuple(args.variants),
         total_tokens=int(args.tokens),
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        rope_theta=args.rope_theta,
-        **{
-            name: getattr(args, name)
-            for name in (
-                "d_model",
-                "n_layers",
-                "n_heads",
-                "n_key_value_heads",
-                "d_head",
-                "d_mlp",
-                "seq_len",
-                "batch_size",
-                "warmup_steps",
-                "eval_interval",
-                "eval_windows",
-                "save_interval",
-                "seed",
-            )
-        },
+        **{name: getattr(args, name) for name in INT_OPTIONS + FLOAT_OPTIONS},
     )
     started = time.time()
     tokenizer = train_bpe_tokenizer(train_path, vocab_size=args.vocab_size, max_bytes=args.max_corpus_bytes)
