@@ -127,7 +127,9 @@ def write_card(
         f"wall time for all three together: {summary['wall_time_s'] / 60:.0f} minutes on "
         f"{summary.get('hardware', 'a 2-core CPU')} with {summary['torch_threads']} torch thread(s).",
         "- Learning curves: `training_log.csv` (held-out loss, first-token attention and max |residual|",
-        "  per layer, every evaluation step); `training_emergence.png` plots them.",
+        "  per layer, every evaluation step, on the run's own held-out windows); plotted below.",
+        "",
+        "![First-token attention and held-out loss during training](training_emergence.png)",
         "",
         "Command:",
         "",
