@@ -96,11 +96,14 @@ class HookedGatedQwen3(HookedRootModule):
         prepend_bos = self.default_prepend_bos if prepend_bos is None else prepend_bos
         if prepend_bos and tokenizer.bos_token_id is None:
             raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+        # An empty prompt is an error even when a BOS token would make it one token long: it is
+        # almost always a bug upstream (an empty line, a failed read). `generate("")` is the way
+        # to sample from the BOS alone.
+        empty = [i for i, text in enumerate(texts) if text == ""]
+        if empty:
+            raise ValueError(f"prompt(s) at index {empty} are empty: give at least one character of text")
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         ids = [([tokenizer.bos_token_id] if prepend_bos else []) + seq for seq in ids]
-        empty = [i for i, seq in enumerate(ids) if not seq]
-        if empty:
-            raise ValueError(f"prompt(s) at index {empty} are empty: give at least one token of text")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         length = max(len(seq) for seq in ids)
         tokens = torch.full((len(ids), length), pad_id, dtype=torch.long)

@@ -346,8 +346,11 @@ def test_error_empty_prompt(tmp_path, bpe_tokenizer):
         model(["some text", ""], prepend_bos=False)
     with pytest.raises(ValueError):
         model.to_tokens([])
-    # with BOS prepended, an empty prompt is the single BOS token and runs
-    assert model("").shape == (1, 1, len(bpe_tokenizer))
+    # even when a BOS token would be prepended: an empty prompt is almost always a bug upstream
+    with pytest.raises(ValueError, match="empty"):
+        model("")
+    # sampling from the BOS alone is what generate("") is for
+    assert isinstance(model.generate("", max_new_tokens=2, verbose=False), str)
 
 
 def test_folder_path_wins_over_mirror_env(tmp_path, monkeypatch):
