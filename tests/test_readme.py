@@ -1,0 +1,25 @@
+"""The README's Python examples run as written, in order, on the bundled tiny models."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from gated_interp.loading.bundled import TINY_DIR
+
+matplotlib.use("Agg")
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.mark.skipif(not (TINY_DIR / "heldout_tokens.safetensors").is_file(), reason="bundled tiny models not built")
+def test_readme_python_examples_run():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 3, "the README should show the quickstart, analysis and patching examples"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["z_effect"].shape == (namespace["model"].cfg.n_layers, namespace["model"].cfg.n_heads)
+    assert namespace["loss_open"].ndim == 0
