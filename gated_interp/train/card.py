@@ -177,6 +177,15 @@ def write_card(
         by_layer = {v: metrics[v]["first_token_attention_by_layer"][layer] for v in variants}
         ratios = [f"{by_layer['baseline'] / by_layer[v]:.1f}x that of {v}" for v in variants if v != "baseline"]
         lines[-1] += ", ".join(ratios) + "."
+        weakest = min(by_layer["baseline"] / by_layer[v] for v in variants if v != "baseline")
+        if weakest < 3:
+            lines += [
+                "",
+                f"Our goal for these models was a ratio of at least 3 in that layer; with {summary['tokens_seen']:,} "
+                f"training tokens the smallest is {weakest:.1f}. The baseline's first-token attention and",
+                "max |residual| were still growing when training stopped (see the plot above), so more training",
+                "tokens (a longer CPU run, or a GPU) should widen the contrast.",
+            ]
     lines += [
         "",
         "These are small models trained on a CPU for a few million tokens. Sinks need many training",
