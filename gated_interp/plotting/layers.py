@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import Float
+from matplotlib.ticker import MaxNLocator
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -30,6 +31,7 @@ def plot_by_layer(
             raise ValueError(f"{variant}: expected a [layer] vector, got shape {y.shape}; average over heads first")
         ax.plot(np.arange(1, len(y) + 1), y, marker="o", markersize=3, label=variant)
     ax.set_xlabel("Layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if log_scale:
