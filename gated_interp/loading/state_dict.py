@@ -101,24 +101,26 @@ def expected_hf_shapes(cfg: GatedQwen3Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# q_proj weight and bias: how to split them, and the names of their query and gate parts.
+_Q_PROJ_SPLITS = {
+    "weight": (qproj_layout.split_q_proj, "W_Q", "W_G"),
+    "bias": (qproj_layout.split_q_bias, "b_Q", "b_G"),
+}
+
+
 def hf_to_ours(
     name: str, tensor: Tensor, cfg: GatedQwen3Config, table: dict[str, tuple[str, Rearrange]]
 ) -> Iterator[tuple[str, Tensor]]:
     """Our (name, tensor) pairs made from HF tensor `name`; `q_proj` yields both W_Q and W_G.
     `table` is `by_hf_name(cfg)`, built once per checkpoint."""
-    if name.endswith("self_attn.q_proj.weight"):
-        ours = name.replace("model.layers.", "blocks.").replace("self_attn.q_proj.weight", "attn.")
-        W_Q, W_G = qproj_layout.split_q_proj(tensor, cfg)
-        yield ours + "W_Q", W_Q
-        if W_G is not None:
-            yield ours + "W_G", W_G
-        return
-    if name.endswith("self_attn.q_proj.bias"):
-        ours = name.replace("model.layers.", "blocks.").replace("self_attn.q_proj.bias", "attn.")
-        b_Q, b_G = qproj_layout.split_q_bias(tensor, cfg)
-        yield ours + "b_Q", b_Q
-        if b_G is not None:
-            yield ours + "b_G", b_G
+    prefix, _, kind = name.rpartition("self_attn.q_proj.")
+    if prefix and kind in _Q_PROJ_SPLITS:
+        split, query_name, gate_name = _Q_PROJ_SPLITS[kind]
+        attn = prefix.replace("model.layers.", "blocks.") + "attn."
+        queries, gates = split(tensor, cfg)
+        yield attn + query_name, queries
+        if gates is not None:
+            yield attn + gate_name, gates
         return
     our_name, rearrange = table[name]
     yield our_name, rearrange(tensor, cfg)
