@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny
+from hf_reference import hf_qwen3
 
 transformers = pytest.importorskip("transformers")
 
@@ -27,31 +28,6 @@ CONFIGS = {
 }
 
 
-def hf_model(cfg: dict, sd: dict) -> transformers.Qwen3ForCausalLM:
-    """HF Qwen3 with the same weights (eager attention, so that attention weights are returned)."""
-    hf_cfg = transformers.Qwen3Config(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=cfg["num_attention_heads"],
-        num_key_value_heads=cfg["num_key_value_heads"],
-        head_dim=cfg["head_dim"],
-        rms_norm_eps=cfg["rms_norm_eps"],
-        rope_parameters={"rope_type": "default", "rope_theta": cfg["rope_theta"]},
-        attention_bias=cfg["qkv_bias"],
-        tie_word_embeddings=cfg["tie_word_embeddings"],
-        max_position_embeddings=512,
-    )
-    hf_cfg._attn_implementation = "eager"
-    model = transformers.Qwen3ForCausalLM(hf_cfg).eval()
-    full = dict(sd)
-    if cfg["tie_word_embeddings"]:
-        full["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    model.load_state_dict(full, strict=True)
-    return model
-
-
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a.float() - b.float()).abs().max().item()
@@ -61,7 +37,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def pair(request, tmp_path):
     """(our model, HF model, config) with identical random weights."""
     model, cfg, sd = make_tiny(tmp_path / "ckpt", gate="none", seed=3, **CONFIGS[request.param])
-    return model, hf_model(cfg, sd), cfg
+    return model, hf_qwen3(cfg, sd), cfg
 
 
 def _tokens(cfg: dict, batch: int = 2, pos: int = 9, seed: int = 0) -> torch.Tensor:

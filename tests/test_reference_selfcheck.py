@@ -7,6 +7,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_reference import hf_qwen3  # noqa: E402
 from reference import (  # noqa: E402
     random_released_checkpoint,
     reference_activations,
@@ -17,35 +18,6 @@ from reference import (  # noqa: E402
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
-
-
-def _hf_model(cfg, sd):
-    rope = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
-    if cfg.get("rope_scaling"):
-        rope = {"rope_type": "linear", "factor": cfg["rope_scaling"]["factor"], "rope_theta": cfg["rope_theta"]}
-    hf_cfg = transformers.Qwen3Config(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=cfg["num_attention_heads"],
-        num_key_value_heads=cfg["num_key_value_heads"],
-        head_dim=cfg["head_dim"],
-        rms_norm_eps=cfg["rms_norm_eps"],
-        rope_parameters=rope,
-        attention_bias=cfg["qkv_bias"],
-        tie_word_embeddings=cfg["tie_word_embeddings"],
-        max_position_embeddings=512,
-    )
-    hf_cfg._attn_implementation = "eager"
-    model = transformers.Qwen3ForCausalLM(hf_cfg).eval()
-    full = dict(sd)
-    if cfg["tie_word_embeddings"]:
-        full["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    model.load_state_dict(full, strict=True)
-    if cfg["tie_word_embeddings"]:
-        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    return model
 
 
 CONFIGS = [
@@ -64,7 +36,7 @@ def test_matches_hf_qwen3_no_gate(overrides):
     ids = torch.randint(0, cfg["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(0))
     ours = reference_logits(cfg, sd, ids)
     with torch.no_grad():
-        theirs = _hf_model(cfg, sd)(input_ids=ids).logits.float()
+        theirs = hf_qwen3(cfg, sd)(input_ids=ids).logits.float()
     assert ours.shape == (2, 11, cfg["vocab_size"])
     assert ours.std() > 0.1  # non-trivial logits
     assert (ours - theirs).abs().max().item() <= TOL
@@ -100,7 +72,7 @@ def test_padding_matches_unpadded(side, gate):
         mask[b, sl] = 1
     batched = reference_logits(cfg, sd, ids, mask)
     assert torch.isfinite(batched).all()
-    hf = _hf_model(cfg, sd) if gate is None else None
+    hf = hf_qwen3(cfg, sd) if gate is None else None
     for b, s in enumerate(seqs):
         sl = slice(0, len(s)) if side == "right" else slice(P - len(s), P)
         single = reference_logits(cfg, sd, s[None])[0]
