@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import Float
-from matplotlib.ticker import MaxNLocator
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from gated_interp.plotting._common import to_numpy

@@ -87,12 +87,26 @@ def emergence_figure(log: pd.DataFrame, layer: int) -> plt.Figure:
     return fig
 
 
+def _per_layer_table(title: str, metrics: dict[str, Any], key: str, fmt: str) -> list[str]:
+    """Markdown lines: a titled table with one row per variant and one column per (1-based) layer."""
+    n_layers = len(next(iter(metrics.values()))[key])
+    lines = [
+        "",
+        title,
+        "",
+        "| variant | " + " | ".join(f"layer {i + 1}" for i in range(n_layers)) + " |",
+        "|---" * (n_layers + 1) + "|",
+    ]
+    for variant, m in metrics.items():
+        lines.append(f"| {variant} | " + " | ".join(fmt.format(x) for x in m[key]) + " |")
+    return lines
+
+
 def write_card(
     out: Path, metrics: dict[str, Any], summary: dict[str, Any], corpus_info: dict[str, Any], strongest_layer: int
 ) -> None:
     cfg = summary["train_config"]
     variants = list(metrics)
-    n_layers = len(metrics[variants[0]]["first_token_attention_by_layer"])
     lines = [
         "# Bundled tiny gated-attention models",
         "",
@@ -152,24 +166,13 @@ def write_card(
         lines.append(
             f"| {v} | {m['heldout_loss']:.4f} | {m['f_attn']:.4f} | {m['sink_rate']:.3f} | {m['m_act']:.2f} | {gate} |"
         )
-    lines += [
-        "",
+    lines += _per_layer_table(
         "First-token attention per layer (mean attention that queries at positions >= 1 give to position 0):",
-        "",
-        "| variant | " + " | ".join(f"layer {i + 1}" for i in range(n_layers)) + " |",
-        "|---" * (n_layers + 1) + "|",
-    ]
-    for v in variants:
-        lines.append(f"| {v} | " + " | ".join(f"{x:.4f}" for x in metrics[v]["first_token_attention_by_layer"]) + " |")
-    lines += [
-        "",
-        "Max |residual stream| after each block:",
-        "",
-        "| variant | " + " | ".join(f"layer {i + 1}" for i in range(n_layers)) + " |",
-        "|---" * (n_layers + 1) + "|",
-    ]
-    for v in variants:
-        lines.append(f"| {v} | " + " | ".join(f"{x:.1f}" for x in metrics[v]["max_abs_resid_by_layer"]) + " |")
+        metrics,
+        "first_token_attention_by_layer",
+        "{:.4f}",
+    )
+    lines += _per_layer_table("Max |residual stream| after each block:", metrics, "max_abs_resid_by_layer", "{:.1f}")
     base = metrics.get("baseline")
     if base is not None:
         layer = strongest_layer
