@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from gated_interp import weight_processing
 from gated_interp.cache import GatedActivationCache
 from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbedding, TransformerBlock, Unembed
 from gated_interp.config import GatedQwen3Config
@@ -49,7 +50,7 @@ class HookedGatedQwen3(HookedRootModule):
         for name, param in self.named_parameters():
             # One generator per parameter, seeded by its name: the weights that a baseline and a
             # gated variant share start identical, whatever extra (gate) parameters exist.
-            generator = torch.Generator().manual_seed(_name_seed(seed, name))
+            generator = torch.Generator().manual_seed(_name_seed(seed, _SEED_NAMES.get(name, name)))
             if name.endswith(".w"):
                 values = torch.ones(param.shape)
             elif param.ndim == 1 or name.split(".")[-1].startswith(("b_", "_b_")):
@@ -61,9 +62,15 @@ class HookedGatedQwen3(HookedRootModule):
                 param.copy_(values.to(param.dtype))
         return self
 
-    def to(self, *args: Any, **kwargs: Any) -> HookedGatedQwen3:
-        super().to(*args, **kwargs)
-        # transformer_lens.patching builds its index tensors on cfg.device, so keep it in step.
+    def to(self, *args: Any, print_details: bool = False, **kwargs: Any) -> HookedGatedQwen3:
+        """`nn.Module.to`; `print_details` is accepted for TransformerLens' signature and ignored."""
+        return super().to(*args, **kwargs)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HookedGatedQwen3:
+        # Every way of moving or casting parameters (`to`, `half`, `bfloat16`, `float`, `cuda`,
+        # `cpu`, ...) ends here: keep cfg in step, since the KV cache and transformer_lens.patching
+        # build tensors from cfg.dtype and cfg.device.
+        super()._apply(fn, recurse)
         self.cfg.device = str(self.W_E.device)
         self.cfg.dtype = self.W_E.dtype
         return self
@@ -398,11 +405,13 @@ class HookedGatedQwen3(HookedRootModule):
     def tokens_to_residual_directions(
         self, tokens: str | int | Int[Tensor, ""] | Int[Tensor, "pos"] | Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "... d_model"]:
-        """Unembedding directions of tokens, with `ln_final`'s weight folded in.
+        """Unembedding directions of tokens: `ln_final.w * W_U[:, token]`, shape `[*tokens.shape, d_model]`.
 
-        Our RMSNorm weights are not folded into `W_U` (the model runs exactly as released), so the
-        direction that a residual vector divided by `ln_final.hook_scale` must be dotted with to give
-        a logit is `w * W_U[:, token]`. That keeps `ActivationCache.logit_attrs` exact.
+        A residual vector divided by `ln_final.hook_scale` dotted with this gives the token's logit
+        (minus `b_U`), so `ActivationCache.logit_attrs` is exact whether or not the norms are folded.
+        On a folded model (the default of `load_hooked`) `ln_final.w` is all ones and this is
+        exactly `W_U[:, token]`, as in TransformerLens; on a raw model (`fold_ln=False`) the weight
+        TransformerLens would have folded into `W_U` is applied here instead, never twice.
         """
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
@@ -413,16 +422,124 @@ class HookedGatedQwen3(HookedRootModule):
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
     ) -> Float[Tensor, "d_model"]:
-        """Sum of the output biases written into the residual stream before `layer`'s attention
-        (or before its MLP with `mlp_input=True`). Qwen3's MLPs have no bias."""
+        """Sum of the biases written into the residual stream before block `layer`'s attention
+        (`b_O` and `mlp.b_out` of blocks `0..layer-1`), or before its MLP with `mlp_input=True`
+        (adding block `layer`'s `b_O`). `layer` runs from 0 to n_layers, as in TransformerLens."""
+        n_layers = self.cfg.n_layers
+        if not 0 <= layer <= n_layers:
+            raise IndexError(f"layer {layer} is out of range: accumulated_bias takes 0..{n_layers} (n_layers)")
         total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=self.cfg.device)
-        for i in range(layer + (1 if mlp_input else 0)):
-            if i >= self.cfg.n_layers:
-                break
-            b_O = self.blocks[i].attn.b_O
-            if b_O is not None:
-                total = total + b_O
+        for block in self.blocks[:layer]:
+            total = total + block.attn.b_O
+            if include_mlp_biases:
+                total = total + block.mlp.b_out
+        if mlp_input:
+            if layer == n_layers:
+                raise AssertionError("Cannot include attn_bias from beyond the final layer")
+            total = total + self.blocks[layer].attn.b_O
         return total
+
+    def all_head_labels(self) -> list[str]:
+        """`["L0H0", "L0H1", ...]`, layer-major, 0-based: TransformerLens' head labels."""
+        return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
+
+    def all_composition_scores(self, mode: Literal["Q", "K", "V"]) -> Float[Tensor, "layer head layer head"]:
+        """Composition scores of every (earlier head's OV, later head's Q/K/V input) pair, as
+        TransformerLens: `scores[l1, h1, l2, h2] = |OV_1 @ M_2|_F / (|OV_1|_F |M_2|_F)` with
+        `M = QK` (mode "Q"), `QK.T` ("K") or `OV` ("V"), and 0 unless `l1 < l2`. Key-value heads
+        are expanded per query head; like `OV` and `QK`, the weights ignore the gate, q/k norm
+        and rotary (Elhage et al. 2021 define the score on the weights alone)."""
+        from transformer_lens.utilities import composition_scores
+
+        left = self.OV
+        if mode == "Q":
+            right = self.QK
+        elif mode == "K":
+            right = self.QK.T
+        elif mode == "V":
+            right = self.OV
+        else:
+            raise ValueError(f"mode must be one of ['Q', 'K', 'V'] not {mode}")
+        scores = composition_scores(left, right, broadcast_dims=True)
+        layers = torch.arange(self.cfg.n_layers, device=scores.device)
+        earlier = layers[:, None, None, None] < layers[None, None, :, None]
+        return torch.where(earlier, scores, torch.zeros_like(scores))
+
+    # ---- weight processing (TransformerLens' fold_ln, center_unembed, ...) --------------------
+    def process_weights_(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        fold_value_biases: bool = False,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> HookedGatedQwen3:
+        """TransformerLens' weight processing, in place; the function computed stays the same.
+
+        `fold_ln` folds every RMSNorm weight into the matrices that read it (see
+        `gated_interp.weight_processing`), sets the norm weights to ones and
+        `cfg.normalization_type` to "RMSPre". A tied model is untied first (`W_U` becomes its own
+        copy; `W_E` is unchanged). Hook values are unchanged (to float rounding); only weights move.
+        `center_unembed` subtracts `W_U`'s mean over the vocabulary (logits shift by a constant per
+        position). `fold_value_biases` (ungated models) moves `b_V` into `b_O`. The options
+        TransformerLens offers that cannot hold on this architecture raise: `center_writing_weights`
+        (RMSNorm does not remove the mean) and `refactor_factored_attn_matrices` (rotary).
+        """
+        if center_writing_weights:
+            raise ValueError(
+                "center_writing_weights cannot apply to an RMSNorm model: RMSNorm does not subtract the "
+                "mean, so removing the mean from the weights that write to the residual stream changes "
+                "what every norm outputs (TransformerLens skips it for RMSNorm models too). Leave it False."
+            )
+        if refactor_factored_attn_matrices:
+            raise ValueError(
+                "refactor_factored_attn_matrices cannot apply with rotary embeddings: the QK circuit depends "
+                "on the query and key positions (and here on the q/k norms). Leave it False."
+            )
+        state = self.state_dict()
+        if fold_ln:
+            state = weight_processing.fold_layer_norm(state, self.cfg)
+        if center_unembed:
+            state = weight_processing.center_unembed(state)
+        if fold_value_biases:
+            state = weight_processing.fold_value_biases(state, self.cfg)
+        if "unembed.W_U" in state and self.unembed.tied:
+            self.unembed.untie()
+            self.cfg.tie_word_embeddings = False
+        self.load_state_dict(state)
+        if fold_ln:
+            self.cfg.normalization_type = "RMSPre"
+        return self
+
+    def fold_layer_norm(
+        self, state_dict: dict[str, Tensor] | None = None, fold_biases: bool = False, center_weights: bool = False
+    ) -> HookedGatedQwen3 | dict[str, Tensor]:
+        """Fold the RMSNorm weights into the weights that read them. Without `state_dict`, folds
+        this model in place (as `process_weights_(fold_ln=True)`) and returns it; with one (TL
+        2.x's form), returns a folded copy of that state dict and leaves the model alone."""
+        if fold_biases or center_weights:
+            raise ValueError(
+                "fold_biases/center_weights apply to LayerNorm only: RMSNorm has no bias and does not "
+                "subtract the mean (TransformerLens folds RMSNorm with both off). Leave them False."
+            )
+        if state_dict is not None:
+            return weight_processing.fold_layer_norm(state_dict, self.cfg)
+        return self.process_weights_(fold_ln=True)
+
+    def center_unembed(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """TL 2.x's state-dict form: a copy with `W_U`, `b_U` centred over the vocabulary."""
+        return weight_processing.center_unembed(state_dict)
+
+    def tl_parameters(self) -> dict[str, Tensor]:
+        """Every weight and bias under TransformerLens' names, for tools that read a parameter
+        dict (`transformer_lens.SVDInterpreter`): the state dict plus the per-query-head
+        `blocks.{l}.attn.W_K`/`W_V`/`b_K`/`b_V` and, for tied models, `unembed.W_U`."""
+        params: dict[str, Tensor] = dict(self.state_dict(keep_vars=True))
+        for layer, block in enumerate(self.blocks):
+            for name in ("W_K", "W_V", "b_K", "b_V"):
+                params[f"blocks.{layer}.attn.{name}"] = getattr(block.attn, name)
+        params.setdefault("unembed.W_U", self.W_U)
+        return params
 
     # ---- stacked weights -----------------------------------------------------------------
     @property
@@ -474,6 +591,43 @@ class HookedGatedQwen3(HookedRootModule):
     def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
         return torch.stack([block.mlp.W_out for block in self.blocks], dim=0)
 
+    def _stack_bias(self, module: str, name: str) -> Tensor:
+        return torch.stack([getattr(getattr(block, module), name) for block in self.blocks], dim=0)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "layer head d_head"]:
+        return self._stack_bias("attn", "b_Q")
+
+    @property
+    def b_K(self) -> Float[Tensor, "layer head d_head"]:
+        return self._stack_bias("attn", "b_K")
+
+    @property
+    def b_V(self) -> Float[Tensor, "layer head d_head"]:
+        return self._stack_bias("attn", "b_V")
+
+    @property
+    def b_O(self) -> Float[Tensor, "layer d_model"]:
+        return self._stack_bias("attn", "b_O")
+
+    @property
+    def b_G(self) -> Float[Tensor, "layer head gate"]:
+        if self.cfg.gate == "none":
+            raise AttributeError("this model has no attention-output gate (cfg.gate == 'none')")
+        return self._stack_bias("attn", "b_G")
+
+    @property
+    def b_gate(self) -> Float[Tensor, "layer d_mlp"]:
+        return self._stack_bias("mlp", "b_gate")
+
+    @property
+    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
+        return self._stack_bias("mlp", "b_in")
+
+    @property
+    def b_out(self) -> Float[Tensor, "layer d_model"]:
+        return self._stack_bias("mlp", "b_out")
+
     @property
     def OV(self):
         from transformer_lens import FactoredMatrix
@@ -493,6 +647,11 @@ class HookedGatedQwen3(HookedRootModule):
             f"n_heads={c.n_heads}, n_key_value_heads={c.n_key_value_heads}, d_head={c.d_head}, "
             f"d_vocab={c.d_vocab}, params={c.n_params / 1e6:.1f}M)"
         )
+
+
+# The unembedding's parameter was once called `unembed._W_U`; its random initialisation stays
+# seeded by that name so that `init_weights(seed)` reproduces the bundled models' starting point.
+_SEED_NAMES = {"unembed.W_U": "unembed._W_U"}
 
 
 def _name_seed(seed: int, name: str) -> int:

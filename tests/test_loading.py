@@ -46,9 +46,10 @@ def _assert_matches_reference(model, config, sd, tol=TOL):
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_save_then_load_is_identity(tmp_path, gate, bias, tied):
-    model, config, _ = make_tiny(tmp_path / "orig", gate=gate, seed=1, qkv_bias=bias, tie_word_embeddings=tied)
+    _, config, _ = make_tiny(tmp_path / "orig", gate=gate, seed=1, qkv_bias=bias, tie_word_embeddings=tied)
+    model = _load(tmp_path / "orig", fold_ln=False)  # raw weights: the file's own (folding unties W_U)
     gated_interp.save_hf(model, tmp_path / "saved")
-    again = _load(tmp_path / "saved")
+    again = _load(tmp_path / "saved", fold_ln=False)
     ours, theirs = dict(model.named_parameters()), dict(again.named_parameters())
     assert ours.keys() == theirs.keys()
     assert ("blocks.0.attn.W_G" in ours) == (gate != "none")
@@ -71,7 +72,8 @@ def test_save_then_load_is_identity(tmp_path, gate, bias, tied):
 def test_save_writes_released_q_proj_layout(tmp_path, gate, n_kv):
     """q_proj rows per kv group: the queries of the group's heads (head-major), then their gate
     logits (head-major); built here with explicit loops from W_Q/W_G."""
-    model, config, sd = make_tiny(tmp_path / "orig", gate=gate, seed=2, qkv_bias=True, num_key_value_heads=n_kv)
+    _, config, sd = make_tiny(tmp_path / "orig", gate=gate, seed=2, qkv_bias=True, num_key_value_heads=n_kv)
+    model = _load(tmp_path / "orig", fold_ln=False)  # raw weights, so the saved file is the original
     gated_interp.save_hf(model, tmp_path / "saved")
     saved = load_file(tmp_path / "saved" / "model.safetensors")
     h = config["num_attention_heads"]
@@ -121,7 +123,7 @@ def test_hand_built_release_style_checkpoint_never_runs_its_code(tmp_path):
     (folder / "modeling_evil.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nraise RuntimeError('evil code ran')\n"
     )
-    model = _load(folder)
+    model = _load(folder, fold_ln=False)  # raw weights: folding ln_final.w would untie W_U
     assert not marker.exists()
     assert model.cfg.gate == "headwise"
     assert model.cfg.tie_word_embeddings and model.cfg.use_qk_norm and not model.cfg.qkv_bias

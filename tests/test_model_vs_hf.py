@@ -130,13 +130,19 @@ def test_every_hook_matches_hf_intermediates(pair):
             checks["hook_resid_post"] = out.hidden_states[i + 1]
         for name, expected in checks.items():
             assert _max_diff(cache[c + name], expected) <= TOL, name
-        # RMSNorm hooks: normalized * w is what HF's norms output
+        # RMSNorm hooks: normalized * w is what HF's norms output (w from HF: ours is folded into
+        # the weights that read the norm, as TransformerLens does, and is all ones)
         assert (
-            _max_diff(cache[c + "ln1.hook_normalized"] * model.blocks[i].ln1.w, captured[f"{i}.input_layernorm"]) <= TOL
+            _max_diff(
+                cache[c + "ln1.hook_normalized"] * hf.model.layers[i].input_layernorm.weight,
+                captured[f"{i}.input_layernorm"],
+            )
+            <= TOL
         )
         assert (
             _max_diff(
-                cache[c + "ln2.hook_normalized"] * model.blocks[i].ln2.w, captured[f"{i}.post_attention_layernorm"]
+                cache[c + "ln2.hook_normalized"] * hf.model.layers[i].post_attention_layernorm.weight,
+                captured[f"{i}.post_attention_layernorm"],
             )
             <= TOL
         )
@@ -148,7 +154,7 @@ def test_every_hook_matches_hf_intermediates(pair):
         assert _max_diff(cache[c + "hook_resid_mid"], cache[c + "hook_resid_pre"] + cache[c + "hook_attn_out"]) <= TOL
 
     # HF's last hidden state is after the final norm; ours is ln_final's (weighted) output.
-    final = cache["ln_final.hook_normalized"] * model.ln_final.w
+    final = cache["ln_final.hook_normalized"] * hf.model.norm.weight
     assert _max_diff(final, captured["norm"]) <= TOL
     assert _max_diff(final, out.hidden_states[-1]) <= TOL
     resid_final = cache[f"blocks.{n_layers - 1}.hook_resid_post"]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformer_lens import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
+from gated_interp.components.bias import register_bias
 from gated_interp.components.rms_norm import RMSNorm
 from gated_interp.components.rotary import RotaryEmbedding
 from gated_interp.config import GatedQwen3Config
@@ -35,10 +36,6 @@ class KVCacheEntry:
     values: Float[Tensor, "batch k_pos kv_head d_head"]
 
 
-def _bias(shape: tuple[int, ...], cfg: GatedQwen3Config) -> nn.Parameter | None:
-    return nn.Parameter(torch.zeros(*shape, dtype=cfg.dtype)) if cfg.qkv_bias else None
-
-
 class GatedAttention(nn.Module):
     def __init__(self, cfg: GatedQwen3Config):
         super().__init__()
@@ -48,11 +45,12 @@ class GatedAttention(nn.Module):
         self._W_K = nn.Parameter(torch.empty(kv, m, d, dtype=cfg.dtype))
         self._W_V = nn.Parameter(torch.empty(kv, m, d, dtype=cfg.dtype))
         self.W_O = nn.Parameter(torch.empty(h, d, m, dtype=cfg.dtype))
-        self.b_Q, self._b_K, self._b_V = _bias((h, d), cfg), _bias((kv, d), cfg), _bias((kv, d), cfg)
-        self.b_O = _bias((m,), cfg)
+        bias_shapes = {"b_Q": (h, d), "_b_K": (kv, d), "_b_V": (kv, d), "b_O": (m,)}
         if cfg.gate != "none":
             self.W_G = nn.Parameter(torch.empty(h, m, cfg.gate_width, dtype=cfg.dtype))
-            self.b_G = _bias((h, cfg.gate_width), cfg)
+            bias_shapes["b_G"] = (h, cfg.gate_width)
+        for name, shape in bias_shapes.items():
+            register_bias(self, name, shape, cfg.qkv_bias, cfg.dtype)
         if cfg.use_qk_norm:
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
@@ -81,11 +79,6 @@ class GatedAttention(nn.Module):
         """Key-value-head tensors repeated so that row j belongs to query head j."""
         return t.repeat_interleave(self.cfg.n_groups, dim=0)
 
-    def _zeros_if_none(self, bias: Tensor | None, shape: tuple[int, ...]) -> Tensor:
-        if bias is not None:
-            return bias
-        return torch.zeros(*shape, dtype=self.W_Q.dtype, device=self.W_Q.device)
-
     @property
     def W_K(self) -> Float[Tensor, "head d_model d_head"]:
         return self._expand(self._W_K)
@@ -96,11 +89,11 @@ class GatedAttention(nn.Module):
 
     @property
     def b_K(self) -> Float[Tensor, "head d_head"]:
-        return self._expand(self._zeros_if_none(self._b_K, tuple(self._W_K.shape[::2])))
+        return self._expand(self._b_K)
 
     @property
     def b_V(self) -> Float[Tensor, "head d_head"]:
-        return self._expand(self._zeros_if_none(self._b_V, tuple(self._W_V.shape[::2])))
+        return self._expand(self._b_V)
 
     @property
     def OV(self) -> FactoredMatrix:
@@ -112,15 +105,17 @@ class GatedAttention(nn.Module):
         return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
     # ---- forward ---------------------------------------------------------------------------
-    def _project(self, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
-        """`x [batch, pos, d_model]` times per-head `W [head, d_model, d]` → `[batch, pos, head, d]`.
+    def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+        """`x [batch, pos, d_model]` times per-head `W [head, d_model, d]` plus `b [head, d]` →
+        `[batch, pos, head, d]`.
 
         One matmul against `W` laid out as `[d_model, head * d]` (a small copy per call): an
         einsum here runs one small batched matmul per head and then permutes its output, which
-        is measurably slower than the single large matmul Hugging Face's `nn.Linear` does."""
+        is measurably slower than the single large matmul Hugging Face's `nn.Linear` does. The
+        bias rides in the same call (`addmm`), so a zero bias costs next to nothing."""
         heads, d_model, width = W.shape
-        out = (x @ W.transpose(0, 1).reshape(d_model, heads * width)).unflatten(-1, (heads, width))
-        return out if b is None else out + b
+        weight = W.transpose(0, 1).reshape(d_model, heads * width)
+        return F.linear(x, weight.T, b.flatten()).unflatten(-1, (heads, width))
 
     def forward(
         self,
@@ -157,11 +152,9 @@ class GatedAttention(nn.Module):
             result = self.hook_result(
                 einops.einsum(z, self.W_O, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
             )
-            out = result.sum(dim=-2)
-        else:
-            # `W_O [head, d_head, d_model]` is already `[head * d_head, d_model]` in memory.
-            out = z.flatten(-2) @ self.W_O.flatten(0, 1)
-        return out if self.b_O is None else out + self.b_O
+            return result.sum(dim=-2) + self.b_O
+        # `W_O [head, d_head, d_model]` is already `[head * d_head, d_model]` in memory.
+        return F.linear(z.flatten(-2), self.W_O.flatten(0, 1).T, self.b_O)
 
     def _attend(
         self,

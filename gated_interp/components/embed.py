@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from gated_interp.components.bias import register_bias
 from gated_interp.config import GatedQwen3Config
 
 
@@ -20,7 +22,11 @@ class Embed(nn.Module):
 
 
 class Unembed(nn.Module):
-    """With tied embeddings there is no weight of its own: `W_U` is a view of `W_E.T`."""
+    """`W_U [d_model, d_vocab]` and a zero bias `b_U` (the released format has none).
+
+    With tied embeddings there is no weight of its own: `W_U` is a view of `W_E.T` (and the state
+    dict has no `unembed.W_U`). `untie()` gives it its own copy, which folding `ln_final.w` needs.
+    """
 
     def __init__(self, cfg: GatedQwen3Config, embed: Embed):
         super().__init__()
@@ -28,16 +34,22 @@ class Unembed(nn.Module):
         # A plain attribute (not a submodule) so the embedding is not registered twice.
         self.__dict__["_embed"] = embed
         if not self.tied:
-            self._W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype))
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype))
+        register_bias(self, "b_U", (cfg.d_vocab,), trainable=False, dtype=cfg.dtype)
 
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self._embed.W_E.T if self.tied else self._W_U
+    def __getattr__(self, name: str):
+        # Only reached when `W_U` is not a registered parameter, i.e. for tied embeddings.
+        if name == "W_U" and self.__dict__.get("tied"):
+            return self._embed.W_E.T
+        return super().__getattr__(name)
 
-    @property
-    def b_U(self) -> Float[Tensor, "d_vocab"]:
-        W_U = self.W_U
-        return torch.zeros(W_U.shape[-1], dtype=W_U.dtype, device=W_U.device)
+    def untie(self) -> None:
+        """Give the unembedding its own parameter, a copy of `W_E.T`; the embedding is unchanged."""
+        if not self.tied:
+            return
+        W_U = self._embed.W_E.detach().T.clone()
+        self.tied = False
+        self.W_U = nn.Parameter(W_U, requires_grad=self._embed.W_E.requires_grad)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return x @ self.W_U
+        return F.linear(x, self.W_U.T, self.b_U)

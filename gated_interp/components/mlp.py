@@ -8,6 +8,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from gated_interp.components.bias import register_bias
 from gated_interp.config import GatedQwen3Config
 
 
@@ -19,16 +20,17 @@ class GatedMLP(nn.Module):
         self.W_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
         self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype))
+        # Qwen3's MLP has no biases: zero buffers, there for TransformerLens code that reads them.
+        for name, width in (("b_gate", cfg.d_mlp), ("b_in", cfg.d_mlp), ("b_out", cfg.d_model)):
+            register_bias(self, name, (width,), trainable=False, dtype=cfg.dtype)
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
-    @property
-    def b_out(self) -> Float[Tensor, "d_model"]:
-        return torch.zeros(self.W_out.shape[-1], dtype=self.W_out.dtype, device=self.W_out.device)
-
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        pre = self.hook_pre(x @ self.W_gate)
-        pre_linear = self.hook_pre_linear(x @ self.W_in)
+        # Each bias sits on its own projection, as an `nn.Linear` bias would (`b_in` on the up
+        # projection, not after the product as in TransformerLens' GatedMLP); all are zero here.
+        pre = self.hook_pre(F.linear(x, self.W_gate.T, self.b_gate))
+        pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
         post = self.hook_post(F.silu(pre) * pre_linear)
-        return post @ self.W_out
+        return F.linear(post, self.W_out.T, self.b_out)

@@ -18,12 +18,23 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, d_head: int, theta: float, scaling: dict[str, Any] | None = None):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head))
+        self.d_head, self.theta = d_head, theta
         self.position_scale = 1.0
         if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "linear":
             self.position_scale = 1.0 / float(scaling["factor"])
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self) -> Float[Tensor, "half_d_head"]:
         # float64 then float32 matches HF's table to the last bit closely enough for 1e-4 logits.
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        return (1.0 / (self.theta ** (torch.arange(0, self.d_head, 2, dtype=torch.float64) / self.d_head))).float()
+
+    def _apply(self, fn, recurse: bool = True):
+        # `model.half()` / `.to(bfloat16)` would round the frequencies to 8-11 bits and shift every
+        # rotation angle; the table stays float32 (as when a model is built in half precision),
+        # only its device follows the model.
+        super()._apply(fn, recurse)
+        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
+        return self
 
     def forward(
         self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype

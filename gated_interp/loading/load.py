@@ -33,6 +33,8 @@ def load_hooked(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    fold_ln: bool = True,
+    center_unembed: bool = False,
 ) -> HookedGatedQwen3:
     """Load a released-format checkpoint as a hooked model.
 
@@ -40,13 +42,33 @@ def load_hooked(
     to the bundled models with `size="tiny"`, else to `$GATED_INTERP_CHECKPOINTS/1B_<variant>` or the
     hub (`QwQZh/gated_attention`); or the path of a checkpoint folder. `dtype` defaults to float32,
     so that analyses run at full precision whatever the dtype on disk.
+
+    As TransformerLens' `from_pretrained`, the RMSNorm weights are folded into the weights that
+    read them (`fold_ln=True`, see `HookedGatedQwen3.process_weights_`): same function, but
+    `W_U` carries `ln_final.w`, so `cache.decompose_resid(apply_ln=True) @ W_U[:, t]` is a logit.
+    `fold_ln=False` keeps the checkpoint's weights as they are on disk. `center_unembed=True`
+    centres `W_U` over the vocabulary as TransformerLens' default does (logits then differ from
+    the released model's by a constant per position); it is off so that logits stay the model's.
     """
     folder = resolve_checkpoint(name_or_path, size)
-    return load_folder(folder, device=device, dtype=dtype or torch.float32, progress=progress)
+    return load_folder(
+        folder,
+        device=device,
+        dtype=dtype or torch.float32,
+        progress=progress,
+        fold_ln=fold_ln,
+        center_unembed=center_unembed,
+    )
 
 
 def load_folder(
-    folder: Path, *, device: str | None = None, dtype: torch.dtype = torch.float32, progress: bool = True
+    folder: Path,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    fold_ln: bool = True,
+    center_unembed: bool = False,
 ) -> HookedGatedQwen3:
     hf = read_config_json(folder)
     files = WeightFiles(folder)
@@ -69,6 +91,8 @@ def load_folder(
         for name in tqdm(sorted(names), desc=f"loading {folder.name}", disable=not progress, leave=False):
             for our_name, tensor in hf_to_ours(name, files.get(name), cfg, table):
                 params[our_name].copy_(tensor)
+    if fold_ln or center_unembed:
+        model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed)
     # Eval mode, as Hugging Face's from_pretrained returns: transformer_lens.patching refuses
     # models in training mode.
     return model.eval()

@@ -31,6 +31,7 @@ def save_hf(model: HookedGatedQwen3, folder: str | os.PathLike, dtype: torch.dty
         raise CheckpointError(f"cannot create the output folder {folder}: {error}") from error
 
     params = {name: p.detach() for name, p in model.named_parameters()}
+    _refuse_unsaved_biases(model, params)
     tensors = {name: t.to("cpu", dtype).contiguous() for name, t in ours_to_hf(params, cfg)}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = hf_config_from(cfg, torch_dtype=_DTYPE_NAMES[dtype])
@@ -38,3 +39,15 @@ def save_hf(model: HookedGatedQwen3, folder: str | os.PathLike, dtype: torch.dty
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def _refuse_unsaved_biases(model: HookedGatedQwen3, params: dict[str, torch.Tensor]) -> None:
+    """Biases the format has no place for (all of them without `qkv_bias`; the MLP's and `b_U`
+    always) are zero buffers; one that is not zero would be silently dropped, so refuse."""
+    for name, tensor in model.state_dict().items():
+        if name not in params and name.rsplit(".", 1)[-1].lstrip("_").startswith("b_") and bool(tensor.any()):
+            raise CheckpointError(
+                f"{name} is non-zero, but the released format has no place for it (config qkv_bias="
+                f"{model.cfg.qkv_bias}; MLP and unembedding biases are never stored): saving would drop "
+                "it. Zero it, or for attention biases build the model with qkv_bias=True."
+            )

@@ -86,7 +86,7 @@ def _global_params(cfg: GatedQwen3Config) -> list[tuple[str, str, Rearrange, Rea
         ("model.norm.weight", "ln_final.w", _same, _same, (cfg.d_model,)),
     ]
     if not cfg.tie_word_embeddings:
-        rows.append(("lm_head.weight", "unembed._W_U", _transpose, _transpose, (cfg.d_vocab, cfg.d_model)))
+        rows.append(("lm_head.weight", "unembed.W_U", _transpose, _transpose, (cfg.d_vocab, cfg.d_model)))
     return rows
 
 
