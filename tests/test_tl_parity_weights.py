@@ -382,7 +382,7 @@ def test_svd_interpreter_on_a_tied_raw_model_reads_the_embedding(tmp_path):
 def test_all_head_labels(load):
     model = load("gate_headwise")
     labels = model.all_head_labels()
-    assert labels == [f"L{l}H{h}" for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    assert labels == [f"L{layer}H{head}" for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     assert labels[0] == "L0H0" and labels[-1] == f"L{model.cfg.n_layers - 1}H{model.cfg.n_heads - 1}"
 
 
