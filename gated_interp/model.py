@@ -496,17 +496,23 @@ class HookedGatedQwen3(HookedRootModule):
                 "refactor_factored_attn_matrices cannot apply with rotary embeddings: the QK circuit depends "
                 "on the query and key positions (and here on the q/k norms). Leave it False."
             )
-        state = self.state_dict()
-        if fold_ln:
-            state = weight_processing.fold_layer_norm(state, self.cfg)
-        if center_unembed:
-            state = weight_processing.center_unembed(state)
-        if fold_value_biases:
-            state = weight_processing.fold_value_biases(state, self.cfg)
-        if "unembed.W_U" in state and self.unembed.tied:
+        if fold_value_biases and self.cfg.gate != "none":
+            weight_processing.fold_value_biases(self.state_dict(), self.cfg)  # raises before any change
+        if self.unembed.tied and weight_processing.needs_own_unembedding(self.state_dict(), fold_ln, center_unembed):
             self.unembed.untie()
             self.cfg.tie_word_embeddings = False
-        self.load_state_dict(state)
+        steps = [
+            (fold_ln, lambda state: weight_processing.fold_layer_norm_updates(state, self.cfg, in_place=True)),
+            (center_unembed, lambda state: weight_processing.center_unembed_updates(state, in_place=True)),
+            (fold_value_biases, lambda state: weight_processing.fold_value_biases_updates(state, self.cfg)),
+        ]
+        with torch.no_grad():
+            for wanted, updates in steps:
+                if wanted:
+                    state = self.state_dict()  # views of the live tensors
+                    for name, value in updates(state):
+                        if value.data_ptr() != state[name].data_ptr():
+                            state[name].copy_(value)
         if fold_ln:
             self.cfg.normalization_type = "RMSPre"
         return self

@@ -2,7 +2,8 @@
 
 Each function takes a state dict with TransformerLens' keys (`blocks.{l}.attn.W_Q`, `_W_K`, `_W_V`,
 `W_G`, `blocks.{l}.mlp.W_gate`, `W_in`, `unembed.W_U`, ...) and returns a new one; the input
-is never modified. `HookedGatedQwen3.process_weights_` applies them to a model in place.
+is never modified. `HookedGatedQwen3.process_weights_` runs the same steps on a live model in
+place (`in_place=True`), with no second copy of the weights.
 
 What carries over from TransformerLens and what does not, for this architecture:
 - folding the norm weights: yes. RMSNorm is `w * x / rms(x)`, so `w` moves into every matrix that
@@ -18,6 +19,8 @@ What carries over from TransformerLens and what does not, for this architecture:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -25,23 +28,49 @@ from torch import Tensor
 from gated_interp.config import GatedQwen3Config
 
 StateDict = dict[str, Tensor]
+# (state-dict key, new value) pairs, computed one at a time from values not yet replaced: a norm
+# weight is replaced only after every weight that reads it. In place, the value may be the very
+# tensor of the state dict, already updated.
+Updates = Iterator[tuple[str, Tensor]]
+_SLICE = 8192  # columns per float32 slice when a half-precision weight is updated in place
 
 
-def _scaled(weight: Tensor, scale: Tensor) -> Tensor:
-    """`weight * scale` computed in at least float32 and returned in the weight's dtype, so a
-    half-precision weight is rounded once, after the product."""
-    work = torch.promote_types(weight.dtype, torch.float32)
-    return (weight.to(work) * scale.to(work)).to(weight.dtype)
+def _work_dtype(t: Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
 
 
-def _fold_rows(weight: Float[Tensor, "*head d_model out"], w: Float[Tensor, "d_model"]) -> Tensor:
-    """`weight` reads `w * x`: scale its `d_model` rows by `w`."""
-    return _scaled(weight, w[:, None])
+def _scale_rows(weight: Float[Tensor, "*head d_model out"], w: Float[Tensor, "d_model"], in_place: bool) -> Tensor:
+    """`weight` that reads `w * x` instead of `x`: its `d_model` rows times `w`, computed in at
+    least float32 and rounded once to the weight's dtype."""
+    scale = w.to(_work_dtype(weight))[:, None]
+    if not in_place:
+        return (weight.to(scale.dtype) * scale).to(weight.dtype)
+    if weight.dtype == scale.dtype:
+        return weight.mul_(scale)
+    for part in weight.split(_SLICE, dim=-1):  # half precision: one float32 slice at a time
+        part.copy_(part.to(scale.dtype) * scale)
+    return weight
+
+
+def _center_columns(W_U: Float[Tensor, "d_model d_vocab"], in_place: bool) -> Tensor:
+    """`W_U` minus its mean over the vocabulary."""
+    mean = W_U.mean(-1, keepdim=True, dtype=_work_dtype(W_U))
+    if not in_place:
+        return (W_U.to(mean.dtype) - mean).to(W_U.dtype)
+    for part in W_U.split(_SLICE, dim=-1):
+        part.copy_(part.to(mean.dtype) - mean)
+    return W_U
 
 
 def unembedding(state_dict: StateDict) -> Float[Tensor, "d_model d_vocab"]:
     """`unembed.W_U`, or `embed.W_E.T` for a tied model's state dict (which has no `unembed.W_U`)."""
     return state_dict["unembed.W_U"] if "unembed.W_U" in state_dict else state_dict["embed.W_E"].T
+
+
+def _updated(state_dict: StateDict, updates: Updates) -> StateDict:
+    out = dict(state_dict)
+    out.update(updates)
+    return out
 
 
 def fold_layer_norm(state_dict: StateDict, cfg: GatedQwen3Config) -> StateDict:
@@ -50,49 +79,66 @@ def fold_layer_norm(state_dict: StateDict, cfg: GatedQwen3Config) -> StateDict:
     A tied model's state dict gains its own `unembed.W_U` (the embedding is not touched), unless
     `ln_final.w` is already all ones.
     """
-    out = dict(state_dict)
-    readers_of_ln1 = ("W_Q", "_W_K", "_W_V") + (("W_G",) if cfg.gate != "none" else ())
-    for layer in range(cfg.n_layers):
-        block = f"blocks.{layer}"
-        ln1, ln2 = out[f"{block}.ln1.w"], out[f"{block}.ln2.w"]
-        for name in readers_of_ln1:
-            out[f"{block}.attn.{name}"] = _fold_rows(out[f"{block}.attn.{name}"], ln1)
-        for name in ("W_gate", "W_in"):
-            out[f"{block}.mlp.{name}"] = _fold_rows(out[f"{block}.mlp.{name}"], ln2)
-        out[f"{block}.ln1.w"], out[f"{block}.ln2.w"] = torch.ones_like(ln1), torch.ones_like(ln2)
-    final = out["ln_final.w"]
-    if "unembed.W_U" in out or not bool((final == 1).all()):
-        out["unembed.W_U"] = _fold_rows(unembedding(out), final)
-    out["ln_final.w"] = torch.ones_like(final)
-    return out
+    return _updated(state_dict, fold_layer_norm_updates(state_dict, cfg))
 
 
 def center_unembed(state_dict: StateDict) -> StateDict:
     """`W_U` and `b_U` minus their mean over the vocabulary (a tied model gains `unembed.W_U`)."""
-    out = dict(state_dict)
-    W_U = unembedding(out)
-    work = torch.promote_types(W_U.dtype, torch.float32)
-    out["unembed.W_U"] = (W_U.to(work) - W_U.to(work).mean(-1, keepdim=True)).to(W_U.dtype)
-    b_U = out["unembed.b_U"]
-    out["unembed.b_U"] = (b_U.to(work) - b_U.to(work).mean()).to(b_U.dtype)
-    return out
+    return _updated(state_dict, center_unembed_updates(state_dict))
 
 
 def fold_value_biases(state_dict: StateDict, cfg: GatedQwen3Config) -> StateDict:
     """`b_V` moved into `b_O` (`b_O += sum_h b_V[h] @ W_O[h]`, `b_V = 0`); ungated models only."""
+    return _updated(state_dict, fold_value_biases_updates(state_dict, cfg))
+
+
+def fold_layer_norm_updates(state_dict: StateDict, cfg: GatedQwen3Config, in_place: bool = False) -> Updates:
+    """In place, a tied state dict must already have its own `unembed.W_U` (see `needs_own_unembedding`)."""
+    readers_of_ln1 = ("W_Q", "_W_K", "_W_V") + (("W_G",) if cfg.gate != "none" else ())
+    for layer in range(cfg.n_layers):
+        block = f"blocks.{layer}"
+        ln1, ln2 = state_dict[f"{block}.ln1.w"], state_dict[f"{block}.ln2.w"]
+        for name in readers_of_ln1:
+            yield f"{block}.attn.{name}", _scale_rows(state_dict[f"{block}.attn.{name}"], ln1, in_place)
+        for name in ("W_gate", "W_in"):
+            yield f"{block}.mlp.{name}", _scale_rows(state_dict[f"{block}.mlp.{name}"], ln2, in_place)
+        yield f"{block}.ln1.w", torch.ones_like(ln1)
+        yield f"{block}.ln2.w", torch.ones_like(ln2)
+    final = state_dict["ln_final.w"]
+    if "unembed.W_U" in state_dict or not bool((final == 1).all()):
+        if in_place and "unembed.W_U" not in state_dict:
+            raise ValueError("in place, a tied model must be untied before its ln_final.w is folded")
+        yield "unembed.W_U", _scale_rows(unembedding(state_dict), final, in_place)
+    yield "ln_final.w", torch.ones_like(final)
+
+
+def center_unembed_updates(state_dict: StateDict, in_place: bool = False) -> Updates:
+    if in_place and "unembed.W_U" not in state_dict:
+        raise ValueError("in place, a tied model must be untied before its W_U is centred")
+    b_U = state_dict["unembed.b_U"]
+    yield "unembed.W_U", _center_columns(unembedding(state_dict), in_place)
+    yield "unembed.b_U", (b_U.to(_work_dtype(b_U)) - b_U.mean(dtype=_work_dtype(b_U))).to(b_U.dtype)
+
+
+def needs_own_unembedding(state_dict: StateDict, fold_ln: bool, center_unembed: bool) -> bool:
+    """Whether processing a tied state dict this way changes `W_U` (so it must stop being `W_E.T`)."""
+    return "unembed.W_U" not in state_dict and (
+        center_unembed or (fold_ln and not bool((state_dict["ln_final.w"] == 1).all()))
+    )
+
+
+def fold_value_biases_updates(state_dict: StateDict, cfg: GatedQwen3Config) -> Updates:
     if cfg.gate != "none":
         raise ValueError(
             f"fold_value_biases cannot apply to a gated model (gate={cfg.gate!r}): the gate scales each "
             "head's value-bias contribution per query, so it is not a constant that b_O could absorb. "
             "Leave fold_value_biases=False."
         )
-    out = dict(state_dict)
     for layer in range(cfg.n_layers):
         attn = f"blocks.{layer}.attn"
-        b_V = out[f"{attn}._b_V"].repeat_interleave(cfg.n_groups, dim=0)  # [head, d_head]
-        W_O, b_O = out[f"{attn}.W_O"], out[f"{attn}.b_O"]
-        work = torch.promote_types(W_O.dtype, torch.float32)
+        b_V = state_dict[f"{attn}._b_V"].repeat_interleave(cfg.n_groups, dim=0)  # [head, d_head]
+        W_O, b_O = state_dict[f"{attn}.W_O"], state_dict[f"{attn}.b_O"]
+        work = _work_dtype(W_O)
         through_O = torch.einsum("hd,hdm->m", b_V.to(work), W_O.to(work))
-        out[f"{attn}.b_O"] = (b_O.to(work) + through_O).to(b_O.dtype)
-        out[f"{attn}._b_V"] = torch.zeros_like(out[f"{attn}._b_V"])
-    return out
+        yield f"{attn}.b_O", (b_O.to(work) + through_O).to(b_O.dtype)
+        yield f"{attn}._b_V", torch.zeros_like(state_dict[f"{attn}._b_V"])
