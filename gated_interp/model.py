@@ -60,6 +60,10 @@ class HookedGatedQwen3(HookedRootModule):
                 values = torch.randn(param.shape, generator=generator) * scale
             with torch.no_grad():
                 param.copy_(values.to(param.dtype))
+        with torch.no_grad():
+            for name, buffer in self.named_buffers():
+                if name.rsplit(".", 1)[-1].lstrip("_").startswith("b_"):  # the zero biases
+                    buffer.zero_()
         return self
 
     def to(self, *args: Any, print_details: bool = False, **kwargs: Any) -> HookedGatedQwen3:
@@ -405,7 +409,8 @@ class HookedGatedQwen3(HookedRootModule):
     def tokens_to_residual_directions(
         self, tokens: str | int | Int[Tensor, ""] | Int[Tensor, "pos"] | Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "... d_model"]:
-        """Unembedding directions of tokens: `ln_final.w * W_U[:, token]`, shape `[*tokens.shape, d_model]`.
+        """Unembedding directions of tokens: `ln_final.w * W_U[:, token]`, shape `[*tokens.shape, d_model]`
+        (`[d_model]` for a single token, even in a tensor of shape `[1]`, as in TransformerLens).
 
         A residual vector divided by `ln_final.hook_scale` dotted with this gives the token's logit
         (minus `b_U`), so `ActivationCache.logit_attrs` is exact whether or not the norms are folded.
@@ -416,6 +421,8 @@ class HookedGatedQwen3(HookedRootModule):
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
         tokens = torch.as_tensor(tokens, device=self.cfg.device)
+        if tokens.numel() == 1:
+            tokens = tokens.reshape(())  # one token gives one direction, as in TransformerLens
         directions = (self.ln_final.w[:, None] * self.W_U)[:, tokens]
         return directions.movedim(0, -1)
 

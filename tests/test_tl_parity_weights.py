@@ -115,7 +115,9 @@ def test_decomposition_dotted_with_W_U_sums_to_the_logit(load, kind):
     by_W_U = torch.einsum("cbm,mb->b", parts, model.W_U[:, answers]) + model.b_U[answers]
     assert _max_diff(by_W_U, expected) <= TOL
     assert torch.equal(model.tokens_to_residual_directions(answers), model.W_U[:, answers].T)
-    assert torch.equal(model.tokens_to_residual_directions(int(answers[0])), model.W_U[:, int(answers[0])])
+    single = model.W_U[:, int(answers[0])]
+    for one_token in (int(answers[0]), answers[0], answers[:1]):  # TL: one token, one [d_model] direction
+        assert torch.equal(model.tokens_to_residual_directions(one_token), single)
     # logit_attrs (which divides by ln_final's scale itself) agrees
     attrs = cache.logit_attrs(cache.decompose_resid(apply_ln=False, pos_slice=-1), answers, pos_slice=-1)
     assert _max_diff(attrs.sum(0), expected) <= TOL
@@ -304,8 +306,11 @@ def test_a_value_written_into_a_zero_bias_takes_effect_and_save_refuses_to_drop_
     assert not any(name.endswith(".bias") for name in load_file(tmp_path / "saved" / "model.safetensors"))
 
 
+@torch.no_grad()
 def test_init_weights_and_training_parameters_leave_zero_biases_alone(load):
-    model = load("gate_headwise").init_weights(seed=3)
+    model = load("gate_headwise")
+    model.blocks[0].attn.b_O += 1.0
+    model.init_weights(seed=3)
     assert all(bool((b == 0).all()) for b in (model.b_Q, model.b_O, model.b_G, model.b_in, model.b_out))
     trainable = {name for name, _ in model.named_parameters()}
     assert not any(".b_" in name or "._b_" in name for name in trainable)
