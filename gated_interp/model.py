@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities import composition_scores
 
 from gated_interp import weight_processing
 from gated_interp.cache import GatedActivationCache
@@ -456,8 +457,6 @@ class HookedGatedQwen3(HookedRootModule):
         `M = QK` (mode "Q"), `QK.T` ("K") or `OV` ("V"), and 0 unless `l1 < l2`. Key-value heads
         are expanded per query head; like `OV` and `QK`, the weights ignore the gate, q/k norm
         and rotary (Elhage et al. 2021 define the score on the weights alone)."""
-        from transformer_lens.utilities import composition_scores
-
         left = self.OV
         if mode == "Q":
             right = self.QK
