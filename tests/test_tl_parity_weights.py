@@ -456,3 +456,17 @@ def test_accumulated_bias_is_the_bias_part_of_the_residual(load):
 def test_factored_matrices_use_expanded_heads(load):
     model = load("random_elementwise")
     assert isinstance(model.OV, FactoredMatrix) and model.OV.A.shape == (2, 4, 64, 16)
+
+
+@pytest.mark.parametrize("kind", ["random_headwise", "random_elementwise", "gate_headwise"])
+@pytest.mark.parametrize("expand_neurons", [False, True])
+@torch.no_grad()
+def test_full_resid_decomposition_with_its_bias_term_sums_to_the_residual(load, kind, expand_neurons):
+    """TL's get_full_resid_decomposition adds accumulated_bias as its last component ("bias")."""
+    model = load(kind)
+    model.set_use_attn_result(True)
+    _, cache = model.run_with_cache(_tokens(model))
+    parts, labels = cache.get_full_resid_decomposition(expand_neurons=expand_neurons, return_labels=True)
+    assert labels[-1] == "bias"
+    assert _max_diff(parts[-1, 0, 0], model.accumulated_bias(model.cfg.n_layers)) <= 1e-6
+    assert _max_diff(parts.sum(0), cache["resid_post", -1]) <= TOL
