@@ -26,9 +26,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.analysis._inputs import Prompts, as_batches
+from gated_interp.metrics import Metric, call_metric
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
-Metric = Callable[[Float[Tensor, "batch pos d_vocab"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]], float]
 
 
 # ---- selection -------------------------------------------------------------------------------
@@ -246,8 +246,8 @@ def ablation_effects(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Loss (and `metric(logits, tokens, attention_mask) -> float`, if given) with each
-    intervention and without.
+    """Loss (and a `Metric`, if given: `metric(logits)` as in TransformerLens, or
+    `metric(logits, tokens, attention_mask)`) with each intervention and without.
 
     Returns a DataFrame indexed by intervention name, with a first row "clean" (no hooks) and
     columns loss, delta_loss (loss - clean loss) and, with a metric, metric and delta_metric.
@@ -265,7 +265,7 @@ def ablation_effects(
                 loss_sum += float(model.loss_fn(logits, tokens, mask)) * counted
                 n_predicted += counted
                 if metric is not None:
-                    metric_sum += float(metric(logits, tokens, mask)) * tokens.shape[0]
+                    metric_sum += float(call_metric(metric, logits, tokens, mask)) * tokens.shape[0]
                     n_seqs += tokens.shape[0]
         row = {"loss": loss_sum / n_predicted if n_predicted else float("nan")}
         if metric is not None:
