@@ -67,15 +67,15 @@ def available_bytes(device: torch.device | str) -> int:
 
 
 def full_cache_bytes(model: Any, batch: int, pos: int) -> int:
-    """Bytes of the attention patterns, residual streams and gates that a full `run_with_cache`
-    of the measurement hooks holds for one `[batch, pos]` batch (in the model's dtype), plus the
-    float32 copy of all layers' patterns that the cache-based measurements stack."""
+    """Bytes of the attention patterns, residual streams and gates that a `run_with_cache` of the
+    measurement hooks holds for one `[batch, pos]` batch (in the model's dtype), plus a float32
+    copy of one layer's pattern."""
     cfg = model.cfg
     item = torch.finfo(cfg.dtype).bits // 8
-    patterns = cfg.n_layers * batch * cfg.n_heads * pos * pos
-    resid = cfg.n_layers * batch * pos * cfg.d_model
-    gates = cfg.n_layers * batch * pos * cfg.n_heads * (cfg.gate_width if cfg.gate != "none" else 0)
-    return (patterns + resid + gates) * item + patterns * 4
+    pattern = batch * cfg.n_heads * pos * pos
+    resid = batch * pos * cfg.d_model
+    gates = batch * pos * cfg.n_heads * (cfg.gate_width if cfg.gate != "none" else 0)
+    return cfg.n_layers * (pattern + resid + gates) * item + pattern * 4
 
 
 def check_fits(needed: int, device: torch.device | str, what: str, alternative: str) -> None:
@@ -294,9 +294,9 @@ class _Reducer:
                 hooks.append((f"{prefix}.attn.hook_rot_k", self._from_keys(layer)))
             else:
                 hooks.append((f"{prefix}.attn.hook_pattern", self._from_pattern(layer)))
-            hooks.append((f"{prefix}.hook_resid_post", self._resid(layer)))
             if self.model.cfg.gate != "none":
                 hooks.append((f"{prefix}.attn.hook_gate", self._gate(layer)))
+            hooks.append((f"{prefix}.hook_resid_post", self._resid(layer)))
         return hooks
 
     def _keep_queries(self, layer: int) -> Callable:
@@ -390,8 +390,9 @@ def measure(
     optional `attention_mask`), reduced per sequence in one forward pass per batch.
 
     `method="stream"` (default) reduces each layer inside its hooks from queries and keys, without
-    the attention pattern; `method="cache"` reads the pattern (the quadratic-memory reference; a
-    `MemoryError` with the estimated size is raised before a run that cannot fit). `progress`: a
+    the attention pattern; `method="cache"` caches every layer's pattern with `run_with_cache` and
+    reduces it afterwards (the quadratic-memory reference: a `MemoryError` with the estimated size
+    is raised before a run that cannot fit). `progress`: a
     batch bar, plus a per-layer bar for sequences of `LONG_CONTEXT` tokens or more (None: only for
     those); False for none.
     """
@@ -422,8 +423,22 @@ def measure(
         reducer = _Reducer(model, mask, key_position, method, bar)
         reducer.layer_hooks = _layer_hooks or {}
         try:
-            with model.hooks(fwd_hooks=reducer.hooks()):
-                resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+            if method == "stream":
+                with model.hooks(fwd_hooks=reducer.hooks()):
+                    resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+            else:
+                # The full-cache reference: every layer's pattern is cached, then reduced.
+                hooks = dict(reducer.hooks())
+                resid, cache = model.run_with_cache(
+                    tokens,
+                    attention_mask=mask,
+                    stop_at_layer=model.cfg.n_layers,
+                    names_filter=list(hooks),
+                    return_cache_object=False,
+                )
+                for name, hook in hooks.items():  # in forward order: dicts keep the hooks' order
+                    hook(cache[name], None)
+                del cache
             losses.append(_final_loss(model, resid, tokens, mask).cpu())
         finally:
             if bar is not None:
