@@ -258,8 +258,11 @@ class Measurement:
         return result
 
     def as_dict(self) -> dict[str, Any]:
-        """Pooled quantities and per-layer lists (JSON-ready), one name per quantity."""
+        """Pooled quantities and per-layer lists (JSON-ready: an ungated model has no gate keys),
+        one name per quantity."""
         result: dict[str, Any] = self.summary()
+        if not self.gated:
+            del result["mean_gate"]
         result["first_token_attention_by_layer"] = self.first_token_attention("layer").tolist()
         result["max_abs_resid_by_layer"] = self.max_abs_resid_by_layer().tolist()
         if self.gated:
