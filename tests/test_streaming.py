@@ -63,7 +63,7 @@ def test_measure_equals_the_cache_based_functions(model, batch, method):
     )
     assert m.sink_rate() == pytest.approx(analysis.sink_rate(cache, 0.3, 0, mask))
     torch.testing.assert_close(
-        m.max_abs_resid_by_layer(), analysis.max_activation_by_layer(cache, mask), atol=atol, rtol=1e-6
+        m.max_abs_resid_by_layer(), analysis.max_abs_resid_by_layer(cache, mask), atol=atol, rtol=1e-6
     )
     with torch.no_grad():
         expected_loss = float(model(tokens, attention_mask=mask, return_type="loss"))

@@ -9,6 +9,7 @@ Padding positions (`attention_mask == 0`) are left out of maxima and medians.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -19,30 +20,44 @@ from torch import Tensor
 from gated_interp.analysis._cache import get, real_positions, require_layers
 
 
-def _layer_abs(
+def _layer_resid(
     cache: Any, layer: int, attention_mask: Tensor | None, what: str
 ) -> tuple[Float[Tensor, "batch pos d_model"], Tensor]:
-    """|resid_post| of `layer` and the real-position mask `[batch, pos]`."""
+    """resid_post of `layer` (signed, float32) and the real-position mask `[batch, pos]`."""
     resid = get(cache, "resid_post", layer, what).float()
     real = real_positions(attention_mask, resid.shape[0], resid.shape[1], resid.device)
     return resid, real
 
 
-def max_activation_by_layer(
+def max_abs_resid_by_layer(
     cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer"]:
     """Largest |hidden state| value after each block, over real positions: `[layer]`."""
-    layers = require_layers(cache, "resid_post", "max_activation_by_layer")
+    layers = require_layers(cache, "resid_post", "max_abs_resid_by_layer")
     maxima = []
     for layer in layers:
-        resid, real = _layer_abs(cache, layer, attention_mask, "max_activation_by_layer")
+        resid, real = _layer_resid(cache, layer, attention_mask, "max_abs_resid_by_layer")
         maxima.append(resid.abs()[real].max())
     return torch.stack(maxima)
 
 
-def m_act(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+def max_abs_resid(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
     """The paper's M-Act: the mean over layers of the largest |hidden state| value."""
-    return float(max_activation_by_layer(cache, attention_mask).mean())
+    return float(max_abs_resid_by_layer(cache, attention_mask).mean())
+
+
+def max_activation_by_layer(
+    cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
+) -> Float[Tensor, "layer"]:
+    """Deprecated name of `max_abs_resid_by_layer`."""
+    warnings.warn("max_activation_by_layer is deprecated: use max_abs_resid_by_layer", DeprecationWarning, stacklevel=2)
+    return max_abs_resid_by_layer(cache, attention_mask)
+
+
+def m_act(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+    """Deprecated name of `max_abs_resid` (the paper's M-Act)."""
+    warnings.warn("m_act is deprecated: use max_abs_resid", DeprecationWarning, stacklevel=2)
+    return max_abs_resid(cache, attention_mask)
 
 
 def massive_activations(
@@ -60,7 +75,7 @@ def massive_activations(
     layers = require_layers(cache, "resid_post", "massive_activations")
     rows = []
     for layer in layers:
-        resid, real = _layer_abs(cache, layer, attention_mask, "massive_activations")
+        resid, real = _layer_resid(cache, layer, attention_mask, "massive_activations")
         magnitude = resid.abs().masked_fill(~real[..., None], float("-inf"))
         flat_index = int(magnitude.argmax())
         b, p, d = (int(i) for i in torch.unravel_index(torch.tensor(flat_index), magnitude.shape))

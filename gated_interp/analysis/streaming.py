@@ -519,7 +519,7 @@ def max_abs_resid_by_layer(
     batch_size: int | None = 8,
     progress: bool | None = None,
 ) -> Float[Tensor, "layer"]:
-    """As `analysis.max_activation_by_layer(cache, mask)`, without a cache."""
+    """As `analysis.max_abs_resid_by_layer(cache, mask)`, without a cache."""
     return measure(model, tokens, attention_mask, batch_size, progress=progress).max_abs_resid_by_layer()
 
 
