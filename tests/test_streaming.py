@@ -40,6 +40,19 @@ def test_attention_to_keys_matches_the_softmax_pattern():
         weights = streaming.attention_to_keys(q, k, [0, 4], real, chunk_size=chunk)
         torch.testing.assert_close(weights[0], pattern[..., 0], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(weights[1], pattern[..., 4], atol=1e-6, rtol=1e-5)
+    # Right padding (and none): the fused kernel over one-hot values. Padding queries are not
+    # compared: their rows differ from the model's (which lets them read themselves) and are unused.
+    weights = streaming.attention_to_keys(q, k, [0, 4], real)
+    for index, key in enumerate([0, 4]):
+        fused = weights[index].transpose(1, 2)[real]  # [real query, head]
+        torch.testing.assert_close(fused, pattern[..., key].transpose(1, 2)[real], atol=1e-6, rtol=1e-5)
+    # Left padding: the chunked log-sum-exp path, every query as the model computes it.
+    left = real.flip(-1)
+    visible = causal & (left[:, None, None, :] | torch.eye(11, dtype=torch.bool))
+    pattern = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    weights = streaming.attention_to_keys(q, k, [0, 6], left)
+    torch.testing.assert_close(weights[0], pattern[..., 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights[1], pattern[..., 6], atol=1e-6, rtol=1e-5)
 
 
 def test_first_token_attention_is_uniform_with_zero_queries(tmp_path):
@@ -122,7 +135,9 @@ def test_streaming_keeps_the_fused_attention_path(model, batch):
         streaming.measure(model, tokens, mask, progress=False)
     finally:
         torch.nn.functional.scaled_dot_product_attention = original
-    assert len(seen) == model.cfg.n_layers
+    # Per layer: the model's own attention, and the one-hot-value run that gives attention to token 0
+    # (the explicit path, taken when a pattern hook is attached, would not call the kernel).
+    assert len(seen) == 2 * model.cfg.n_layers
 
 
 def test_bootstrap_interval_contains_the_estimate(model, batch):
