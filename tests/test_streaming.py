@@ -157,3 +157,11 @@ def test_full_cache_that_cannot_fit_is_refused_with_the_estimate(model, monkeypa
     with pytest.raises(MemoryError, match=r"GiB.*method='stream'"):
         streaming.measure(model, random_tokens(model, 1, 8), method="cache", progress=False)
     streaming.measure(model, random_tokens(model, 1, 8), progress=False)  # streaming needs no such check
+
+
+def test_long_inputs_show_a_progress_bar_per_layer(model, monkeypatch, capsys):
+    monkeypatch.setattr(streaming, "LONG_CONTEXT", 8)
+    streaming.measure(model, random_tokens(model, 1, 8), desc="probe")
+    assert "probe layers" in capsys.readouterr().err
+    streaming.measure(model, random_tokens(model, 1, 8), progress=False)
+    assert "layers" not in capsys.readouterr().err

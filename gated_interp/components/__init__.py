@@ -10,6 +10,11 @@ Axis glossary used in every shape annotation of this package:
     d_model  residual stream width
     d_mlp    MLP hidden width
     d_vocab  vocabulary size
+    layer    blocks (`n_layers`), 0-based
+    seq      sequences of a whole measurement, pooled across batches (`analysis.streaming`)
+    key      chosen key positions (`analysis.streaming.attention_to_keys`)
+    boot     bootstrap resamples (`analysis.bootstrap`)
+    n        a flat count of values (e.g. every gate score of a layer)
 """
 
 from gated_interp.components.attention import GatedAttention, KVCacheEntry
