@@ -33,7 +33,7 @@ def call_metric(
     logits: Float[Tensor, "batch pos d_vocab"],
     tokens: Int[Tensor, "batch pos"] | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-) -> Float[Tensor, ""]:
+) -> Float[Tensor, ""] | float:
     """`metric(logits)`, or `metric(logits, tokens, attention_mask)` for a metric whose signature
     requires three positional arguments."""
     arity = _positional_arity(metric)
