@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from conftest import make_tiny_with_tokenizer  # noqa: E402
+from helpers import make_tiny_with_tokenizer  # noqa: E402
 
 import gated_interp  # noqa: E402
 from gated_interp.cli import FIRST_TOKEN_FIGURE, MASSIVE_FIGURE, main  # noqa: E402
