@@ -94,8 +94,8 @@ def test_default_prompts_choice(monkeypatch, tmp_path):
 
     windows = torch.zeros(4, 8, dtype=torch.long)
     monkeypatch.setattr("gated_interp.loading.bundled.heldout_tokens", lambda: windows)
-    named = [cli.Variant(v, tmp_path, bundled_name=True) for v in VARIANTS]
-    folder = [cli.Variant("mine", tmp_path, bundled_name=False)]
+    named = [cli.Variant(v, tmp_path, is_variant_name=True) for v in VARIANTS]
+    folder = [cli.Variant("mine", tmp_path, is_variant_name=False)]
     assert cli.choose_prompts(None, "tiny", named)[0] is windows
     assert cli.choose_prompts(None, "tiny", folder)[0] == list(cli.DEFAULT_PROMPTS)
     assert cli.choose_prompts(None, "1B", named)[0] == list(cli.DEFAULT_PROMPTS)
