@@ -16,8 +16,6 @@ import torch
 from helpers import make_tiny, max_diff
 from hf_reference import hf_qwen3
 
-transformers = pytest.importorskip("transformers")
-
 TOL = 1e-4
 
 CONFIGS = {
