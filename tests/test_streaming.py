@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from _models import build, random_tokens, zero_queries
+from helpers import make_tiny, random_tokens, zero_queries
 
 from gated_interp import analysis
 from gated_interp.analysis import streaming
@@ -15,7 +15,7 @@ from gated_interp.analysis import streaming
 @pytest.fixture(scope="module", params=["none", "headwise", "elementwise"])
 def model(request, tmp_path_factory):
     # Grouped-query attention (4 query heads over 2 kv heads), q/k norm, three layers.
-    model, _, _ = build(tmp_path_factory.mktemp(request.param), gate=request.param, seed=3, num_hidden_layers=3)
+    model, _, _ = make_tiny(tmp_path_factory.mktemp(request.param), gate=request.param, seed=3, num_hidden_layers=3)
     return model
 
 
@@ -56,7 +56,7 @@ def test_attention_to_keys_matches_the_softmax_pattern():
 
 
 def test_first_token_attention_is_uniform_with_zero_queries(tmp_path):
-    model, _, _ = build(tmp_path, gate="headwise", seed=1)
+    model, _, _ = make_tiny(tmp_path, gate="headwise", seed=1)
     zero_queries(model)
     expected = sum(1 / (i + 1) for i in range(1, 6)) / 5
     result = streaming.first_token_attention(model, random_tokens(model, 2, 6))
