@@ -121,12 +121,13 @@ def _attention_to_keys_fused(q: Tensor, k: Tensor, keys: list[int]) -> Tensor:
     one_hot = q.new_zeros((batch, k.shape[2], n, d_head), dtype=torch.float32)
     for i, key in enumerate(keys):
         one_hot[:, :, key, i] = 1.0
+    # Keys and values repeated per query head (small: O(pos)) rather than enable_gqa, which not
+    # every fused kernel supports (a fallback to the math kernel would build the whole pattern).
+    groups = q.shape[2] // k.shape[2]
+    keys_per_head = k.float().transpose(1, 2).repeat_interleave(groups, dim=1)
+    values = one_hot.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(
-        q.float().transpose(1, 2),
-        k.float().transpose(1, 2),
-        one_hot,
-        is_causal=True,
-        enable_gqa=q.shape[2] != k.shape[2],
+        q.float().transpose(1, 2), keys_per_head, values, is_causal=True
     )  # [batch, head, q_pos, d_head]
     return out[..., : len(keys)].permute(3, 0, 1, 2)
 
