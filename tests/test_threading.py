@@ -29,7 +29,12 @@ def _work(model, tokens: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith(("hook_z", "hook_gate")))
     hooked = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", ablate)])
     plain = model(tokens)
-    return {"z0": cache["blocks.0.attn.hook_z"], "gate1": cache["blocks.1.attn.hook_gate"], "hooked": hooked, "plain": plain}
+    return {
+        "z0": cache["blocks.0.attn.hook_z"],
+        "gate1": cache["blocks.1.attn.hook_gate"],
+        "hooked": hooked,
+        "plain": plain,
+    }
 
 
 def test_two_threads_on_one_model_match_sequential_runs():

@@ -18,7 +18,7 @@ class ReleaseNotAvailable(CheckpointError):
             f"the released 1B {variant} model is not on this machine and could not be fetched from the "
             f"Hugging Face hub ({reason}). Either download it once: `{download}`, then set {env}=DIR (or "
             f"pass DIR/{subfolder} to load_hooked); or use the bundled tiny model: "
-            f"load_hooked({variant!r}, size=\"tiny\")"
+            f'load_hooked({variant!r}, size="tiny")'
         )
 
     def cli_message(self) -> str:

@@ -111,7 +111,7 @@ def validate_hf_config(hf: dict[str, Any]) -> None:
     for key in ("rope_scaling", "rope_parameters"):
         value = hf.get(key)
         if value is not None and not isinstance(value, dict):
-            raise _bad(key, value, "an object such as {\"rope_type\": \"linear\", \"factor\": 2.0} or null")
+            raise _bad(key, value, 'an object such as {"rope_type": "linear", "factor": 2.0} or null')
         if value is not None:
             for inner in ("factor", "rope_theta"):
                 if value.get(inner) is not None:

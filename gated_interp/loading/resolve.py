@@ -56,7 +56,7 @@ def _released(variant: str) -> Path:
         if not folder.is_dir():
             raise CheckpointError(
                 f"{CHECKPOINTS_ENV}={mirror} but {folder} does not exist; download it there with "
-                f"`{download_command(subfolder).replace('DIR', mirror)}`, or use the bundled tiny model (size=\"tiny\")"
+                f'`{download_command(subfolder).replace("DIR", mirror)}`, or use the bundled tiny model (size="tiny")'
             )
         return folder
     return _from_hub(subfolder)
