@@ -100,7 +100,7 @@ def validate_hf_config(hf: dict[str, Any]) -> None:
     for key in _POSITIVE_INTS:
         value = hf.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise _bad(key, value, "a whole number >= 1 (written without a decimal point)")
+            raise _bad(key, value, "a whole number >= 1")
     for key in _FLAGS:
         value = hf.get(key)
         if value is not None and not isinstance(value, bool):

@@ -137,7 +137,7 @@ def load_bin(path: Path) -> dict[str, Tensor]:
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only" in str(error):
+        if "global" in str(error).lower() or "unsupported class" in str(error).lower():  # a refused object
             raise CheckpointError(
                 f"{path} holds code or Python objects that are not tensors, and will not be loaded: "
                 "a weights file must hold tensors only (safetensors is the safe format for sharing weights)"
