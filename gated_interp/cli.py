@@ -2,7 +2,7 @@
 
     gated-interp demo  --size tiny --out figures         # the authors' attention-map demo
     gated-interp sinks --size 1B --csv sinks.csv         # F-Attn, sink rate, M-Act, gate, loss
-    gated-interp info  gate_headwise                     # what a checkpoint is, without loading it
+    gated-interp info  gate_headwise                     # what a checkpoint is, without building it
 
 Variants are `baseline`, `gate_headwise` and `gate_elementwise` (resolved for `--size tiny` to the
 bundled models, for `--size 1B` to `$GATED_INTERP_CHECKPOINTS/1B_<variant>` or the Hugging Face
@@ -143,9 +143,10 @@ def _add_sinks(commands: Any) -> None:
 def _add_info(commands: Any) -> None:
     info = commands.add_parser(
         "info",
-        help="describe a checkpoint from its config and file headers, without loading weights",
+        help="describe a checkpoint from its config and file headers, without building the model",
         description="Print a checkpoint's architecture, gate kind, q_proj layout, parameter count, weight "
-        "files and their dtype, read from config.json and the safetensors headers only.",
+        "files and their dtype, read from config.json and the weight files' headers, and the tensors holding "
+        "NaN or Inf (each tensor read once, one at a time; the model is not built).",
     )
     info.add_argument("checkpoint", metavar="PATH_OR_VARIANT", help=f"a folder, or one of {', '.join(VARIANTS)}")
     _add_model_options(info, variants=False)
