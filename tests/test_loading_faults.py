@@ -393,6 +393,19 @@ def test_bin_weights_load_exactly(ckpt, original, zipfile):
     assert _same_weights(_load(ckpt), original)
 
 
+def test_sharded_bin_with_index_loads_exactly(ckpt, original):
+    tensors = _tensors(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(2):
+        file = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+        torch.save({name: tensors[name] for name in names[i::2]}, ckpt / file)
+        weight_map.update({name: file for name in names[i::2]})
+    (ckpt / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert _same_weights(_load(ckpt), original)
+
+
 def test_text_file_named_bin_is_refused(ckpt):
     (ckpt / "model.safetensors").unlink()
     (ckpt / "pytorch_model.bin").write_text("not a pickle")

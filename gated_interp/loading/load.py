@@ -1,7 +1,8 @@
 """`load_hooked`: a checkpoint folder (or variant name) → `HookedGatedQwen3`.
 
-Every name and shape is checked against the config before a single weight is copied; weights are
-then copied one tensor at a time into an uninitialised model, in the requested dtype.
+Every name, shape and dtype (floating point only) is checked against the config before a single
+weight is copied; weights are then copied one tensor at a time into an uninitialised model, in the
+requested dtype, and tensors holding NaN or Inf are named in a `NonFiniteWeightsWarning`.
 """
 
 from __future__ import annotations
