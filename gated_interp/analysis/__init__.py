@@ -9,12 +9,14 @@ and returns tensors or DataFrames; drawing them is `gated_interp.plotting`'s job
     sink_rate(cache, eps=0.3, attention_mask=mask)
     massive_activations(cache, mask)            # DataFrame, one row per layer
     gate_stats(cache, mask)                     # DataFrame, one row per (layer, head)
+    gate_attribution(cache, layer=2, head=1, pos=0)  # what drives that gate logit
     compare_variants({"baseline": m0, "gate_headwise": m1}, prompts)
 
 Layers and heads are 0-based throughout.
 """
 
 from gated_interp.analysis.compare import compare_variants, measure_variant
+from gated_interp.analysis.gate_attribution import gate_attribution, gate_attribution_stack, top_gate_contributors
 from gated_interp.analysis.gates import gate_stats, gate_values, mean_gate_by_head, mean_gate_score
 from gated_interp.analysis.interventions import (
     ablation_effects,
@@ -41,6 +43,8 @@ __all__ = [
     "first_token_attention",
     "first_token_attention_by_layer",
     "fix_gates",
+    "gate_attribution",
+    "gate_attribution_stack",
     "gate_stats",
     "gate_values",
     "head_averaged_patterns",
@@ -57,5 +61,6 @@ __all__ = [
     "open_gates",
     "remove_sink",
     "sink_rate",
+    "top_gate_contributors",
     "zero_ablate_heads",
 ]

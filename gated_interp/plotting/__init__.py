@@ -10,6 +10,7 @@ paper does ("Layer 28" is layer index 27).
 """
 
 from gated_interp.plotting.attention_maps import PAPER_DEMO_LAYERS, attention_maps, demo_layers, save_demo_figure
+from gated_interp.plotting.gate_attribution import gate_contributors
 from gated_interp.plotting.gates import gate_heatmap, gate_histograms
 from gated_interp.plotting.layers import plot_by_layer
 from gated_interp.plotting.patching import patching_heatmap
@@ -18,6 +19,7 @@ __all__ = [
     "PAPER_DEMO_LAYERS",
     "attention_maps",
     "demo_layers",
+    "gate_contributors",
     "gate_heatmap",
     "gate_histograms",
     "patching_heatmap",
