@@ -10,6 +10,7 @@ and returns tensors or DataFrames; drawing them is `gated_interp.plotting`'s job
     massive_activations(cache, mask)            # DataFrame, one row per layer
     gate_stats(cache, mask)                     # DataFrame, one row per (layer, head)
     gate_attribution(cache, layer=2, head=1, pos=0)  # what drives that gate logit
+    head_quietness(cache, mask)                 # DataFrame: quiet through a sink, the gate, or active
     compare_variants({"baseline": m0, "gate_headwise": m1}, prompts)
 
 Layers and heads are 0-based throughout.
@@ -29,6 +30,7 @@ from gated_interp.analysis.interventions import (
     zero_ablate_heads,
 )
 from gated_interp.analysis.massive import m_act, massive_activations, max_activation_by_layer
+from gated_interp.analysis.quietness import head_quietness
 from gated_interp.analysis.sinks import (
     first_token_attention,
     first_token_attention_by_layer,
@@ -48,6 +50,7 @@ __all__ = [
     "gate_stats",
     "gate_values",
     "head_averaged_patterns",
+    "head_quietness",
     "intervene",
     "key_importance",
     "m_act",
