@@ -79,3 +79,33 @@ def test_ablation_scalar_metric_is_called_per_sequence(model):
     per_prompt = partial(logit_diff, answer_tokens=[1, 2, 3, 4], wrong_tokens=2)  # cannot run on one sequence
     with pytest.raises(ValueError, match="one value per sequence"):
         ablation_effects(model, tokens, {"open": open_gates(model)}, metric=per_prompt, progress=False, n_boot=10)
+
+
+def test_patching_intervals_match_a_bootstrap_of_one_prompt_sweeps(model):
+    clean, corrupted = random_tokens(model, 5, 6, seed=1), random_tokens(model, 5, 6, seed=2)
+    metric = partial(logit_diff, answer_tokens=4, wrong_tokens=9)
+    _, cache = model.run_with_cache(clean)
+    plain = patch_heads(model, corrupted, cache, metric, progress=False)
+    values, lo, hi = patch_heads(model, corrupted, cache, metric, progress=False, n_boot=150, seed=2, batch_size=5)
+    assert torch.equal(values, plain)
+    # Prompts do not interact, so prompt i's value under each patch is a one-prompt sweep.
+    one = torch.stack(
+        [
+            patch_heads(model, corrupted[i : i + 1], {k: v[i : i + 1] for k, v in cache.items()}, metric, progress=False)
+            for i in range(5)
+        ]
+    ).double()  # [prompt, layer, head]
+    ref_lo, ref_hi = bootstrap_ci(one, n_boot=150, seed=2)
+    assert torch.allclose(lo.double(), ref_lo, atol=1e-5) and torch.allclose(hi.double(), ref_hi, atol=1e-5)
+    assert (lo <= hi).all()
+    frame = to_dataframe(values, ("layer", "head"), lo=lo, hi=hi)
+    assert list(frame.columns) == ["layer", "head", "value", "value_lo", "value_hi"]
+
+    def per_prompt_metric(logits):  # [batch] values work directly
+        return logits[:, -1, 4] - logits[:, -1, 9]
+
+    values2, lo2, hi2 = patch_resid(model, corrupted, cache, per_prompt_metric, progress=False, n_boot=50)
+    v3, lo3, hi3 = patch_resid(model, corrupted, cache, metric, progress=False, n_boot=50)
+    assert torch.allclose(values2, v3, atol=1e-5) and torch.allclose(lo2, lo3, atol=1e-5)
+    with pytest.raises(ValueError, match="n_boot"):
+        patch_resid(model, corrupted, cache, metric, progress=False, n_boot=-2)
