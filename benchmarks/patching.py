@@ -4,7 +4,10 @@ Builds one random gated Qwen3 (released checkpoint format, loaded with `gated_in
 random clean/corrupted prompts and a logit-difference metric, then times a full layer × head `z`
 sweep with `gated_interp.patching.patch_heads` and with
 `transformer_lens.patching.get_act_patch_attn_head_out_all_pos` (one forward per head),
-interleaved in one process. Prints median times, their ratio and the max |difference|.
+interleaved in one process. Prints median times, their ratio and the max |difference|, then a
+per-stage breakdown of our sweep (`--breakdown`, default on): the corrupted prefix run, the
+patched transformer blocks, the final norm + unembedding, and the metric calls, with the
+block-forward count that any exact sweep starting at the patched layer must do.
 
     python benchmarks/patching.py --repeats 3 --out bench.json
 """
@@ -111,8 +114,67 @@ def main() -> None:
     print(f"{report['model']}, prompts {args.prompts}x{args.pos}, {report['patches']} head patches")
     print(f"median ours {medians['ours']:.3f} s, transformer_lens {medians['transformer_lens']:.3f} s")
     print(f"speed-up {report['speedup']:.1f}x, max |difference| {report['max_abs_diff']:.2e}")
+    report["breakdown_s"] = breakdown(model, corrupted, clean_cache, metric, args.batch_size)
+    report["breakdown_s"]["transformer_lens_total"] = medians["transformer_lens"]
+    work = block_forwards(model.cfg.n_layers, model.cfg.n_heads)
+    report["block_forwards"] = work
+    print("stage breakdown of ours (s):", {k: round(v, 3) for k, v in report["breakdown_s"].items()})
+    print(
+        f"block forwards: ours {work['ours']} vs transformer_lens {work['transformer_lens']} "
+        f"(floor ratio {work['ratio']:.2f} for any exact sweep that reruns the layers after the patch)"
+    )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
+
+
+def block_forwards(n_layers: int, n_heads: int) -> dict:
+    """Transformer-block forwards per full z sweep: TL runs every block for every head; a sweep that
+    starts at the patched layer runs blocks l..L-1 for each head of layer l."""
+    theirs = n_layers * n_heads * n_layers
+    ours = n_heads * sum(n_layers - layer for layer in range(n_layers))
+    return {"ours": ours, "transformer_lens": theirs, "ratio": ours / theirs}
+
+
+@torch.no_grad()
+def breakdown(model, corrupted, clean_cache, metric, batch_size) -> dict:
+    """Our sweep's stages timed one by one, in the same chunks as `patch_heads(activation="z")`."""
+    from gated_interp.patching.activation import DEFAULT_MAX_TOKENS, _corrupted_resid_pre, _patch_hook
+    from gated_interp.patching.sites import site
+
+    where = site(model, "z")
+    n, n_pos = corrupted.shape
+    batch_size = batch_size or max(1, DEFAULT_MAX_TOKENS // (n * n_pos))
+    times = {"prefix_run": 0.0, "patched_blocks": 0.0, "norm_unembed": 0.0, "metric": 0.0}
+    start = time.perf_counter()
+    resid = _corrupted_resid_pre(model, corrupted, None)
+    times["prefix_run"] = time.perf_counter() - start
+    clean = [where.canonical(clean_cache[where.hook_name(layer)]) for layer in range(model.cfg.n_layers)]
+    for layer in range(model.cfg.n_layers):
+        heads = torch.arange(model.cfg.n_heads)
+        for first in range(0, len(heads), batch_size):
+            chunk = heads[first : first + batch_size]
+            k = len(chunk)
+            hook = partial(
+                _patch_hook, where=where, n=n, copies=torch.arange(k), index=chunk[None], clean=clean[layer]
+            )
+            t0 = time.perf_counter()
+            x = model.run_with_hooks(
+                resid[layer].repeat(k, 1, 1),
+                start_at_layer=layer,
+                stop_at_layer=model.cfg.n_layers,
+                fwd_hooks=[(where.hook_name(layer), hook)],
+            )
+            t1 = time.perf_counter()
+            logits = model.unembed(model.ln_final(x))
+            t2 = time.perf_counter()
+            for copy in logits.unflatten(0, (k, n)):
+                metric(copy)
+            t3 = time.perf_counter()
+            times["patched_blocks"] += t1 - t0
+            times["norm_unembed"] += t2 - t1
+            times["metric"] += t3 - t2
+    times["total"] = sum(times.values())
+    return times
 
 
 if __name__ == "__main__":
