@@ -154,9 +154,7 @@ def breakdown(model, corrupted, clean_cache, metric, batch_size) -> dict:
         for first in range(0, len(heads), batch_size):
             chunk = heads[first : first + batch_size]
             k = len(chunk)
-            hook = partial(
-                _patch_hook, where=where, n=n, copies=torch.arange(k), index=chunk[None], clean=clean[layer]
-            )
+            hook = partial(_patch_hook, where=where, n=n, copies=torch.arange(k), index=chunk[None], clean=clean[layer])
             t0 = time.perf_counter()
             x = model.run_with_hooks(
                 resid[layer].repeat(k, 1, 1),

@@ -51,7 +51,7 @@ def test_qk_fix_equals_the_recomputed_pattern_dotted_with_its_gradient(setup):
         acts, grads = _grads(model, corrupted, metric, [pat])
         for head in range(model.cfg.n_heads):
 
-            def set_q(a, head=head):
+            def set_q(a, head=head, layer=layer):
                 a[:, :, head] = clean_cache[f"blocks.{layer}.attn.hook_q"][:, :, head]
                 return a
 
@@ -63,7 +63,7 @@ def test_qk_fix_equals_the_recomputed_pattern_dotted_with_its_gradient(setup):
             group = slice(kv * groups, (kv + 1) * groups)
             for pos in [None, 0, 3, 5]:
 
-                def set_k(a, kv=kv, pos=pos):
+                def set_k(a, kv=kv, pos=pos, layer=layer):
                     where = slice(None) if pos is None else pos
                     a[:, where, kv] = clean_cache[f"blocks.{layer}.attn.hook_k"][:, where, kv]
                     return a

@@ -42,26 +42,49 @@ def test_ablation_intervals_match_a_bootstrap_of_per_sequence_values(model):
 
     hooks = zero_ablate_heads(model, [(1, 2)])
     frame = ablation_effects(
-        model, tokens, {"off": hooks, "noop": []}, metric=first_logit, attention_mask=mask,
-        batch_size=4, progress=False, n_boot=200, seed=3,
+        model,
+        tokens,
+        {"off": hooks, "noop": []},
+        metric=first_logit,
+        attention_mask=mask,
+        batch_size=4,
+        progress=False,
+        n_boot=200,
+        seed=3,
     )
     assert list(frame.columns) == [
-        "loss", "metric", "delta_loss", "delta_metric",
-        "loss_lo", "loss_hi", "delta_loss_lo", "delta_loss_hi", "metric_lo", "metric_hi", "delta_metric_lo", "delta_metric_hi",
+        "loss",
+        "metric",
+        "delta_loss",
+        "delta_metric",
+        "loss_lo",
+        "loss_hi",
+        "delta_loss_lo",
+        "delta_loss_hi",
+        "metric_lo",
+        "metric_hi",
+        "delta_metric_lo",
+        "delta_metric_hi",
     ]
     clean, off = _per_sequence_loss(model, tokens, mask), _per_sequence_loss(model, tokens, mask, hooks)
     lo, hi = bootstrap_ci(clean, ratio_of_sums, n_boot=200, seed=3)
-    assert (frame.loc["clean", "loss_lo"], frame.loc["clean", "loss_hi"]) == pytest.approx((float(lo), float(hi)), rel=1e-5)
+    assert (frame.loc["clean", "loss_lo"], frame.loc["clean", "loss_hi"]) == pytest.approx(
+        (float(lo), float(hi)), rel=1e-5
+    )
     paired = torch.stack([clean, off], dim=1)  # [seq, run, 2]
     lo, hi = bootstrap_ci(paired, lambda s: ratio_of_sums(s)[1] - ratio_of_sums(s)[0], n_boot=200, seed=3)
-    assert (frame.loc["off", "delta_loss_lo"], frame.loc["off", "delta_loss_hi"]) == pytest.approx((float(lo), float(hi)), rel=1e-5)
+    assert (frame.loc["off", "delta_loss_lo"], frame.loc["off", "delta_loss_hi"]) == pytest.approx(
+        (float(lo), float(hi)), rel=1e-5
+    )
     # A run that changes nothing has a zero-width delta interval (the resampling is paired).
     assert frame.loc["noop", "delta_loss_lo"] == frame.loc["noop", "delta_loss_hi"] == 0
     assert frame.loc["noop", "delta_metric_lo"] == frame.loc["noop", "delta_metric_hi"] == 0
     values = torch.stack([model(tokens[i : i + 1])[0, 0, 3].detach() for i in range(6)]).double()
     lo, hi = bootstrap_ci(values, n_boot=200, seed=3)
     assert frame.loc["clean", "metric"] == pytest.approx(float(values.mean()), rel=1e-5)
-    assert (frame.loc["clean", "metric_lo"], frame.loc["clean", "metric_hi"]) == pytest.approx((float(lo), float(hi)), rel=1e-5)
+    assert (frame.loc["clean", "metric_lo"], frame.loc["clean", "metric_hi"]) == pytest.approx(
+        (float(lo), float(hi)), rel=1e-5
+    )
     # Without n_boot the table is unchanged; bad arguments are refused.
     plain = ablation_effects(model, tokens, {"off": hooks}, attention_mask=mask, progress=False)
     assert list(plain.columns) == ["loss", "delta_loss"]
@@ -75,7 +98,9 @@ def test_ablation_scalar_metric_is_called_per_sequence(model):
     frame = ablation_effects(model, tokens, {"open": open_gates(model)}, metric=metric, progress=False, n_boot=100)
     per_seq = torch.stack([metric(model(tokens[i : i + 1])).detach() for i in range(4)]).double()
     lo, hi = bootstrap_ci(per_seq, n_boot=100)
-    assert (frame.loc["clean", "metric_lo"], frame.loc["clean", "metric_hi"]) == pytest.approx((float(lo), float(hi)), rel=1e-5)
+    assert (frame.loc["clean", "metric_lo"], frame.loc["clean", "metric_hi"]) == pytest.approx(
+        (float(lo), float(hi)), rel=1e-5
+    )
     per_prompt = partial(logit_diff, answer_tokens=[1, 2, 3, 4], wrong_tokens=2)  # cannot run on one sequence
     with pytest.raises(ValueError, match="one value per sequence"):
         ablation_effects(model, tokens, {"open": open_gates(model)}, metric=per_prompt, progress=False, n_boot=10)
@@ -91,7 +116,9 @@ def test_patching_intervals_match_a_bootstrap_of_one_prompt_sweeps(model):
     # Prompts do not interact, so prompt i's value under each patch is a one-prompt sweep.
     one = torch.stack(
         [
-            patch_heads(model, corrupted[i : i + 1], {k: v[i : i + 1] for k, v in cache.items()}, metric, progress=False)
+            patch_heads(
+                model, corrupted[i : i + 1], {k: v[i : i + 1] for k, v in cache.items()}, metric, progress=False
+            )
             for i in range(5)
         ]
     ).double()  # [prompt, layer, head]

@@ -93,7 +93,15 @@ def test_elementwise_direction_and_table_layout(folders):
     d = model.cfg.gate_width
     per_element = gate_attribution(cache, 1, 0, pos=0)
     assert len(per_element) == (1 + 6 + 1) * d
-    assert list(per_element.columns) == ["component", "kind", "source_layer", "source_head", "pos", "gate", "contribution"]
+    assert list(per_element.columns) == [
+        "component",
+        "kind",
+        "source_layer",
+        "source_head",
+        "pos",
+        "gate",
+        "contribution",
+    ]
     mean_dir = torch.ones(d) / d
     summed = gate_attribution(cache, 1, 0, pos=0, direction=mean_dir)
     assert set(summed.gate) == {-1}

@@ -52,7 +52,7 @@ def _hand_cache(model, batch=2, n=5):
 
 def test_hand_built_heads_land_in_their_classes(model):
     table = head_quietness(_hand_cache(model), model=model)
-    assert list(table.label) == [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    assert list(table.label) == [f"L{layer}H{h}" for layer in range(2) for h in range(4)]
     assert table.value_norm_ratio.to_numpy() == pytest.approx([0.1] * 8)
     assert table.first_token_attention.to_list() == pytest.approx([1, 0, 0, 1, 0, 0, 0, 0])
     assert table.mean_gate.to_list() == pytest.approx([1, 0.1, 1, 0.1] + [0.8] * 4)

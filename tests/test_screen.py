@@ -47,7 +47,9 @@ def test_screen_finds_the_exhaustive_top_heads(variant):
         assert row.exact_metric == pytest.approx(exhaustive[row.layer, row.head].item(), abs=1e-5)
         assert row.exact_effect == pytest.approx(row.exact_metric - result.corrupted_metric)
     effect = (exhaustive - result.corrupted_metric).abs().flatten()
-    best3 = {f"L{int(i) // model.cfg.n_heads}H{int(i) % model.cfg.n_heads}" for i in effect.argsort(descending=True)[:3]}
+    best3 = {
+        f"L{int(i) // model.cfg.n_heads}H{int(i) % model.cfg.n_heads}" for i in effect.argsort(descending=True)[:3]
+    }
     assert best3 <= set(table[table.verified].label), (best3, table.head(6))
     assert result.spearman > 0.5
 
@@ -65,7 +67,9 @@ def test_top_k_covering_every_head_is_exhaustive_patching(tmp_path):
     clean, corrupted = random_tokens(model, 2, 5, seed=1), random_tokens(model, 2, 5, seed=2)
     metric = partial(patching.logit_diff, answer_tokens=1, wrong_tokens=2)
     n = model.cfg.n_layers * model.cfg.n_heads
-    result = patching.screen_and_verify(model, clean, corrupted, metric, top_k=100, activation="gate_logits", batch_size=3)
+    result = patching.screen_and_verify(
+        model, clean, corrupted, metric, top_k=100, activation="gate_logits", batch_size=3
+    )
     _, cache = model.run_with_cache(clean)
     full = patching.patch_heads(model, corrupted, cache, metric, activation="gate_logits", progress=False)
     assert result.table.verified.all() and len(result.table) == n

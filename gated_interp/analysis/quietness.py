@@ -86,7 +86,7 @@ def head_quietness(
         z = _fetch(cache, f"blocks.{layer}.attn.hook_z")
         out_norm = torch.einsum("bphd,hdm->bphm", z, W_O).norm(dim=-1)  # [batch, pos, head]
 
-        def over_later(x: Tensor) -> Tensor:  # x [batch, pos - 1, head] → [head]
+        def over_later(x: Tensor, later: Tensor = later) -> Tensor:  # x [batch, pos - 1, head] → [head]
             return (x * later[..., None]).sum(dim=(0, 1)) / later.sum()
 
         to_first = over_later(pattern[:, :, 1:, 0].transpose(1, 2))

@@ -73,7 +73,18 @@ def patch_heads(
     if per_position:
         axes.append(range(corrupted_tokens.shape[-1]))
     return _sweep(
-        model, corrupted_tokens, clean_cache, metric, where, axes, batch_size, attention_mask, progress, n_boot, ci, seed
+        model,
+        corrupted_tokens,
+        clean_cache,
+        metric,
+        where,
+        axes,
+        batch_size,
+        attention_mask,
+        progress,
+        n_boot,
+        ci,
+        seed,
     )
 
 
@@ -100,7 +111,18 @@ def patch_resid(
     where = site(model, activation)
     axes = [range(model.cfg.n_layers), range(corrupted_tokens.shape[-1])]
     return _sweep(
-        model, corrupted_tokens, clean_cache, metric, where, axes, batch_size, attention_mask, progress, n_boot, ci, seed
+        model,
+        corrupted_tokens,
+        clean_cache,
+        metric,
+        where,
+        axes,
+        batch_size,
+        attention_mask,
+        progress,
+        n_boot,
+        ci,
+        seed,
     )
 
 

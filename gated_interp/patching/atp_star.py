@@ -91,7 +91,7 @@ def atp_star(
         )
     clean_names, corrupted_names = _needed(activations)
     n_layers = model.cfg.n_layers
-    clean_keys = {f"blocks.{l}.attn.hook_{n}" for n in clean_names for l in range(n_layers)}
+    clean_keys = {f"blocks.{layer}.attn.hook_{n}" for n in clean_names for layer in range(n_layers)}
     with torch.no_grad():
         _, clean = model.run_with_cache(
             clean_tokens, attention_mask=attention_mask, names_filter=lambda name: name in clean_keys

@@ -49,6 +49,8 @@ def to_dataframe(
     for suffix, bound in (("lo", lo), ("hi", hi)):
         if bound is not None:
             if tuple(bound.shape) != tuple(result.shape):
-                raise ValueError(f"{suffix} has shape {tuple(bound.shape)}, result {tuple(result.shape)}: they must match")
+                raise ValueError(
+                    f"{suffix} has shape {tuple(bound.shape)}, result {tuple(result.shape)}: they must match"
+                )
             df[f"{value_name}_{suffix}"] = bound.detach().reshape(-1).cpu().double().numpy()
     return df
