@@ -10,6 +10,8 @@ Axis glossary used in every shape annotation of this package:
     d_model  residual stream width
     d_mlp    MLP hidden width
     d_vocab  vocabulary size
+    layer    blocks (0-based), where results are stacked per layer
+    component  rows of a decomposition (e.g. `analysis.gate_attribution_stack`: embed, heads, biases, MLPs)
 """
 
 from gated_interp.components.attention import GatedAttention, KVCacheEntry
