@@ -44,7 +44,7 @@ def head_quietness(
     quiet_below: float = 0.25,
     sink_attention: float = 0.5,
     sink_value: float = 0.5,
-    closed_gate: float = 0.3,
+    closed_gate: float = 0.5,
     model: Any = None,
 ) -> pd.DataFrame:
     """One row per (layer, head): how much the head writes, and whether a sink or its gate quiets it.
