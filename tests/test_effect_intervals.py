@@ -7,7 +7,8 @@ from functools import partial
 
 import pytest
 import torch
-from _models import build, random_tokens
+from helpers import make_tiny as build
+from helpers import random_tokens
 
 from gated_interp.analysis import ablation_effects, open_gates, zero_ablate_heads
 from gated_interp.analysis.bootstrap import bootstrap_ci, ratio_of_sums

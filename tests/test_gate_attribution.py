@@ -8,7 +8,8 @@ import math
 import matplotlib
 import pytest
 import torch
-from _models import build, random_tokens
+from helpers import make_tiny as build
+from helpers import random_tokens
 
 import gated_interp
 from gated_interp.analysis import gate_attribution, gate_attribution_stack, top_gate_contributors

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _models import build, random_tokens
+from helpers import make_tiny as build
+from helpers import random_tokens
 
 from gated_interp.analysis import head_quietness
 

@@ -7,7 +7,8 @@ from functools import partial
 
 import pytest
 import torch
-from _models import build, random_tokens
+from helpers import make_tiny as build
+from helpers import random_tokens
 
 import gated_interp as gi
 from gated_interp import patching

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from _models import build, random_tokens, zero_queries
+from helpers import make_tiny as build
+from helpers import random_tokens, zero_queries
 
 from gated_interp import analysis
 from gated_interp.analysis import streaming
