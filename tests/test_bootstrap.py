@@ -44,7 +44,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="at least 2 sequences"):
         bootstrap_ci(torch.ones(1))
     with pytest.raises(ValueError, match="ci must be"):
-        bootstrap_ci(torch.ones(5), ci=95)
+        bootstrap_ci(torch.ones(5), ci=95.0)
 
 
 def test_call_metric_takes_transformer_lens_style_and_token_aware_metrics():

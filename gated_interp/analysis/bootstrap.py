@@ -29,7 +29,7 @@ def mean(values: Float[Tensor, "seq *rest"]) -> Float[Tensor, "*rest"]:
     return values.mean(dim=0)
 
 
-def ratio_of_sums(values: Float[Tensor, "seq *rest two"]) -> Float[Tensor, "*rest"]:
+def ratio_of_sums(values: Float[Tensor, "seq *rest 2"]) -> Float[Tensor, "*rest"]:
     """`sum(values[..., 0]) / sum(values[..., 1])` over sequences: a pooled mean when each
     sequence contributes a sum and a count (e.g. summed loss and number of predicted tokens)."""
     return values[..., 0].sum(dim=0) / values[..., 1].sum(dim=0)
