@@ -166,7 +166,14 @@ def _sweep(
 
     # Every copy is identical up to the patched layer: run that prefix once, then start each
     # forward at the patched layer. Chunks therefore never straddle two layers.
-    corrupted_resid = _corrupted_resid_pre(model, tokens, attention_mask)
+    # A z patch changes layer `layer` only through W_O, so its copies start at resid_mid:
+    # corrupted resid_mid + (z_clean - z_corrupted)[head] @ W_O[head], skipping a recomputation of
+    # the layer's attention that would give every copy the same result.
+    via_w_o = where.activation == "z"
+    if via_w_o:
+        corrupted_resid, corrupted_mid, corrupted_z = _corrupted_states(model, tokens, attention_mask)
+    else:
+        corrupted_resid = _corrupted_resid_pre(model, tokens, attention_mask)
     values = torch.empty(len(patches), dtype=_result_dtype(model))
     per_prompt = torch.empty(len(patches), n_prompts, dtype=torch.float64) if n_boot else None
     bar = tqdm(total=len(patches), desc=f"patching {where.activation}", disable=not progress)
@@ -174,9 +181,30 @@ def _sweep(
         in_layer = (patches[:, 0] == layer).nonzero()[:, 0]
         for start in range(0, len(in_layer), batch_size):
             rows = in_layer[start : start + batch_size]
-            out = _run_chunk(
-                model, corrupted_resid[layer], attention_mask, clean, where, patches[rows], metric, layer, bool(n_boot)
-            )
+            if via_w_o:
+                out = _run_z_chunk(
+                    model,
+                    corrupted_mid[layer],
+                    where.canonical(corrupted_z[layer]),
+                    clean[layer],
+                    attention_mask,
+                    patches[rows],
+                    metric,
+                    layer,
+                    bool(n_boot),
+                )
+            else:
+                out = _run_chunk(
+                    model,
+                    corrupted_resid[layer],
+                    attention_mask,
+                    clean,
+                    where,
+                    patches[rows],
+                    metric,
+                    layer,
+                    bool(n_boot),
+                )
             if n_boot:
                 values[rows], per_prompt[rows] = out[0].to(values.dtype), out[1]
             else:
@@ -199,6 +227,19 @@ def _checked_clean(clean_cache: CacheLike, where: Site, layer: int, shape: torch
             "have the same batch size and length"
         )
     return act
+
+
+@torch.no_grad()
+def _corrupted_states(
+    model: HookedGatedQwen3, tokens: Int[Tensor, "n pos"], attention_mask: Int[Tensor, "n pos"] | None
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """The corrupted run's resid_pre, resid_mid and z of each block (hooks off: the unpatched run)."""
+    wanted = ("hook_resid_pre", "hook_resid_mid", "attn.hook_z")
+    _, cache = model.run_with_cache(
+        tokens, attention_mask=attention_mask, return_type=None, names_filter=lambda name: name.endswith(wanted)
+    )
+    layers = range(model.cfg.n_layers)
+    return tuple([cache[f"blocks.{layer}.{name}"] for layer in layers] for name in wanted)
 
 
 @torch.no_grad()
@@ -237,7 +278,43 @@ def _run_chunk(
     hooks.append((where.hook_name(layer), hook))
     mask = None if attention_mask is None else attention_mask.repeat(k, 1)
     logits = model.run_with_hooks(resid_pre.repeat(k, 1, 1), start_at_layer=layer, attention_mask=mask, fwd_hooks=hooks)
-    copies_logits = logits.unflatten(0, (k, n))
+    return _copy_metrics(logits.unflatten(0, (k, n)), metric, per_prompt)
+
+
+@torch.no_grad()
+def _run_z_chunk(
+    model: HookedGatedQwen3,
+    resid_mid: Float[Tensor, "n pos d_model"],
+    corrupted_z: Float[Tensor, "head pos n d_head"],
+    clean_z: Float[Tensor, "head pos n d_head"],
+    attention_mask: Int[Tensor, "n pos"] | None,
+    chunk: Int[Tensor, "k n_axes"],
+    metric: Metric,
+    layer: int,
+    per_prompt: bool = False,
+) -> Float[Tensor, "k"] | tuple[Float[Tensor, "k"], Float[Tensor, "k n"]]:
+    """`_run_chunk` for z patches: each copy starts at block `layer`'s resid_mid, with the patched
+    head's change written through W_O, then runs that block's MLP and the later blocks."""
+    k, n = len(chunk), resid_mid.shape[0]
+    heads = chunk[:, 1].to(resid_mid.device)
+    delta = (clean_z[heads] - corrupted_z[heads]).to(resid_mid.dtype)  # [k, pos, n, d_head]
+    if chunk.shape[1] == 3:  # per position: only position chunk[i, 2] of copy i changes
+        keep = torch.zeros(k, delta.shape[1], dtype=delta.dtype, device=delta.device)
+        keep[torch.arange(k), chunk[:, 2].to(delta.device)] = 1
+        delta = delta * keep[:, :, None, None]
+    block = model.blocks[layer]
+    W_O = block.attn.W_O[heads]  # [k, d_head, d_model]
+    mid = (resid_mid[None] + torch.einsum("kpnd,kdm->knpm", delta, W_O)).flatten(0, 1)  # [k * n, pos, d_model]
+    post = mid + block.mlp(block.ln2(mid))
+    mask = None if attention_mask is None else attention_mask.repeat(k, 1)
+    logits = model(post, start_at_layer=layer + 1, attention_mask=mask)
+    return _copy_metrics(logits.unflatten(0, (k, n)), metric, per_prompt)
+
+
+def _copy_metrics(
+    copies_logits: Float[Tensor, "k n pos d_vocab"], metric: Metric, per_prompt: bool
+) -> Float[Tensor, "k"] | tuple[Float[Tensor, "k"], Float[Tensor, "k n"]]:
+    """The metric of each copy (and, with `per_prompt`, of each prompt of each copy)."""
     if not per_prompt:
         return torch.stack([_scalar(metric(copy_logits)) for copy_logits in copies_logits]).cpu()
     whole, each = zip(*(_per_prompt(metric, copy_logits) for copy_logits in copies_logits))
