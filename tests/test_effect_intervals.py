@@ -137,3 +137,26 @@ def test_patching_intervals_match_a_bootstrap_of_one_prompt_sweeps(model):
     assert torch.allclose(values2, v3, atol=1e-5) and torch.allclose(lo2, lo3, atol=1e-5)
     with pytest.raises(ValueError, match="n_boot"):
         patch_resid(model, corrupted, cache, metric, progress=False, n_boot=-2)
+
+
+def test_interval_bars_draw_the_table_intervals(model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gated_interp.plotting import interval_bars
+
+    tokens = random_tokens(model, 4, 6)
+    frame = ablation_effects(model, tokens, {"open": open_gates(model)}, progress=False, n_boot=50)
+    fig = interval_bars(frame, "delta_loss", title="4 random sequences, 95% bootstrap CI")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["clean", "open"]
+    bars = sorted(ax.patches, key=lambda p: -p.get_y())
+    assert [b.get_width() for b in bars] == pytest.approx(frame.delta_loss.to_list())
+    segments = [c for c in ax.collections if hasattr(c, "get_segments")][0].get_segments()
+    ends = sorted((float(s[0][0]), float(s[1][0])) for s in segments)
+    expected = sorted(
+        (min(lo, v), max(hi, v)) for lo, hi, v in zip(frame.delta_loss_lo, frame.delta_loss_hi, frame.delta_loss)
+    )
+    assert [x for pair in ends for x in pair] == pytest.approx([x for pair in expected for x in pair])
+    with pytest.raises(KeyError, match="no column"):
+        interval_bars(frame, "metric")
