@@ -5,8 +5,8 @@ key-value heads, q/k norm, headwise gate) at a small width, one sequence of rand
 point runs in a fresh subprocess, so its peak resident memory (`VmHWM` from /proc/self/status, or
 `getrusage` where that is missing: tracemalloc would miss torch's allocations) is its own:
 
-  method=before  what compare_variants did before streaming: run_with_cache of every layer's pattern,
-                 then the cache-based functions (which stack all layers' patterns); --before cache
+  method=before  what compare_variants did before streaming (replayed here): run_with_cache of every
+                 layer's pattern, then measurements from float32 stacks of all layers' patterns; --before cache
                  uses compare_variants(method="cache") instead (refused up front, with the estimate,
                  when it cannot fit)
   method=stream  compare_variants(...) (the default): each layer reduced in its hooks, attention
@@ -73,20 +73,27 @@ def build_model(folder: Path, device: str):
 
 
 def before_streaming(model, tokens) -> dict[str, float]:
-    """What compare_variants did before streaming, with the public cache-based functions: one
-    run_with_cache of every layer's pattern, residual stream and gate, then measurements that
-    stack all layers' patterns."""
+    """What compare_variants did before streaming (this code replays it): one run_with_cache of
+    every layer's pattern, residual stream and gate, then F-Attn and key importance each from a
+    float32 stack of all layers' patterns."""
     import torch
 
     from gated_interp import analysis
 
     keep = ("hook_pattern", "hook_resid_post", "attn.hook_gate")
+    n_layers = model.cfg.n_layers
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith(keep))
+        patterns = torch.stack([cache["pattern", layer].float() for layer in range(n_layers)])
+        first_token = float(patterns[..., 1:, 0].mean())  # one sequence, no padding
+        del patterns
+        patterns = torch.stack([cache["pattern", layer].float() for layer in range(n_layers)])
+        importance = patterns[..., 0].mean(-1)[:, 0]  # [layer, head]: queries >= 0 to key 0
+        del patterns
         return {
-            "first_token_attention": float(analysis.first_token_attention(cache, per="model")),
-            "sink_rate": analysis.sink_rate(cache, 0.3),
-            "max_abs_resid": float(analysis.max_activation_by_layer(cache).mean()),
+            "first_token_attention": first_token,
+            "sink_rate": float((importance > 0.3).float().mean()),
+            "max_abs_resid": float(analysis.max_abs_resid_by_layer(cache).mean()),
             "mean_gate": analysis.mean_gate_score(cache),
             "loss": float(model.loss_fn(logits, tokens)),
         }
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the full-cache side: the pre-streaming code (default) or compare_variants(method='cache')",
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-stream", action="store_true", help="run only the full-cache side")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -175,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(f"{'tokens':>6} {'method':>6} {'peak':>10} {'time':>8} {'forward':>8}  note")
     for n_tokens in args.tokens:
-        methods = [args.before, "stream"] if n_tokens <= args.cache_up_to else ["stream"]
+        methods = [args.before] if n_tokens <= args.cache_up_to else []
+        methods += [] if args.no_stream else ["stream"]
         points = {m: run_point(m, n_tokens, args.device, args.threads) for m in methods}
         for method, point in points.items():
             results.append(point)

@@ -278,7 +278,7 @@ def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, A
     path = plotting.save_demo_figure(fig, out, name)
     plt.close(fig)
     by_layer = analysis.first_token_attention_by_layer(cache).cpu()
-    largest = analysis.max_activation_by_layer(cache).cpu()
+    largest = analysis.max_abs_resid_by_layer(cache).cpu()
     return path, by_layer, largest
 
 

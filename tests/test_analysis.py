@@ -20,6 +20,8 @@ from gated_interp.analysis import (
     key_importance,
     m_act,
     massive_activations,
+    max_abs_resid,
+    max_abs_resid_by_layer,
     max_activation_by_layer,
     mean_gate_by_head,
     mean_gate_score,
@@ -206,9 +208,13 @@ def test_planted_massive_activation(tmp_path):
     for row in frame.itertuples():
         assert (row.batch, row.position, row.dim) == (1, 2, 7)  # the residual stream carries it on
         assert row.massive and row.n_massive == 1 and row.max_abs > 4000 and row.ratio > 1000
-    assert m_act(cache) == pytest.approx(frame["max_abs"].mean())
+    assert max_abs_resid(cache) == pytest.approx(frame["max_abs"].mean())
+    with pytest.deprecated_call():
+        assert m_act(cache) == max_abs_resid(cache)
+    with pytest.deprecated_call():
+        assert torch.equal(max_activation_by_layer(cache), max_abs_resid_by_layer(cache))
     torch.testing.assert_close(
-        max_activation_by_layer(cache), torch.tensor(frame["max_abs"].to_numpy(), dtype=torch.float32)
+        max_abs_resid_by_layer(cache), torch.tensor(frame["max_abs"].to_numpy(), dtype=torch.float32)
     )
 
     _, clean = model.run_with_cache(tokens)
@@ -259,7 +265,7 @@ def test_compare_variants_columns_and_values(two_variants):
         _, cache = model.run_with_cache(tokens, attention_mask=mask)
         expected = float(first_token_attention(cache, mask, per="model"))
         assert frame.loc[name, "first_token_attention"] == pytest.approx(expected)
-        assert frame.loc[name, "max_abs_resid"] == pytest.approx(m_act(cache, mask))
+        assert frame.loc[name, "max_abs_resid"] == pytest.approx(max_abs_resid(cache, mask))
         assert frame.loc[name, "f_attn"] == frame.loc[name, "first_token_attention"]  # deprecated copy
         assert frame.loc[name, "m_act"] == frame.loc[name, "max_abs_resid"]
     # Batching (with its own padding per batch) changes none of the pooled numbers.

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from helpers import make_tiny as build
-from helpers import random_tokens, zero_queries
+from helpers import make_tiny, random_tokens, zero_queries
 
 from gated_interp import analysis
 from gated_interp.analysis import streaming
@@ -16,7 +15,7 @@ from gated_interp.analysis import streaming
 @pytest.fixture(scope="module", params=["none", "headwise", "elementwise"])
 def model(request, tmp_path_factory):
     # Grouped-query attention (4 query heads over 2 kv heads), q/k norm, three layers.
-    model, _, _ = build(tmp_path_factory.mktemp(request.param), gate=request.param, seed=3, num_hidden_layers=3)
+    model, _, _ = make_tiny(tmp_path_factory.mktemp(request.param), gate=request.param, seed=3, num_hidden_layers=3)
     return model
 
 
@@ -41,10 +40,23 @@ def test_attention_to_keys_matches_the_softmax_pattern():
         weights = streaming.attention_to_keys(q, k, [0, 4], real, chunk_size=chunk)
         torch.testing.assert_close(weights[0], pattern[..., 0], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(weights[1], pattern[..., 4], atol=1e-6, rtol=1e-5)
+    # Right padding (and none): the fused kernel over one-hot values. Padding queries are not
+    # compared: their rows differ from the model's (which lets them read themselves) and are unused.
+    weights = streaming.attention_to_keys(q, k, [0, 4], real)
+    for index, key in enumerate([0, 4]):
+        fused = weights[index].transpose(1, 2)[real]  # [real query, head]
+        torch.testing.assert_close(fused, pattern[..., key].transpose(1, 2)[real], atol=1e-6, rtol=1e-5)
+    # Left padding: the chunked log-sum-exp path, every query as the model computes it.
+    left = real.flip(-1)
+    visible = causal & (left[:, None, None, :] | torch.eye(11, dtype=torch.bool))
+    pattern = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    weights = streaming.attention_to_keys(q, k, [0, 6], left)
+    torch.testing.assert_close(weights[0], pattern[..., 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights[1], pattern[..., 6], atol=1e-6, rtol=1e-5)
 
 
 def test_first_token_attention_is_uniform_with_zero_queries(tmp_path):
-    model, _, _ = build(tmp_path, gate="headwise", seed=1)
+    model, _, _ = make_tiny(tmp_path, gate="headwise", seed=1)
     zero_queries(model)
     expected = sum(1 / (i + 1) for i in range(1, 6)) / 5
     result = streaming.first_token_attention(model, random_tokens(model, 2, 6))
@@ -64,7 +76,7 @@ def test_measure_equals_the_cache_based_functions(model, batch, method):
     )
     assert m.sink_rate() == pytest.approx(analysis.sink_rate(cache, 0.3, 0, mask))
     torch.testing.assert_close(
-        m.max_abs_resid_by_layer(), analysis.max_activation_by_layer(cache, mask), atol=atol, rtol=1e-6
+        m.max_abs_resid_by_layer(), analysis.max_abs_resid_by_layer(cache, mask), atol=atol, rtol=1e-6
     )
     with torch.no_grad():
         expected_loss = float(model(tokens, attention_mask=mask, return_type="loss"))
@@ -123,7 +135,9 @@ def test_streaming_keeps_the_fused_attention_path(model, batch):
         streaming.measure(model, tokens, mask, progress=False)
     finally:
         torch.nn.functional.scaled_dot_product_attention = original
-    assert len(seen) == model.cfg.n_layers
+    # Per layer: the model's own attention, and the one-hot-value run that gives attention to token 0
+    # (the explicit path, taken when a pattern hook is attached, would not call the kernel).
+    assert len(seen) == 2 * model.cfg.n_layers
 
 
 def test_bootstrap_interval_contains_the_estimate(model, batch):
@@ -143,3 +157,11 @@ def test_full_cache_that_cannot_fit_is_refused_with_the_estimate(model, monkeypa
     with pytest.raises(MemoryError, match=r"GiB.*method='stream'"):
         streaming.measure(model, random_tokens(model, 1, 8), method="cache", progress=False)
     streaming.measure(model, random_tokens(model, 1, 8), progress=False)  # streaming needs no such check
+
+
+def test_long_inputs_show_a_progress_bar_per_layer(model, monkeypatch, capsys):
+    monkeypatch.setattr(streaming, "LONG_CONTEXT", 8)
+    streaming.measure(model, random_tokens(model, 1, 8), desc="probe")
+    assert "probe layers" in capsys.readouterr().err
+    streaming.measure(model, random_tokens(model, 1, 8), progress=False)
+    assert "layers" not in capsys.readouterr().err

@@ -3,10 +3,12 @@
 The cache-based functions (`first_token_attention(cache)`, ...) need every layer's attention
 pattern, `[batch, head, pos, pos]` each: 15 GB for one 2,048-token sequence through 28 layers.
 Here each layer's contribution is reduced inside its forward hook and dropped, so at most one
-layer's activations exist at a time, and the attention weight of a key is computed without the
-pattern: for query i and key k it is `exp(score_ik - logsumexp_j score_ij)`, and the row's
-log-sum-exp comes from the rotated queries and keys (`hook_rot_q`, `hook_rot_k`) in query chunks,
-`O(heads x chunk x pos)` memory. The pattern is never hooked, so the fused attention kernel stays on.
+layer's activations exist at a time, and the attention weight of a key is computed from the rotated
+queries and keys (`hook_rot_q`, `hook_rot_k`) without the pattern: the fused attention kernel run
+over values that are one-hot at the key returns exactly that key's weight (O(pos) memory); with
+left padding, `exp(score_ik - logsumexp_j score_ij)` with the log-sum-exp taken in query chunks
+(`O(heads x chunk x pos)`). The pattern is never hooked, so the model's own fused attention kernel
+stays on too.
 
     m = measure(model, tokens)               # one pass; per-sequence reductions, pooled on demand
     m.summary()                              # {"loss": .., "first_token_attention": .., ...}
@@ -34,6 +36,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -97,11 +100,40 @@ def attention_to_keys(
     key_real: Bool[Tensor, "batch k_pos"] | None = None,
     chunk_size: int | None = None,
 ) -> Float[Tensor, "key batch head q_pos"]:
-    """Softmax attention weight that every query gives to each of `keys`, causal, padding keys
-    hidden, computed as `exp(score - logsumexp(row))` in query chunks: never more than
-    `[batch, head, chunk, pos]` scores at once. Query heads read kv head `j // n_groups`.
+    """Softmax attention weight that every query gives to each of `keys` (causal; padding keys
+    hidden, as in the model), without materialising the `[q_pos, k_pos]` pattern. Float32; scores
+    are `q . k / sqrt(d_head)`; query head j reads kv head `j // n_groups`.
 
-    Float32 throughout; scores are `q . k / sqrt(d_head)` as in the model's attention."""
+    Without padding, or with right padding (every query that matters sees only real keys), the
+    fused attention kernel does it: attention over values that are one-hot at the chosen keys
+    returns exactly their weights, in O(pos) memory. Otherwise, or with `chunk_size` given, the
+    weights are `exp(score - logsumexp(row))` with the log-sum-exp taken in query chunks
+    (`[batch, head, chunk, pos]` scores at a time)."""
+    right_padded = key_real is None or bool((key_real.long().cumprod(-1) == key_real.long()).all())
+    if chunk_size is None and right_padded and len(keys) <= q.shape[-1]:
+        return _attention_to_keys_fused(q, k, keys)
+    return _attention_to_keys_chunked(q, k, keys, key_real, chunk_size)
+
+
+def _attention_to_keys_fused(q: Tensor, k: Tensor, keys: list[int]) -> Tensor:
+    batch, n, _, d_head = q.shape
+    # Value width d_head keeps PyTorch on its fused (flash / memory-efficient) kernel.
+    one_hot = q.new_zeros((batch, k.shape[2], n, d_head), dtype=torch.float32)
+    for i, key in enumerate(keys):
+        one_hot[:, :, key, i] = 1.0
+    out = F.scaled_dot_product_attention(
+        q.float().transpose(1, 2),
+        k.float().transpose(1, 2),
+        one_hot,
+        is_causal=True,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )  # [batch, head, q_pos, d_head]
+    return out[..., : len(keys)].permute(3, 0, 1, 2)
+
+
+def _attention_to_keys_chunked(
+    q: Tensor, k: Tensor, keys: list[int], key_real: Tensor | None, chunk_size: int | None
+) -> Tensor:
     batch, n, n_heads, d_head = q.shape
     n_kv = k.shape[2]
     groups = n_heads // n_kv
@@ -124,10 +156,7 @@ def attention_to_keys(
         scores = scores.masked_fill(~visible, float("-inf"))
         lse = scores.logsumexp(-1)  # [b, kv, g, chunk]
         for i, key in enumerate(keys):
-            if key < stop:
-                weight = (scores[..., key] - lse).exp()
-            else:
-                weight = torch.zeros_like(lse)
+            weight = (scores[..., key] - lse).exp() if key < stop else torch.zeros_like(lse)
             out[i, :, :, start:stop] = weight.flatten(1, 2)
         del scores, lse
     return out
@@ -258,8 +287,11 @@ class Measurement:
         return result
 
     def as_dict(self) -> dict[str, Any]:
-        """Pooled quantities and per-layer lists (JSON-ready), one name per quantity."""
+        """Pooled quantities and per-layer lists (JSON-ready: an ungated model has no gate keys),
+        one name per quantity."""
         result: dict[str, Any] = self.summary()
+        if not self.gated:
+            del result["mean_gate"]
         result["first_token_attention_by_layer"] = self.first_token_attention("layer").tolist()
         result["max_abs_resid_by_layer"] = self.max_abs_resid_by_layer().tolist()
         if self.gated:
@@ -516,7 +548,7 @@ def max_abs_resid_by_layer(
     batch_size: int | None = 8,
     progress: bool | None = None,
 ) -> Float[Tensor, "layer"]:
-    """As `analysis.max_activation_by_layer(cache, mask)`, without a cache."""
+    """As `analysis.max_abs_resid_by_layer(cache, mask)`, without a cache."""
     return measure(model, tokens, attention_mask, batch_size, progress=progress).max_abs_resid_by_layer()
 
 

@@ -21,7 +21,7 @@ def plot_by_layer(
     log_scale: bool = False,
 ) -> Figure:
     """One line per variant of a per-layer value `[layer]` (e.g. `first_token_attention_by_layer`
-    or `max_activation_by_layer`), layers shown 1-based on the x axis, with a legend."""
+    or `max_abs_resid_by_layer`), layers shown 1-based on the x axis, with a legend."""
     if not values:
         raise ValueError("no values to plot: pass {variant name: [layer] tensor}")
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from gated_interp import analysis  # noqa: E402
+from gated_interp.analysis.streaming import measure as measure_model  # noqa: E402
 from gated_interp.loading import load_hooked  # noqa: E402
 from gated_interp.loading.bundled import HELDOUT_FILE, METRICS_FILE  # noqa: E402
 from gated_interp.train.data import evaluation_windows  # noqa: E402
@@ -39,38 +39,17 @@ CHECKPOINT_FILES = (
 STORY_PROMPT = "Once upon a time there was a little girl who"
 
 
-@torch.no_grad()
 def measure(model, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]:
-    """Held-out loss and the sink / activation / gate figures, over all windows."""
-    losses, caches = [], []
-    keep = ("hook_pattern", "hook_resid_post", "hook_gate")
-    for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start : start + batch_size]
-        loss, cache = model.run_with_cache(batch, return_type="loss", names_filter=lambda n: n.endswith(keep))
-        losses.append(float(loss) * batch.shape[0])
-        caches.append(cache.cache_dict)
-    merged = {name: torch.cat([c[name] for c in caches]) for name in caches[0]}
-    result: dict[str, Any] = {
-        "heldout_loss": sum(losses) / tokens.shape[0],
-        "first_token_attention_by_layer": analysis.first_token_attention_by_layer(merged).tolist(),
-        "f_attn": float(analysis.first_token_attention(merged, per="model")),
-        "sink_rate": analysis.sink_rate(merged, eps=0.3),
-        "max_abs_resid_by_layer": analysis.max_activation_by_layer(merged).tolist(),
-        "m_act": analysis.m_act(merged),
-    }
-    if model.cfg.gate != "none":
-        result["mean_gate"] = analysis.mean_gate_score(merged)
-        result["mean_gate_by_layer"] = analysis.mean_gate_by_head(merged).mean(-1).tolist()
-        stats = analysis.gate_stats(merged)
-        result["gate_frac_below_0.1"] = float(stats["frac_below_0.1"].mean())
-    return result
+    """Held-out loss and the sink / activation / gate figures over all windows: the one
+    measurement loop (`analysis.streaming.measure`), under the names it gives each quantity."""
+    return measure_model(model, tokens, batch_size=batch_size, progress=False).as_dict()
 
 
 def emergence_figure(log: pd.DataFrame, layer: int) -> plt.Figure:
     """First-token attention in `layer` and held-out loss against training tokens, per variant."""
     fig, (ax_sink, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for variant, rows in log.groupby("variant", sort=False):
-        ax_sink.plot(rows["tokens"] / 1e6, rows[f"first_token_attn_L{layer}"], marker=".", label=variant)
+        ax_sink.plot(rows["tokens"] / 1e6, rows[f"first_token_attention_L{layer}"], marker=".", label=variant)
         ax_loss.plot(rows["tokens"] / 1e6, rows["val_loss"], marker=".", label=variant)
     ax_sink.set(
         xlabel="training tokens (millions)",
@@ -164,7 +143,8 @@ def write_card(
         m = metrics[v]
         gate = f"{m['mean_gate']:.3f}" if "mean_gate" in m else "-"
         lines.append(
-            f"| {v} | {m['heldout_loss']:.4f} | {m['f_attn']:.4f} | {m['sink_rate']:.3f} | {m['m_act']:.2f} | {gate} |"
+            f"| {v} | {m['loss']:.4f} | {m['first_token_attention']:.4f} | {m['sink_rate']:.3f} "
+            f"| {m['max_abs_resid']:.2f} | {gate} |"
         )
     lines += _per_layer_table(
         "First-token attention per layer (mean attention that queries at positions >= 1 give to position 0):",
