@@ -10,7 +10,8 @@ every earlier head's output `z @ W_O[h]`, every earlier attention bias `b_O` and
 MLP output, so the gate logit splits into one term per component plus the gate bias `b_G`; the
 terms sum to the cached gate logit (direct logit attribution, with the same `apply_ln` semantics
 as `ActivationCache.decompose_resid` / `apply_ln_to_stack`: divide each component by the cached
-scale of the final residual, so that the division is shared and the sum stays exact).
+scale of the residual that the norm read — here `ln1` of `layer` — so the division is shared and the
+sum stays exact).
 
     _, cache = model.run_with_cache(tokens)
     table = gate_attribution(cache, layer=2, head=1, pos=0)          # one row per component
