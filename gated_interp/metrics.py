@@ -33,9 +33,10 @@ def call_metric(
     logits: Float[Tensor, "batch pos d_vocab"],
     tokens: Int[Tensor, "batch pos"] | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-) -> Float[Tensor, ""] | float:
+) -> Float[Tensor, ""] | Float[Tensor, "batch"] | float:
     """`metric(logits)`, or `metric(logits, tokens, attention_mask)` for a metric whose signature
-    requires three positional arguments."""
+    requires three positional arguments. Metrics may return one value per sequence `[batch]` where
+    the caller accepts it (e.g. `ablation_effects(..., n_boot=...)`)."""
     arity = _positional_arity(metric)
     if arity >= 3:
         return metric(logits, tokens, attention_mask)

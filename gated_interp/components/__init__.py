@@ -30,6 +30,7 @@ checks that none is missing). Within one call the same name means the same size.
     key          chosen key positions (`analysis.streaming.attention_to_keys`)
     boot         bootstrap resamples (`analysis.bootstrap`)
     rest         any trailing axes a statistic keeps (`analysis.bootstrap`)
+    component    rows of a decomposition (`analysis.gate_attribution_stack`: embed, heads, biases, MLPs)
 """
 
 from gated_interp.components.attention import GatedAttention, KVCacheEntry

@@ -10,7 +10,9 @@ paper does ("Layer 28" is layer index 27).
 """
 
 from gated_interp.plotting.attention_maps import PAPER_DEMO_LAYERS, attention_maps, demo_layers, save_demo_figure
+from gated_interp.plotting.gate_attribution import gate_contributors
 from gated_interp.plotting.gates import gate_heatmap, gate_histograms
+from gated_interp.plotting.intervals import interval_bars
 from gated_interp.plotting.layers import plot_by_layer
 from gated_interp.plotting.patching import patching_heatmap
 
@@ -18,8 +20,10 @@ __all__ = [
     "PAPER_DEMO_LAYERS",
     "attention_maps",
     "demo_layers",
+    "gate_contributors",
     "gate_heatmap",
     "gate_histograms",
+    "interval_bars",
     "patching_heatmap",
     "plot_by_layer",
     "save_demo_figure",
