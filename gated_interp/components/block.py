@@ -13,6 +13,10 @@ from gated_interp.config import GatedQwen3Config
 
 
 class TransformerBlock(nn.Module):
+    # Read by TransformerLens 4.x's logit lens: the block's output (hook_resid_post) is the one
+    # residual stream the next block, or ln_final and the unembedding, read.
+    hook_out_is_single_residual_stream = True
+
     def __init__(self, cfg: GatedQwen3Config, layer: int):
         super().__init__()
         self.cfg = cfg

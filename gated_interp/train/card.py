@@ -58,7 +58,7 @@ def measure(model, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]
         "max_abs_resid_by_layer": analysis.max_activation_by_layer(merged).tolist(),
         "m_act": analysis.m_act(merged),
     }
-    if model.cfg.gate != "none":
+    if model.cfg.is_gated:
         result["mean_gate"] = analysis.mean_gate_score(merged)
         result["mean_gate_by_layer"] = analysis.mean_gate_by_head(merged).mean(-1).tolist()
         stats = analysis.gate_stats(merged)

@@ -22,11 +22,9 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gated_interp.config import GatedQwen3Config
+from gated_interp.config import VARIANT_GATES, GatedQwen3Config
 from gated_interp.loading import save_hf
 from gated_interp.model import HookedGatedQwen3
-
-VARIANT_GATES = {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
 
 
 @dataclass
