@@ -71,3 +71,33 @@ def constant_gates(model, score: float) -> None:
 
 def random_tokens(model, batch: int, pos: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- TransformerLens-parity models ---------------------------------------------------------------
+BUNDLED = ("baseline", "gate_headwise", "gate_elementwise")
+# Random checkpoints with biases on q, k, v, o (and the gate): GQA 4 query / 2 kv heads, and one
+# plain multi-head model (TransformerLens' K/V path patching refuses GQA).
+RANDOM_WITH_BIASES = {
+    "random_headwise": dict(gate="headwise"),
+    "random_elementwise": dict(gate="elementwise"),
+    "random_mha_elementwise": dict(gate="elementwise", num_key_value_heads=4),
+}
+
+
+def parity_model(kind: str, folders: dict, **load_kwargs):
+    """A bundled tiny model (`kind` in BUNDLED) or a random model with biases (a key of
+    RANDOM_WITH_BIASES, written once into `folders[kind]` by `parity_folders`)."""
+    load_kwargs.setdefault("progress", False)
+    if kind in BUNDLED:
+        return gated_interp.load_hooked(kind, size="tiny", device="cpu", **load_kwargs)
+    return gated_interp.load_hooked(str(folders[kind]), device="cpu", **load_kwargs)
+
+
+def parity_folders(tmp_path_factory, seed: int = 5) -> dict:
+    folders = {}
+    for kind, spec in RANDOM_WITH_BIASES.items():
+        spec = dict(spec)
+        folder = tmp_path_factory.mktemp(kind)
+        build(folder, seed=seed, qkv_bias=True, **spec)
+        folders[kind] = folder
+    return folders
