@@ -76,7 +76,9 @@ class HookSpec:
     def name(self, layer: int | None = None) -> str:
         if self.per_layer:
             if layer is None:
-                raise ValueError(f"{self.short!r} is a per-layer hook: give a layer, e.g. {self.template.format(layer=0)}")
+                raise ValueError(
+                    f"{self.short!r} is a per-layer hook: give a layer, e.g. {self.template.format(layer=0)}"
+                )
             return self.template.format(layer=layer)
         return self.template
 
@@ -98,7 +100,9 @@ def _attn(short: str, axes: str, doc: str, *, tl_knows: bool = False, **kw) -> H
 def _norm(where: str, prefix: str) -> tuple[HookSpec, HookSpec]:
     return (
         HookSpec("scale", f"{prefix}.hook_scale", where, "batch pos one", f"`{where}` RMSNorm divisor"),
-        HookSpec("normalized", f"{prefix}.hook_normalized", where, "batch pos d_model", f"`{where}` output before its weight"),
+        HookSpec(
+            "normalized", f"{prefix}.hook_normalized", where, "batch pos d_model", f"`{where}` output before its weight"
+        ),
     )
 
 
@@ -107,14 +111,38 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec("embed", "hook_embed", "model", "batch pos d_model", "token embeddings"),
     HookSpec("resid_pre", f"{_B}.hook_resid_pre", "block", "batch pos d_model", "residual stream entering the block"),
     *_norm("ln1", f"{_B}.ln1"),
-    _attn("q_input", f"{_HEAD_POS} d_model", "per-head copy of `resid_pre` that the query (and gate) read, before `ln1`",
-          switch="use_split_qkv_input", aliases=(f"{_B}.hook_q_input",), tl_knows=True),
-    _attn("k_input", "batch pos kv_head d_model", "per-key-value-head copy of `resid_pre` for the keys",
-          switch="use_split_qkv_input", aliases=(f"{_B}.hook_k_input",), tl_knows=True),
-    _attn("v_input", "batch pos kv_head d_model", "per-key-value-head copy of `resid_pre` for the values",
-          switch="use_split_qkv_input", aliases=(f"{_B}.hook_v_input",), tl_knows=True),
-    _attn("attn_in", f"{_HEAD_POS} d_model", "one per-head copy of `resid_pre` for q, k, v and gate (kv head j reads copy j)",
-          switch="use_attn_in", aliases=(f"{_B}.hook_attn_in",), tl_knows=True),
+    _attn(
+        "q_input",
+        f"{_HEAD_POS} d_model",
+        "per-head copy of `resid_pre` that the query (and gate) read, before `ln1`",
+        switch="use_split_qkv_input",
+        aliases=(f"{_B}.hook_q_input",),
+        tl_knows=True,
+    ),
+    _attn(
+        "k_input",
+        "batch pos kv_head d_model",
+        "per-key-value-head copy of `resid_pre` for the keys",
+        switch="use_split_qkv_input",
+        aliases=(f"{_B}.hook_k_input",),
+        tl_knows=True,
+    ),
+    _attn(
+        "v_input",
+        "batch pos kv_head d_model",
+        "per-key-value-head copy of `resid_pre` for the values",
+        switch="use_split_qkv_input",
+        aliases=(f"{_B}.hook_v_input",),
+        tl_knows=True,
+    ),
+    _attn(
+        "attn_in",
+        f"{_HEAD_POS} d_model",
+        "one per-head copy of `resid_pre` for q, k, v and gate (kv head j reads copy j)",
+        switch="use_attn_in",
+        aliases=(f"{_B}.hook_attn_in",),
+        tl_knows=True,
+    ),
     _attn("q", f"{_HEAD_POS} d_head", "raw query projection (before `q_norm`)", tl_knows=True),
     _attn("k", "batch pos kv_head d_head", "raw key projection", tl_knows=True),
     _attn("v", "batch pos kv_head d_head", "value projection", tl_knows=True),
@@ -130,9 +158,17 @@ HOOKS: tuple[HookSpec, ...] = (
     _attn("z", f"{_HEAD_POS} d_head", "gated output: exactly what `W_O` reads", tl_knows=True),
     _attn("result", f"{_HEAD_POS} d_model", "per-head output `z @ W_O`", switch="use_attn_result", tl_knows=True),
     HookSpec("attn_out", f"{_B}.hook_attn_out", "block", "batch pos d_model", "attention output"),
-    HookSpec("resid_mid", f"{_B}.hook_resid_mid", "block", "batch pos d_model", "residual stream between attention and MLP"),
-    HookSpec("mlp_in", f"{_B}.hook_mlp_in", "block", "batch pos d_model", "copy of `resid_mid` the MLP reads, before `ln2`",
-             switch="use_hook_mlp_in"),
+    HookSpec(
+        "resid_mid", f"{_B}.hook_resid_mid", "block", "batch pos d_model", "residual stream between attention and MLP"
+    ),
+    HookSpec(
+        "mlp_in",
+        f"{_B}.hook_mlp_in",
+        "block",
+        "batch pos d_model",
+        "copy of `resid_mid` the MLP reads, before `ln2`",
+        switch="use_hook_mlp_in",
+    ),
     *_norm("ln2", f"{_B}.ln2"),
     HookSpec("pre", f"{_B}.mlp.hook_pre", "mlp", "batch pos d_mlp", "MLP gate projection (before SiLU)"),
     HookSpec("pre_linear", f"{_B}.mlp.hook_pre_linear", "mlp", "batch pos d_mlp", "MLP up projection"),

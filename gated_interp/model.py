@@ -137,7 +137,9 @@ class HookedGatedQwen3(HookedRootModule):
         """One per-head copy of the block input for q, k, v and the gate, hooked before ln1:
         `blocks.{l}.attn.hook_attn_in [batch, pos, head, d_model]`."""
         if use_attn_in and self.cfg.use_split_qkv_input:
-            raise ValueError("use_attn_in and use_split_qkv_input cannot both be on: call set_use_split_qkv_input(False) first")
+            raise ValueError(
+                "use_attn_in and use_split_qkv_input cannot both be on: call set_use_split_qkv_input(False) first"
+            )
         self.cfg.use_attn_in = use_attn_in
 
     def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
@@ -272,7 +274,8 @@ class HookedGatedQwen3(HookedRootModule):
         if too_long and truncate:
             warnings.warn(
                 f"prompt(s) at index {too_long} are longer than the context (n_ctx={self.cfg.n_ctx} tokens) "
-                "and were cut to their first n_ctx tokens, as TransformerLens does; pass truncate=False to keep them whole",
+                "and were cut to their first n_ctx tokens, as TransformerLens does; "
+                "pass truncate=False to keep them whole",
                 stacklevel=3,
             )
             ids = [seq[: self.cfg.n_ctx] for seq in ids]
@@ -329,7 +332,9 @@ class HookedGatedQwen3(HookedRootModule):
                     )
                 tokens = tokens[0]
             if tokens.ndim != 1:
-                raise ValueError(f"to_str_tokens takes a token sequence [pos] or [1, pos], got shape {tuple(tokens.shape)}")
+                raise ValueError(
+                    f"to_str_tokens takes a token sequence [pos] or [1, pos], got shape {tuple(tokens.shape)}"
+                )
         return [tokenizer.decode([int(t)]) for t in tokens]
 
     def to_string(self, tokens: Int[Tensor, "pos"] | Int[Tensor, "batch pos"] | Sequence[int]) -> str | list[str]:

@@ -105,7 +105,9 @@ def test_pos_slice_slices_positions_of_every_hook(load, kind, pos_slice):
     _, full = model.run_with_cache(tokens)
     _, sliced = model.run_with_cache(tokens, pos_slice=pos_slice)
     # TransformerLens turns an int into a one-element list, so the position axis stays
-    index = slice(*pos_slice) if isinstance(pos_slice, tuple) else [pos_slice] if isinstance(pos_slice, int) else pos_slice
+    index = (
+        slice(*pos_slice) if isinstance(pos_slice, tuple) else [pos_slice] if isinstance(pos_slice, int) else pos_slice
+    )
     assert set(sliced.keys()) == set(full.keys())
     for name, value in full.items():
         dim = _expected_pos_dim(name)

@@ -9,7 +9,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from _models import BUNDLED, RANDOM_WITH_BIASES, build, parity_folders, parity_model
 from transformer_lens import evals
 
@@ -72,7 +71,9 @@ def test_split_inputs_compute_the_same_function(load, kind, switch):
         if switch == "set_use_split_qkv_input":
             assert torch.equal(split_cache["q_input", layer], resid[:, :, None].expand(-1, -1, cfg.n_heads, -1))
             assert split_cache["blocks.0.hook_k_input"].shape[2] == cfg.n_key_value_heads  # TL 2.x name
-            assert torch.equal(split_cache["v_input", layer], resid[:, :, None].expand(-1, -1, cfg.n_key_value_heads, -1))
+            assert torch.equal(
+                split_cache["v_input", layer], resid[:, :, None].expand(-1, -1, cfg.n_key_value_heads, -1)
+            )
         else:
             assert torch.equal(split_cache["attn_in", layer], resid[:, :, None].expand(-1, -1, cfg.n_heads, -1))
 
@@ -116,6 +117,7 @@ def test_hook_mlp_in_and_hook_tokens(load, kind):
     assert torch.equal(switched["hook_tokens"], tokens)
     for layer in range(model.cfg.n_layers):
         assert torch.equal(switched["mlp_in", layer], cache["resid_mid", layer])
+
     # an edit of hook_mlp_in reaches the MLP only, not the residual stream it was copied from
     def zero(x, hook):
         return torch.zeros_like(x)

@@ -23,11 +23,10 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-
-from gated_interp.hooks import hook_name
 from tqdm.auto import tqdm
 
 from gated_interp.analysis._inputs import Prompts, as_batches
+from gated_interp.hooks import hook_name
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]], float]
@@ -171,9 +170,7 @@ def _set_heads_hooks(
 
         return hook
 
-    return [
-        (hook_name("z", layer), make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()
-    ]
+    return [(hook_name("z", layer), make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()]
 
 
 def zero_ablate_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[Hook]:
