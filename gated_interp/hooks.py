@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 # A hook's axes use the glossary of `gated_interp.components`; `one` is a size-1 axis.
 
@@ -209,6 +209,7 @@ def _patterns() -> tuple[tuple[re.Pattern, HookSpec, bool], ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=8192)
 def lookup(name: str) -> tuple[HookSpec, int | None] | None:
     """(spec, layer) of a full hook name or alias (a trailing `_grad` is ignored), or None."""
     base = name[: -len("_grad")] if name.endswith("_grad") else name

@@ -10,6 +10,7 @@ Axis glossary used in every shape annotation of this package:
     d_model  residual stream width
     d_mlp    MLP hidden width
     d_vocab  vocabulary size
+    one      an axis of size 1 (RMSNorm's `hook_scale`, `[batch, pos, one]`)
 """
 
 from gated_interp.components.attention import GatedAttention, KVCacheEntry
