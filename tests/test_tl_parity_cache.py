@@ -179,8 +179,8 @@ def test_a_hook_whose_switch_is_off_is_refused(load):
 @torch.no_grad()
 def test_generic_activation_patch_sweeps_the_gate(load, kind):
     model = load(kind)
-    clean = _tokens(model, batch=2, pos=4, seed=1)
-    corrupted = _tokens(model, batch=2, pos=4, seed=2)
+    clean = _tokens(model, batch=2, pos=3, seed=1)
+    corrupted = _tokens(model, batch=2, pos=3, seed=2)
     _, clean_cache = model.run_with_cache(clean)
     answer = 3
 
@@ -192,11 +192,11 @@ def test_generic_activation_patch_sweeps_the_gate(load, kind):
         index_axis_names=("layer", "pos", "head"),
     )  # fmt: skip
     cfg = model.cfg
-    assert result.shape == (cfg.n_layers, 4, cfg.n_heads)
+    assert result.shape == (cfg.n_layers, 3, cfg.n_heads)
     expected = torch.zeros_like(result)
     for layer in range(cfg.n_layers):
         clean_gate = clean_cache[f"blocks.{layer}.attn.hook_gate"]
-        for pos in range(4):
+        for pos in range(3):
             for head in range(cfg.n_heads):
 
                 def put(gate, hook, pos=pos, head=head, clean_gate=clean_gate):
