@@ -281,3 +281,18 @@ def test_logit_lens(load, kind, fold_ln):
     expected = [_rms(cache["resid_pre", k], ln.w, ln.eps) @ model.W_U + model.b_U for k in range(model.cfg.n_layers)]
     expected = torch.stack([e[:, -1] for e in expected] + [logits[:, -1]])
     assert _max_diff(values, expected) <= TOL
+
+
+def test_pos_slice_applies_to_gradients_too(load):
+    model = load("gate_headwise")
+    tokens = _tokens(model)
+
+    def keep(name):
+        return "gate" in name or "pattern" in name
+
+    _, full = model.run_with_cache(tokens, return_type="loss", incl_bwd=True, names_filter=keep)
+    _, sliced = model.run_with_cache(tokens, return_type="loss", incl_bwd=True, names_filter=keep, pos_slice=(1, 3))
+    assert "blocks.0.attn.hook_gate_grad" in sliced.keys() and set(sliced.keys()) == set(full.keys())
+    for name, value in full.items():
+        dim = _expected_pos_dim(name.removesuffix("_grad"))
+        assert torch.equal(sliced[name], value[(slice(None),) * dim + (slice(1, 3),)]), name
