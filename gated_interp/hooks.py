@@ -261,7 +261,7 @@ def markdown_table() -> str:
             when.append("`use_qk_norm`")
         if s.switch:
             when.append(f"`set_{s.switch}(True)`")
-        shape = "[" + ", ".join(s.axis_names).replace("one", "1") + "]"
+        shape = "[" + ", ".join("1" if axis == "one" else axis for axis in s.axis_names) + "]"
         name = s.template.replace("{layer}", "{l}")
         rows.append(f"| `{name}` | `{s.short}` | `{shape}` | {s.doc} | {', '.join(when) or 'always'} |")
     return "\n".join(rows)
