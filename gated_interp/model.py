@@ -63,11 +63,11 @@ class HookedGatedQwen3(HookedRootModule):
     def __init__(self, cfg: GatedQwen3Config, tokenizer: Any = None):
         super().__init__()
         self.cfg = cfg
+        # cfg.default_prepend_bos left None follows the tokenizer (see the `tokenizer` setter)
+        self._explicit_prepend_bos = cfg.default_prepend_bos is not None
         self.tokenizer = tokenizer
         if cfg.n_devices != 1:
             raise ValueError(N_DEVICES_UNSUPPORTED)
-        if cfg.default_prepend_bos is None:
-            cfg.default_prepend_bos = tokenizer is not None and tokenizer.bos_token_id is not None
         self.embed = Embed(cfg)
         self.hook_tokens = HookPoint()  # [batch, pos], with cfg.use_hook_tokens
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -223,15 +223,25 @@ class HookedGatedQwen3(HookedRootModule):
             )
         return self.tokenizer
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.__dict__.get("_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        # Unless the config fixed it, prepend a BOS exactly when the tokenizer has one.
+        self.__dict__["_tokenizer"] = tokenizer
+        if not self.__dict__.get("_explicit_prepend_bos", False):
+            self.cfg.default_prepend_bos = tokenizer is not None and tokenizer.bos_token_id is not None
+
     def set_tokenizer(self, tokenizer: Any, default_padding_side: PaddingSide = "right") -> None:
         """Attach a Hugging Face tokenizer, as TransformerLens' `set_tokenizer`: batches are padded
-        on `default_padding_side` unless a call says otherwise, and `cfg.default_prepend_bos`
-        becomes whether the tokenizer has a BOS token."""
+        on `default_padding_side` unless a call says otherwise; `cfg.default_prepend_bos` (unless
+        the config set it) becomes whether the tokenizer has a BOS token."""
         if default_padding_side not in ("left", "right"):
             raise ValueError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}")
         self.tokenizer = tokenizer
         self.cfg.default_padding_side = default_padding_side
-        self.cfg.default_prepend_bos = tokenizer.bos_token_id is not None
         tokenizer.padding_side = default_padding_side
 
     @property

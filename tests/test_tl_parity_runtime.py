@@ -310,3 +310,14 @@ def test_induction_loss(tmp_path):
     repeated = torch.cat([first, first], dim=1)
     expected = _nll(model(repeated), repeated)[:, 13:].mean()
     assert _max_diff(loss, expected) <= TOL
+
+
+def test_default_prepend_bos_follows_the_tokenizer_unless_configured(load):
+    model = load("baseline")
+    tokenizer = model.tokenizer
+    model.tokenizer = None
+    assert model.cfg.default_prepend_bos is False
+    model.tokenizer = tokenizer  # attached after construction, as loaders may do
+    assert model.cfg.default_prepend_bos is True and model.to_tokens("a dog")[0, 0] == tokenizer.bos_token_id
+    fixed = type(model)(GatedQwen3Config(**{**model.cfg.to_dict(), "default_prepend_bos": False}), tokenizer)
+    assert fixed.cfg.default_prepend_bos is False and fixed.to_tokens("a dog")[0, 0] != tokenizer.bos_token_id
