@@ -167,14 +167,30 @@ class HookedGatedQwen3(HookedRootModule):
                 f"{name} only fires after model.set_{found[0].switch}(True); a hook added now would never run"
             )
 
+    def _check_split_ln1(self, name: str, hook: Callable) -> None:
+        """With split inputs, ln1 normalises each head's copy itself; its hooks only observe the
+        unforked stream, so an edit there would silently do nothing: refuse it."""
+        if not (self.cfg.use_split_qkv_input or self.cfg.use_attn_in) or getattr(hook, "_observes_only", False):
+            return
+        found = hooks.lookup(name)
+        if found is not None and found[0].where == "ln1":
+            raise ValueError(
+                f"{name} cannot be edited while use_split_qkv_input / use_attn_in is on: ln1 then normalises "
+                "each head's copy of the block input, and its own hooks only observe the unforked stream. "
+                "Edit blocks.{l}.attn.hook_q_input / hook_k_input / hook_v_input (or hook_attn_in) instead, "
+                "or switch the split inputs off"
+            )
+
     def _enable_hook_with_name(self, name: str, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
         self._check_switch(name)
+        self._check_split_ln1(name, hook)
         if name not in self.mod_dict:
             raise KeyError(_unknown_hook_message(self, name))
         super()._enable_hook_with_name(hooks.resolve(name), hook, dir)
 
     def check_hooks_to_add(self, hook_point: HookPoint, hook_point_name: str, hook: Callable, **kwargs: Any) -> None:
         self._check_switch(hook_point_name)
+        self._check_split_ln1(hook_point_name, hook)
 
     def get_caching_hooks(
         self,
@@ -197,7 +213,7 @@ class HookedGatedQwen3(HookedRootModule):
         fwd = [(name, fn) for name, fn in fwd if self._switched_on(name)]
         bwd = [(name, fn) for name, fn in bwd if self._switched_on(name)]
         if pos_slice.mode == "identity":
-            return cache, fwd, bwd
+            return cache, [(name, _observer(fn)) for name, fn in fwd], [(name, _observer(fn)) for name, fn in bwd]
 
         def sliced(save: Callable, backward: bool) -> Callable:
             def hook_fn(tensor: Tensor, hook: HookPoint) -> None:
@@ -210,8 +226,8 @@ class HookedGatedQwen3(HookedRootModule):
 
             return hook_fn
 
-        fwd = [(name, sliced(fn, False)) for name, fn in fwd]
-        bwd = [(name, sliced(fn, True)) for name, fn in bwd]
+        fwd = [(name, _observer(sliced(fn, False))) for name, fn in fwd]
+        bwd = [(name, _observer(sliced(fn, True))) for name, fn in bwd]
         return cache, fwd, bwd
 
     # ---- tokenisation --------------------------------------------------------------------
@@ -963,6 +979,16 @@ class HookedGatedQwen3(HookedRootModule):
             f"n_heads={c.n_heads}, n_key_value_heads={c.n_key_value_heads}, d_head={c.d_head}, "
             f"d_vocab={c.d_vocab}, params={c.n_params / 1e6:.1f}M)"
         )
+
+
+def _observer(fn: Callable) -> Callable:
+    """A caching hook, marked as one that reads its activation and returns nothing."""
+
+    def hook_fn(tensor: Tensor, hook: HookPoint) -> None:
+        fn(tensor, hook=hook)
+
+    hook_fn._observes_only = True
+    return hook_fn
 
 
 def _resolve_names_filter(names_filter: Any) -> Any:
