@@ -128,7 +128,8 @@ class HookedGatedQwen3(HookedRootModule):
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """Give each head its own copy of the block input, hooked before ln1:
         `blocks.{l}.attn.hook_q_input [batch, pos, head, d_model]` (the gate reads it too),
-        `hook_k_input`/`hook_v_input [batch, pos, kv_head, d_model]`."""
+        `hook_k_input`/`hook_v_input [batch, pos, kv_head, d_model]`. ln1 then normalises each
+        copy; its own hooks only observe the unforked stream (editing them raises)."""
         if use_split_qkv_input and self.cfg.use_attn_in:
             raise ValueError("use_split_qkv_input and use_attn_in cannot both be on: call set_use_attn_in(False) first")
         self.cfg.use_split_qkv_input = use_split_qkv_input
