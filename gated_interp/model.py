@@ -189,9 +189,23 @@ class HookedGatedQwen3(HookedRootModule):
             raise KeyError(_unknown_hook_message(self, name))
         super()._enable_hook_with_name(hooks.resolve(name), hook, dir)
 
-    def check_hooks_to_add(self, hook_point: HookPoint, hook_point_name: str, hook: Callable, **kwargs: Any) -> None:
-        self._check_switch(hook_point_name)
-        self._check_split_ln1(hook_point_name, hook)
+    def add_hook(self, name: str | Callable[[str], bool], hook: Callable, *args: Any, **kwargs: Any) -> None:
+        """`HookedRootModule.add_hook`; a name may be any spelling `gated_interp.hooks` resolves.
+        A named hook that could never run (switch off) or would be ignored (ln1 under split inputs)
+        raises; a filter simply passes over the hooks whose switch is off."""
+        if isinstance(name, str):
+            self._check_switch(name)
+            self._check_split_ln1(name, hook)
+            if name not in self.mod_dict:
+                raise KeyError(_unknown_hook_message(self, name))
+            name = hooks.resolve(name)
+        else:
+            name_filter = name
+
+            def name(hook_name: str) -> bool:
+                return self._switched_on(hook_name) and name_filter(hook_name)
+
+        super().add_hook(name, hook, *args, **kwargs)
 
     def get_caching_hooks(
         self,

@@ -145,3 +145,23 @@ def test_norm_scale_and_result_edits(load, kind):
     by_z = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", zero_z)])
     by_result = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_result", zero_result)])
     assert _max_diff(by_z, by_result) <= TOL
+
+
+@torch.no_grad()
+def test_filters_pass_over_switched_off_hooks(load):
+    """`add_hook` / `add_caching_hooks` with a filter (TransformerLens' cache_all path) cache what
+    fires and skip the hooks whose switch is off; split inputs do not stop them observing ln1."""
+    model = load("gate_headwise")
+    model.set_use_split_qkv_input(True)
+    tokens = _tokens(model)
+    _, expected = model.run_with_cache(tokens)
+    cache = model.add_caching_hooks(names_filter=lambda name: True)
+    model(tokens)
+    model.reset_hooks()
+    assert set(cache) == set(expected.keys()) and "blocks.0.ln1.hook_scale" in cache
+    assert all(torch.equal(cache[name], expected[name]) for name in cache)
+    seen = []
+    model.add_hook(lambda name: name.endswith(("hook_result", "hook_q_input")), lambda x, hook: seen.append(hook.name))
+    model(tokens)
+    model.reset_hooks()
+    assert seen == [f"blocks.{layer}.attn.hook_q_input" for layer in range(model.cfg.n_layers)]
