@@ -175,9 +175,11 @@ def test_a_hook_whose_switch_is_off_is_refused(load):
             model.add_hook(name, lambda x, hook: x)
 
 
-@pytest.mark.parametrize("kind", ["gate_headwise", "random_elementwise"])
+@pytest.mark.parametrize(
+    "kind, per_position", [("gate_headwise", False), ("random_elementwise", True), ("random_headwise", True)]
+)
 @torch.no_grad()
-def test_generic_activation_patch_sweeps_the_gate(load, kind):
+def test_generic_activation_patch_sweeps_the_gate(load, kind, per_position):
     model = load(kind)
     clean = _tokens(model, batch=2, pos=3, seed=1)
     corrupted = _tokens(model, batch=2, pos=3, seed=2)
@@ -187,16 +189,20 @@ def test_generic_activation_patch_sweeps_the_gate(load, kind):
     def metric(logits):
         return logits[:, -1, answer].mean()
 
+    if per_position:
+        setter, axes = patching.layer_pos_head_vector_patch_setter, ("layer", "pos", "head")
+    else:
+        setter, axes = patching.layer_head_vector_patch_setter, ("layer", "head")
     result = patching.generic_activation_patch(
-        model, corrupted, clean_cache, metric, patching.layer_pos_head_vector_patch_setter, "gate",
-        index_axis_names=("layer", "pos", "head"),
-    )  # fmt: skip
+        model, corrupted, clean_cache, metric, setter, "gate", index_axis_names=axes
+    )
     cfg = model.cfg
-    assert result.shape == (cfg.n_layers, 3, cfg.n_heads)
-    expected = torch.zeros_like(result)
+    positions = [[0], [1], [2]] if per_position else [[0, 1, 2]]
+    assert result.shape == ((cfg.n_layers, 3, cfg.n_heads) if per_position else (cfg.n_layers, cfg.n_heads))
+    expected = torch.zeros(cfg.n_layers, len(positions), cfg.n_heads)
     for layer in range(cfg.n_layers):
         clean_gate = clean_cache[f"blocks.{layer}.attn.hook_gate"]
-        for pos in range(3):
+        for p, pos in enumerate(positions):
             for head in range(cfg.n_heads):
 
                 def put(gate, hook, pos=pos, head=head, clean_gate=clean_gate):
@@ -205,8 +211,8 @@ def test_generic_activation_patch_sweeps_the_gate(load, kind):
                     return gate
 
                 logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_gate", put)])
-                expected[layer, pos, head] = metric(logits)
-    assert _max_diff(result, expected) <= TOL
+                expected[layer, p, head] = metric(logits)
+    assert _max_diff(result, expected if per_position else expected[:, 0]) <= TOL
     assert result.std() > 0  # the gate matters somewhere
 
 
