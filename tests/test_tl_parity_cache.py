@@ -56,6 +56,8 @@ def test_gate_short_keys(load, kind):
         assert cache[get_act_name(short, 1)] is full  # blocks.1.hook_<short>, as get_act_name spells it
         assert (short, 1) in cache and get_act_name(short, 1) in cache
     assert cache["gate1"] is cache["blocks.1.attn.hook_gate"]
+    stacked = cache.stack_activation("gate")  # TransformerLens' per-layer stack, through the short key
+    assert stacked.shape[0] == n and all(torch.equal(stacked[layer], cache["gate", layer]) for layer in range(n))
     assert cache["scale", 0, "ln1"] is cache["blocks.0.ln1.hook_scale"]
     with pytest.raises(KeyError, match="set_use_split_qkv_input"):
         cache["q_input", 0]
