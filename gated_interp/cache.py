@@ -7,13 +7,18 @@ TransformerLens; every method that builds a new cache keeps this class.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Union
 
 from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import get_act_name
 
 from gated_interp import hooks
+
+# What functions that read activations accept: a `run_with_cache` cache (TransformerLens'
+# `ActivationCache` is not a `Mapping`) or a plain dict from hook name to activation.
+CacheLike = Union[ActivationCache, Mapping[str, Tensor]]
 
 
 class GatedActivationCache(ActivationCache):

@@ -27,6 +27,8 @@ from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbeddin
 from gated_interp.config import N_DEVICES_UNSUPPORTED, UNGROUP_UNSUPPORTED, GatedQwen3Config
 
 ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
+# `forward` also takes the residual stream entering block n, with `start_at_layer=n`.
+ForwardInput = Union[ModelInput, Float[Tensor, "batch pos d_model"]]
 ReturnType = Optional[Literal["logits", "loss", "both"]]
 PaddingSide = Literal["left", "right"]
 
@@ -506,7 +508,7 @@ class HookedGatedQwen3(HookedRootModule):
 
     def forward(
         self,
-        input: ModelInput,
+        input: ForwardInput,
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
@@ -647,7 +649,7 @@ class HookedGatedQwen3(HookedRootModule):
         return_type: Literal["input", "str", "tokens"] = "input",
         seed: int | None = None,
         verbose: bool = True,
-    ) -> str | list[str] | Int[Tensor, "batch pos"]:
+    ) -> str | list[str] | Int[Tensor, "batch total_pos"]:
         """Greedy (`do_sample=False` or `temperature=0`) or sampled continuation, with a KV cache.
 
         Returns strings when given strings (`return_type="input"`) or with `return_type="str"`

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import BUNDLED, RANDOM_WITH_BIASES, parity_folders, parity_model
+from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, parity_folders, parity_model
 from transformer_lens.utilities import get_act_name
 
 from gated_interp import hooks
 from gated_interp.config import GATE_KINDS, VARIANT_GATES, GatedQwen3Config, gate_of, variant_of
 
-MODELS = BUNDLED + tuple(RANDOM_WITH_BIASES)
+MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _models import BUNDLED, RANDOM_WITH_BIASES, parity_folders, parity_model
+from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, max_diff, parity_folders, parity_model
 from transformer_lens import patching
 from transformer_lens.utilities import get_act_name
 
 from gated_interp import GatedActivationCache
 
-MODELS = BUNDLED + tuple(RANDOM_WITH_BIASES)
+MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
 GATED = tuple(m for m in MODELS if m != "baseline")
 TOL = 1e-4
 
@@ -36,11 +36,6 @@ def load(folders):
 
 def _tokens(model, batch=2, pos=6, seed=0):
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
-
-
-def _max_diff(a, b):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
 
 
 @pytest.mark.parametrize("kind", GATED)
@@ -148,7 +143,7 @@ def test_get_act_name_in_run_with_hooks_hook_dict_and_names_filter(load, kind):
     by_alias = model.run_with_hooks(tokens, fwd_hooks=[(name, close)])
     by_name = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_gate", close)])
     plain = model(tokens)
-    assert torch.equal(by_alias, by_name) and _max_diff(by_alias, plain) > 1e-3
+    assert torch.equal(by_alias, by_name) and max_diff(by_alias, plain) > 1e-3
     with model.hooks(fwd_hooks=[(name, close)]):
         assert torch.equal(model(tokens), by_name)
     model.add_hook(name, close)
@@ -214,7 +209,7 @@ def test_generic_activation_patch_sweeps_the_gate(load, kind, per_position):
 
                 logits = model.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_gate", put)])
                 expected[layer, p, head] = metric(logits)
-    assert _max_diff(result, expected if per_position else expected[:, 0]) <= TOL
+    assert max_diff(result, expected if per_position else expected[:, 0]) <= TOL
     assert result.std() > 0  # the gate matters somewhere
 
 
@@ -262,7 +257,7 @@ def test_direct_path_patching(load, kind, component):
                 W, b = (attn._W_K, attn._b_K) if component == "k" else (attn._W_V, attn._b_V)
                 hooks_.append((f"blocks.{layer}.attn.hook_{component}", _put(head, edited @ W[head] + b[head])))
             expected[layer, head] = metric(model.run_with_hooks(corrupted, fwd_hooks=hooks_))
-    assert _max_diff(result, expected) <= TOL
+    assert max_diff(result, expected) <= TOL
     assert (result[src_layer + 1 :] - metric(model(corrupted))).abs().max() > 1e-4  # the edits do something
 
 
@@ -288,7 +283,7 @@ def test_logit_lens(load, kind, fold_ln):
     ln = model.ln_final
     expected = [_rms(cache["resid_pre", k], ln.w, ln.eps) @ model.W_U + model.b_U for k in range(model.cfg.n_layers)]
     expected = torch.stack([e[:, -1] for e in expected] + [logits[:, -1]])
-    assert _max_diff(values, expected) <= TOL
+    assert max_diff(values, expected) <= TOL
 
 
 def test_pos_slice_applies_to_gradients_too(load):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _models import BUNDLED, RANDOM_WITH_BIASES, parity_folders, parity_model
+from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, max_diff, parity_folders, parity_model
 
-MODELS = BUNDLED + tuple(RANDOM_WITH_BIASES)
+MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
 TOL = 1e-4
 
 
@@ -28,12 +28,6 @@ def load(folders):
 
 def _tokens(model, batch=2, pos=6, seed=0):
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
-
-
-def _max_diff(a, b):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    a, b = (t.float().nan_to_num(posinf=1e30, neginf=-1e30) for t in (a, b))
-    return (a - b).abs().max().item()
 
 
 def _perturb(x, hook):
@@ -67,13 +61,13 @@ def test_every_hook_edit_reaches_the_logits(load, kind, fork):
                 model.run_with_hooks(tokens, fwd_hooks=[(name, _perturb)])
             continue
         edited = model.run_with_hooks(tokens, fwd_hooks=[(name, _perturb)])
-        assert _max_diff(edited, plain) > 1e-5, f"editing {name} changed nothing"
+        assert max_diff(edited, plain) > 1e-5, f"editing {name} changed nothing"
     _, cache = model.run_with_cache(tokens)  # observing ln1 is fine
     assert "blocks.0.ln1.hook_scale" in cache.keys()
     getattr(model, fork)(False)  # without split inputs every hook, ln1's included, is live
     for name in [n for n in model.hook_dict if ".ln1." in n or "tokens" in n]:
         edited = model.run_with_hooks(tokens, fwd_hooks=[(name, _perturb)])
-        assert _max_diff(edited, plain) > 1e-5, f"editing {name} changed nothing"
+        assert max_diff(edited, plain) > 1e-5, f"editing {name} changed nothing"
 
 
 @pytest.mark.parametrize("kind", [k for k in MODELS if k != "baseline"])
@@ -87,11 +81,11 @@ def test_gate_edit_scales_z(load, kind):
 
     with model.hooks(fwd_hooks=[("blocks.1.attn.hook_gate", half)]):
         _, cache = model.run_with_cache(tokens)
-    assert _max_diff(cache["z", 1], 0.5 * cache["z_pre_gate", 1]) <= TOL
+    assert max_diff(cache["z", 1], 0.5 * cache["z_pre_gate", 1]) <= TOL
     # closing every gate of a layer removes its heads: attn_out is b_O alone
     with model.hooks(fwd_hooks=[("blocks.1.attn.hook_gate", lambda g, hook: torch.zeros_like(g))]):
         _, cache = model.run_with_cache(tokens)
-    assert _max_diff(cache["attn_out", 1], model.blocks[1].attn.b_O.expand_as(cache["attn_out", 1])) <= TOL
+    assert max_diff(cache["attn_out", 1], model.blocks[1].attn.b_O.expand_as(cache["attn_out", 1])) <= TOL
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -102,7 +96,7 @@ def test_score_and_pattern_edits(load, kind):
     plain = model(tokens)
     # softmax ignores a constant added to every score
     shifted = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_attn_scores", lambda s, hook: s + 7.0)])
-    assert _max_diff(shifted, plain) <= TOL
+    assert max_diff(shifted, plain) <= TOL
     # a uniform causal pattern makes z the running mean of the values (times the gate)
     n = tokens.shape[1]
     uniform = torch.ones(n, n).tril()
@@ -116,7 +110,7 @@ def test_score_and_pattern_edits(load, kind):
     v = cache["v", 0].repeat_interleave(model.cfg.n_groups, dim=2)  # [batch, pos, head, d_head]
     mean_v = torch.einsum("qk,bkhd->bqhd", uniform, v)
     gate = cache["gate", 0] if model.cfg.is_gated else 1.0
-    assert _max_diff(cache["z", 0], mean_v * gate) <= TOL
+    assert max_diff(cache["z", 0], mean_v * gate) <= TOL
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -127,7 +121,7 @@ def test_norm_scale_and_result_edits(load, kind):
     _, cache = model.run_with_cache(tokens)
     with model.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", lambda s, hook: 2 * s)]):
         _, doubled = model.run_with_cache(tokens)
-    assert _max_diff(doubled["blocks.0.ln1.hook_normalized"], cache["blocks.0.ln1.hook_normalized"] / 2) <= TOL
+    assert max_diff(doubled["blocks.0.ln1.hook_normalized"], cache["blocks.0.ln1.hook_normalized"] / 2) <= TOL
     # zeroing one head's z is zeroing its result
     model.set_use_attn_result(True)
     head = 2
@@ -144,7 +138,7 @@ def test_norm_scale_and_result_edits(load, kind):
 
     by_z = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", zero_z)])
     by_result = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_result", zero_result)])
-    assert _max_diff(by_z, by_result) <= TOL
+    assert max_diff(by_z, by_result) <= TOL
 
 
 @torch.no_grad()

@@ -9,13 +9,21 @@ import warnings
 
 import pytest
 import torch
-from _models import BUNDLED, RANDOM_WITH_BIASES, build, parity_folders, parity_model
+from helpers import (
+    PARITY_BUNDLED,
+    RANDOM_WITH_BIASES,
+    make_tiny,
+    max_diff,
+    parity_folders,
+    parity_model,
+    without_shape_checks,
+)
 from transformer_lens import evals
 
 from gated_interp import GatedQwen3Config
 from gated_interp.model import Output
 
-MODELS = BUNDLED + tuple(RANDOM_WITH_BIASES)
+MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
 TOL = 1e-4
 PROMPTS = ["the little girl went to the garden", "a dog ran"]
 
@@ -37,13 +45,6 @@ def _tokens(model, batch=2, pos=6, seed=0):
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
 
 
-def _max_diff(a, b):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    # masked attention scores are -inf in both: compare them as equal
-    a, b = (t.float().nan_to_num(posinf=1e30, neginf=-1e30) for t in (a, b))
-    return (a - b).abs().max().item()
-
-
 def _nll(logits, tokens):
     """Per-token next-token NLL written out by hand, [batch, pos - 1]."""
     log_probs = logits.float().log_softmax(-1)[:, :-1]
@@ -62,9 +63,9 @@ def test_split_inputs_compute_the_same_function(load, kind, switch):
     logits, cache = model.run_with_cache(tokens)
     getattr(model, switch)(True)
     split_logits, split_cache = model.run_with_cache(tokens)
-    assert _max_diff(split_logits, logits) <= TOL
+    assert max_diff(split_logits, logits) <= TOL
     for name in cache.keys():
-        assert _max_diff(split_cache[name], cache[name]) <= TOL, name
+        assert max_diff(split_cache[name], cache[name]) <= TOL, name
     cfg = model.cfg
     for layer in range(cfg.n_layers):
         resid = split_cache["resid_pre", layer]
@@ -97,11 +98,11 @@ def test_editing_one_heads_query_input_moves_only_that_head(load, kind):
     model.reset_hooks()
     others = [h for h in range(model.cfg.n_heads) if h != head]
     assert torch.equal(edited["q", 1][:, :, others], cache["q", 1][:, :, others])
-    assert _max_diff(edited["q", 1][:, :, head], cache["q", 1][:, :, head]) > 1e-3
+    assert max_diff(edited["q", 1][:, :, head], cache["q", 1][:, :, head]) > 1e-3
     assert torch.equal(edited["k", 1], cache["k", 1]) and torch.equal(edited["v", 1], cache["v", 1])
     if model.cfg.is_gated:  # the gate reads the query's input
         assert torch.equal(edited["gate_logits", 1][:, :, others], cache["gate_logits", 1][:, :, others])
-        assert _max_diff(edited["gate_logits", 1][:, :, head], cache["gate_logits", 1][:, :, head]) > 1e-4
+        assert max_diff(edited["gate_logits", 1][:, :, head], cache["gate_logits", 1][:, :, head]) > 1e-4
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -125,7 +126,7 @@ def test_hook_mlp_in_and_hook_tokens(load, kind):
     with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_in", zero)]):
         _, edited = model.run_with_cache(tokens)
     assert torch.equal(edited["resid_mid", 0], cache["resid_mid", 0])
-    assert _max_diff(edited["mlp_out", 0], torch.zeros_like(cache["mlp_out", 0]) + model.blocks[0].mlp.b_out) <= TOL
+    assert max_diff(edited["mlp_out", 0], torch.zeros_like(cache["mlp_out", 0]) + model.blocks[0].mlp.b_out) <= TOL
 
 
 def test_switches_that_cannot_hold_raise(load):
@@ -153,7 +154,7 @@ def test_config_fields_transformer_lens_reads(load):
 # ---- padding and the loss ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", BUNDLED)
+@pytest.mark.parametrize("kind", PARITY_BUNDLED)
 @torch.no_grad()
 def test_padding_sides(load, kind):
     model = load(kind)
@@ -170,16 +171,16 @@ def test_padding_sides(load, kind):
     assert torch.equal(derived, explicit)
     for row, single in enumerate(singles):
         alone = model(single[None])[0, -1]
-        assert _max_diff(derived[row, -1], alone) <= TOL
-        assert _max_diff(model(PROMPTS, padding_side="left")[row, -1], alone) <= TOL
+        assert max_diff(derived[row, -1], alone) <= TOL
+        assert max_diff(model(PROMPTS, padding_side="left")[row, -1], alone) <= TOL
     # set_tokenizer's default_padding_side, as in TransformerLens
     model.set_tokenizer(model.tokenizer, default_padding_side="left")
     assert torch.equal(model.to_tokens(PROMPTS), left) and torch.equal(model(left), explicit)
-    with pytest.raises(ValueError, match="padding_side"):
+    with pytest.raises(ValueError, match="padding_side"), without_shape_checks():
         model.to_tokens(PROMPTS, padding_side="middle")
 
 
-@pytest.mark.parametrize("kind", BUNDLED)
+@pytest.mark.parametrize("kind", PARITY_BUNDLED)
 @torch.no_grad()
 def test_loss_on_padded_batches(load, kind):
     model = load(kind)
@@ -188,20 +189,20 @@ def test_loss_on_padded_batches(load, kind):
     nll = _nll(logits, tokens)
     counted = (mask[:, 1:] * mask[:, :-1]).bool()
     per_token = model.loss_fn(logits, tokens, attention_mask=mask, per_token=True)
-    assert _max_diff(per_token, torch.where(counted, nll, 0.0)) <= TOL  # padded positions are zero
+    assert max_diff(per_token, torch.where(counted, nll, 0.0)) <= TOL  # padded positions are zero
     masked_mean = nll[counted].mean()
-    assert _max_diff(model(tokens, return_type="loss", attention_mask=mask), masked_mean) <= TOL
-    assert _max_diff(model(PROMPTS, return_type="loss"), masked_mean) <= TOL  # strings carry their mask
+    assert max_diff(model(tokens, return_type="loss", attention_mask=mask), masked_mean) <= TOL
+    assert max_diff(model(PROMPTS, return_type="loss"), masked_mean) <= TOL  # strings carry their mask
     # a right-padded tensor without a mask: TransformerLens counts the padding; we do too, and say so
     with pytest.warns(UserWarning, match="attention_mask"):
         unmasked = model(tokens, return_type="loss")
-    assert _max_diff(unmasked, _nll(model(tokens), tokens).mean()) <= TOL
+    assert max_diff(unmasked, _nll(model(tokens), tokens).mean()) <= TOL
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(model.to_tokens(PROMPTS[0]), return_type="loss")  # nothing padded: no warning
     # left padding: the mask is derived, so the loss leaves padding out without being asked
     left, left_mask = model.to_tokens(PROMPTS, padding_side="left", return_attention_mask=True)
-    assert _max_diff(model(left, return_type="loss", padding_side="left"), masked_mean) <= TOL
+    assert max_diff(model(left, return_type="loss", padding_side="left"), masked_mean) <= TOL
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -213,9 +214,9 @@ def test_return_type_both_is_tl_output(load, kind):
     assert isinstance(out, Output) and isinstance(out, tuple)
     logits, loss = out
     assert torch.equal(out.logits, model(tokens)) and torch.equal(out.loss, model(tokens, return_type="loss"))
-    assert _max_diff(loss, _nll(logits, tokens).mean()) <= TOL
+    assert max_diff(loss, _nll(logits, tokens).mean()) <= TOL
     per_token = model(tokens, return_type="both", loss_per_token=True).loss
-    assert _max_diff(per_token, _nll(logits, tokens)) <= TOL
+    assert max_diff(per_token, _nll(logits, tokens)) <= TOL
 
 
 # ---- tokens --------------------------------------------------------------------------------------
@@ -243,10 +244,10 @@ def test_token_helpers(load):
     assert model.get_token_position(" the", text, mode="last") > model.get_token_position(" the", text)
     with pytest.raises(ValueError, match="does not occur"):
         model.get_token_position(" dog", text)
-    with pytest.raises(ValueError, match="'first' or 'last'"):
+    with pytest.raises(ValueError, match="'first' or 'last'"), without_shape_checks():
         model.get_token_position(the, text, mode="middle")
     assert model.to_single_str_token(the) == " the"
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="one int token id"), without_shape_checks():
         model.to_single_str_token(" the")
     as_lists = model.to_str_tokens(PROMPTS)
     assert as_lists == [model.to_str_tokens(p) for p in PROMPTS] and isinstance(as_lists[0], list)
@@ -282,7 +283,7 @@ def test_generate_options(load):
         assert out[i] not in out[:i]
     with pytest.raises(ValueError, match="do_sample=True"):
         model.generate("the", freq_penalty=1.0, do_sample=False, verbose=False)
-    with pytest.raises(ValueError, match="start_at_layer=0"):
+    with pytest.raises(ValueError, match="start_at_layer=0"), without_shape_checks():
         model.generate(torch.zeros(1, 3, model.cfg.d_model), verbose=False)
 
 
@@ -291,7 +292,7 @@ def test_embeddings_input_points_to_start_at_layer(load):
     model = load("random_headwise")
     tokens = _tokens(model)
     embeddings = model.embed(tokens)
-    with pytest.raises(ValueError, match="start_at_layer=0"):
+    with pytest.raises(ValueError, match="start_at_layer=0"), without_shape_checks():
         model(embeddings)
     assert torch.equal(model(embeddings, start_at_layer=0), model(tokens))
 
@@ -302,14 +303,14 @@ def test_embeddings_input_points_to_start_at_layer(load):
 @torch.no_grad()
 def test_induction_loss(tmp_path):
     """evals.induction_loss draws token ids up to 20000, so this model has a vocabulary that large."""
-    model, _, _ = build(tmp_path / "big_vocab", gate="headwise", seed=1, vocab_size=20001, qkv_bias=True)
+    model, _, _ = make_tiny(tmp_path / "big_vocab", gate="headwise", seed=1, vocab_size=20001, qkv_bias=True)
     torch.manual_seed(0)
     loss = evals.induction_loss(model, batch_size=2, subseq_len=12, prepend_bos=False, device="cpu")
     torch.manual_seed(0)
     first = torch.randint(100, 20000, (2, 12))
     repeated = torch.cat([first, first], dim=1)
     expected = _nll(model(repeated), repeated)[:, 13:].mean()
-    assert _max_diff(loss, expected) <= TOL
+    assert max_diff(loss, expected) <= TOL
 
 
 def test_default_prepend_bos_follows_the_tokenizer_unless_configured(load):

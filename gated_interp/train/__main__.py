@@ -1,6 +1,6 @@
 """`python -m gated_interp.train`: train the bundled tiny variants from a corpus folder.
 
-    python -m gated_interp.train --corpus ../shared/corpus --out gated_interp/checkpoints/tiny
+    python -m gated_interp.train --corpus CORPUS_DIR --out gated_interp/checkpoints/tiny
 
 The corpus folder holds `train.txt` and `valid.txt` (documents separated by one blank line).
 """
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in train.variants:
         save_tokenizer(tokenizer, args.out / variant)
     corpus_info = {
-        "corpus": str(args.corpus),
+        "corpus": args.corpus.name,  # the folder's name only: no path of the training machine
         "train_bytes": train_path.stat().st_size,
         "training_windows": int(train_windows.shape[0]),
         "eval_windows": int(eval_windows.shape[0]),

@@ -1,6 +1,6 @@
 """`python -m gated_interp.train.card`: measure trained variants and write the bundle + model card.
 
-    python -m gated_interp.train.card --run RUN_DIR --corpus ../shared/corpus --out gated_interp/checkpoints/tiny
+    python -m gated_interp.train.card --run RUN_DIR --corpus CORPUS_DIR --out gated_interp/checkpoints/tiny
 
 Copies each variant's checkpoint from the training run, fixes the held-out windows the card is
 measured on (shipped as `heldout_tokens.safetensors`), measures every variant on them through the

@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerBase
 _ENCODE_BATCH_LINES = 4096
 
 _CORPUS_HINT = (
-    "Pass the corpus file with --corpus; the project's corpus (train.txt / valid.txt, "
-    "documents separated by one blank line) is described in its README.md next to "
-    "those files (shared/corpus/README.md in the workspace)."
+    "Pass the corpus folder with --corpus: train.txt and valid.txt, documents separated by one "
+    "blank line (the bundled models' card, gated_interp/checkpoints/tiny/README.md, describes "
+    "the corpus they were trained on)."
 )
 
 
