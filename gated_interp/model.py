@@ -447,7 +447,8 @@ class HookedGatedQwen3(HookedRootModule):
         if isinstance(input, Tensor) and input.is_floating_point():
             raise ValueError(
                 f"got a float tensor {tuple(input.shape)}, but token ids are integers. To run from embeddings, pass "
-                "them as the residual stream entering block 0: model(embeddings, start_at_layer=0) (tokens=... for a loss)"
+                "them as the residual stream entering block 0: model(embeddings, start_at_layer=0) "
+                "(tokens=... for a loss)"
             )
         tokens = torch.as_tensor(input, device=self.cfg.device)
         if tokens.ndim == 1:
