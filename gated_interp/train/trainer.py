@@ -29,7 +29,7 @@ from gated_interp.model import HookedGatedQwen3
 
 @dataclass
 class TrainConfig:
-    variants: tuple[str, ...] = ("baseline", "gate_headwise", "gate_elementwise")
+    variants: tuple[str, ...] = tuple(VARIANT_GATES)
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
