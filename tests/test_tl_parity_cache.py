@@ -284,6 +284,8 @@ def test_logit_lens(load, kind, fold_ln):
     expected = [_rms(cache["resid_pre", k], ln.w, ln.eps) @ model.W_U + model.b_U for k in range(model.cfg.n_layers)]
     expected = torch.stack([e[:, -1] for e in expected] + [logits[:, -1]])
     assert max_diff(values, expected) <= TOL
+    top = cache.logit_lens(top_k=3).readout.top_ids  # [n_layers + 1, batch, 3]
+    assert torch.equal(top, expected.topk(3, dim=-1).indices)
 
 
 def test_pos_slice_applies_to_gradients_too(load):
