@@ -46,7 +46,7 @@ def _model_of(cache: Any, model: Any) -> Any:
             "gate_attribution needs the model's weights (W_O, W_G, ln1.w): pass a cache from "
             "model.run_with_cache(...) or give model=..."
         )
-    if model.cfg.gate == "none":
+    if not model.cfg.is_gated:
         raise ValueError("gate_attribution needs a gated model, but this one has cfg.gate == 'none'")
     return model
 

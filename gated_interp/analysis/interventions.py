@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from gated_interp.analysis._inputs import Prompts, as_batches
 from gated_interp.analysis.bootstrap import bootstrap_ci
+from gated_interp.hooks import hook_name
 from gated_interp.metrics import Metric, call_metric
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
@@ -63,7 +64,7 @@ def _by_layer(model: Any, heads: Sequence[tuple[int, int]]) -> dict[int, list[in
 
 
 def _require_gate(model: Any, what: str) -> None:
-    if model.cfg.gate == "none":
+    if not model.cfg.is_gated:
         raise ValueError(
             f"{what} needs a gated model, but this one is ungated (cfg.gate == 'none'): it has no hook_gate; "
             "use a headwise or elementwise variant"
@@ -71,7 +72,7 @@ def _require_gate(model: Any, what: str) -> None:
 
 
 def _gate_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_gate"
+    return hook_name("gate", layer)
 
 
 # ---- gates -----------------------------------------------------------------------------------
@@ -170,9 +171,7 @@ def _set_heads_hooks(
 
         return hook
 
-    return [
-        (f"blocks.{layer}.attn.hook_z", make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()
-    ]
+    return [(hook_name("z", layer), make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()]
 
 
 def zero_ablate_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[Hook]:
@@ -191,11 +190,11 @@ def mean_ablate_heads(
     positions (`[d_head]` per head), at every position."""
     grouped = _by_layer(model, heads)
     tokens, mask = next(as_batches(model, reference_tokens, None, attention_mask))
-    names = {f"blocks.{layer}.attn.hook_z" for layer in grouped}
+    names = {hook_name("z", layer) for layer in grouped}
     _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=lambda name: name in names)
     weights = mask.to(model.cfg.dtype)[:, :, None, None]
     means = {
-        layer: (cache[f"blocks.{layer}.attn.hook_z"] * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, d_head]
+        layer: (cache[hook_name("z", layer)] * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, d_head]
         for layer in grouped
     }
     return _set_heads_hooks(model, heads, lambda layer: means[layer])
@@ -225,7 +224,7 @@ def remove_sink(
         pattern[:, head_index, max(first_query, 0) :] = rows
         return pattern
 
-    return [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in _layers(model, layers)]
+    return [(hook_name("pattern", layer), hook) for layer in _layers(model, layers)]
 
 
 # ---- running ---------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def head_quietness(
         typical_value = over_later(value_norm[:, 1:])
         value_ratio = value_norm[:, 0].mean(0) / typical_value
         output_ratio = over_later(out_norm[:, 1:]) / typical_value
-        if cfg.gate != "none":
+        if cfg.is_gated:
             gate = _fetch(cache, f"blocks.{layer}.attn.hook_gate").mean(-1)  # [batch, pos, head]
             mean_gate = over_later(gate[:, 1:])
         else:

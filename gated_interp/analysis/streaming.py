@@ -77,7 +77,7 @@ def full_cache_bytes(model: Any, batch: int, pos: int) -> int:
     item = torch.finfo(cfg.dtype).bits // 8
     pattern = batch * cfg.n_heads * pos * pos
     resid = batch * pos * cfg.d_model
-    gates = batch * pos * cfg.n_heads * (cfg.gate_width if cfg.gate != "none" else 0)
+    gates = batch * pos * cfg.n_heads * (cfg.gate_width if cfg.is_gated else 0)
     return cfg.n_layers * (pattern + resid + gates) * item + pattern * 4
 
 
@@ -327,7 +327,7 @@ class _Reducer:
                 hooks.append((f"{prefix}.attn.hook_rot_k", self._from_keys(layer)))
             else:
                 hooks.append((f"{prefix}.attn.hook_pattern", self._from_pattern(layer)))
-            if self.model.cfg.gate != "none":
+            if self.model.cfg.is_gated:
                 hooks.append((f"{prefix}.attn.hook_gate", self._gate(layer)))
             hooks.append((f"{prefix}.hook_resid_post", self._resid(layer)))
         return hooks
@@ -433,7 +433,7 @@ def measure(
         raise ValueError(f"method must be 'stream' or 'cache', got {method!r}")
     if key_position < 0:
         raise ValueError(f"key_position must be >= 0, got {key_position}")
-    gated = model.cfg.gate != "none"
+    gated = model.cfg.is_gated
     parts: list[_Reducer] = []
     losses, predicted, queries, reals = [], [], [], []
     total = math.ceil(n_sequences(prompts) / batch_size) if batch_size else 1
@@ -602,7 +602,7 @@ def gate_stats(
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """As `analysis.gate_stats(cache, mask)`, without a cache: one layer's gates at a time."""
-    if model.cfg.gate == "none":
+    if not model.cfg.is_gated:
         raise ValueError(
             "gate_stats needs gate scores, but this is an ungated (baseline, gate='none') model: "
             "use a headwise or elementwise gated model"

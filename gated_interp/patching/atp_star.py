@@ -38,7 +38,7 @@ ATP_STAR_ACTIVATIONS = ("z", "gate_logits", "q", "k")
 
 
 def default_star_activations(model: HookedGatedQwen3) -> tuple[str, ...]:
-    return ("z", "q", "k") + (("gate_logits",) if model.cfg.gate != "none" else ())
+    return ("z", "q", "k") + (("gate_logits",) if model.cfg.is_gated else ())
 
 
 def _needed(activations: Sequence[str]) -> tuple[set[str], set[str]]:
@@ -80,7 +80,7 @@ def atp_star(
     unknown = [a for a in activations if a not in ATP_STAR_ACTIVATIONS]
     if unknown:
         raise ValueError(f"AtP* covers {ATP_STAR_ACTIVATIONS}, got {unknown}; use method='atp' for other activations")
-    if "gate_logits" in activations and model.cfg.gate == "none":
+    if "gate_logits" in activations and not model.cfg.is_gated:
         raise ValueError("'gate_logits' needs a gated model, but this one has cfg.gate == 'none'")
     clean_tokens = _batch(model, clean_tokens)
     tokens = _batch(model, corrupted_tokens)

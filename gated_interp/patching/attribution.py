@@ -24,7 +24,7 @@ from gated_interp.patching.sites import GATE_ACTIVATIONS, site
 
 def default_activations(model: HookedGatedQwen3) -> tuple[str, ...]:
     """Head outputs and queries, plus the gate's activations when the model has a gate."""
-    return ("z", "q", "pattern") + (GATE_ACTIVATIONS if model.cfg.gate != "none" else ())
+    return ("z", "q", "pattern") + (GATE_ACTIVATIONS if model.cfg.is_gated else ())
 
 
 def attribution_patching(

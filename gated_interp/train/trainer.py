@@ -23,16 +23,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.analysis.streaming import measure
-from gated_interp.config import GatedQwen3Config
+from gated_interp.config import VARIANT_GATES, GatedQwen3Config
 from gated_interp.loading import save_hf
 from gated_interp.model import HookedGatedQwen3
-
-VARIANT_GATES = {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
 
 
 @dataclass
 class TrainConfig:
-    variants: tuple[str, ...] = ("baseline", "gate_headwise", "gate_elementwise")
+    variants: tuple[str, ...] = tuple(VARIANT_GATES)
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
