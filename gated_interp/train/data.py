@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerBase
 _ENCODE_BATCH_LINES = 4096
 
 _CORPUS_HINT = (
-    "Pass the corpus file with --corpus; the project's corpus (train.txt / valid.txt, "
-    "documents separated by one blank line) is described in its README.md next to "
-    "those files (shared/corpus/README.md in the workspace)."
+    "Pass the corpus folder with --corpus: it holds train.txt and valid.txt, plain UTF-8 text with "
+    "documents separated by one blank line. The books the bundled models were trained on are listed, "
+    "with their Project Gutenberg numbers, in gated_interp/checkpoints/tiny/CORPUS.md."
 )
 
 
