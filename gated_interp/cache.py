@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Union
 
 from torch import Tensor
 from transformer_lens import ActivationCache
@@ -10,6 +11,10 @@ from transformer_lens import ActivationCache
 # Short names of hooks that live in `blocks.{l}.attn` but that TransformerLens' `get_act_name`
 # does not know (it would put them at `blocks.{l}.hook_gate`).
 ATTENTION_HOOK_NAMES = frozenset({"gate", "gate_logits", "z_pre_gate", "q_normed", "k_normed"})
+
+# What functions that read activations accept: a `run_with_cache` cache (TransformerLens'
+# `ActivationCache` is not a `Mapping`) or a plain dict from hook name to activation.
+CacheLike = Union[ActivationCache, Mapping[str, Tensor]]
 
 
 class GatedActivationCache(ActivationCache):

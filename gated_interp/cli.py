@@ -56,7 +56,7 @@ class Variant:
 
     name: str
     folder: Path
-    bundled_name: bool  # given as a variant name (not a folder path)
+    is_variant_name: bool  # given as a variant name (not a folder path)
 
 
 # ---- argument parsing ------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def choose_prompts(explicit: list[str] | None, size: str, variants: list[Variant
     """The prompts file; else for the bundled tiny models their held-out windows; else built-ins."""
     if explicit is not None:
         return explicit, "prompts file"
-    if size == "tiny" and all(v.bundled_name for v in variants):
+    if size == "tiny" and all(v.is_variant_name for v in variants):
         tokens = _heldout_tokens()
         if tokens is not None:
             return tokens, "bundled held-out windows"

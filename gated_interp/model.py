@@ -26,6 +26,8 @@ from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbeddin
 from gated_interp.config import GatedQwen3Config
 
 ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
+# `forward` also takes the residual stream entering block n, with `start_at_layer=n`.
+ForwardInput = Union[ModelInput, Float[Tensor, "batch pos d_model"]]
 ReturnType = Optional[Literal["logits", "loss", "both"]]
 
 
@@ -206,7 +208,7 @@ class HookedGatedQwen3(HookedRootModule):
 
     def forward(
         self,
-        input: ModelInput,
+        input: ForwardInput,
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
@@ -335,7 +337,7 @@ class HookedGatedQwen3(HookedRootModule):
         return_type: Literal["input", "str", "tokens"] = "input",
         seed: int | None = None,
         verbose: bool = True,
-    ) -> str | list[str] | Int[Tensor, "batch pos"]:
+    ) -> str | list[str] | Int[Tensor, "batch total_pos"]:
         """Greedy (`do_sample=False` or `temperature=0`) or sampled continuation, with a KV cache.
 
         Returns strings when given strings (`return_type="input"`), else tokens. Batched prompts

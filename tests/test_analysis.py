@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from _models import build, constant_gates, random_tokens, zero_queries
+from helpers import constant_gates, make_tiny, random_tokens, zero_queries
 
 from gated_interp.analysis import (
     compare_variants,
@@ -34,7 +34,7 @@ def uniform_first_token(length: int) -> float:
 
 @pytest.fixture(scope="module")
 def uniform_model(tmp_path_factory):
-    model, _, _ = build(tmp_path_factory.mktemp("uniform"), gate="headwise", seed=1)
+    model, _, _ = make_tiny(tmp_path_factory.mktemp("uniform"), gate="headwise", seed=1)
     zero_queries(model)
     return model
 
@@ -140,7 +140,7 @@ def test_head_averaged_patterns_crops_padding_and_checks_layers():
 # ---- gates ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=["headwise", "elementwise"])
 def constant_gate_model(request, tmp_path_factory):
-    model, _, _ = build(tmp_path_factory.mktemp(request.param), gate=request.param, seed=2, qkv_bias=True)
+    model, _, _ = make_tiny(tmp_path_factory.mktemp(request.param), gate=request.param, seed=2, qkv_bias=True)
     constant_gates(model, 0.3)
     return model
 
@@ -179,7 +179,7 @@ def test_gate_stats_query_dependence():
 
 
 def test_gate_measurements_refuse_a_baseline(tmp_path):
-    model, _, _ = build(tmp_path, gate="none")
+    model, _, _ = make_tiny(tmp_path, gate="none")
     _, cache = model.run_with_cache(random_tokens(model, 1, 4))
     for measure in (gate_stats, mean_gate_score, gate_values, mean_gate_by_head):
         with pytest.raises(ValueError, match="ungated"):
@@ -191,7 +191,7 @@ def test_gate_measurements_refuse_a_baseline(tmp_path):
 
 # ---- massive activations --------------------------------------------------------------------
 def test_planted_massive_activation(tmp_path):
-    model, _, _ = build(tmp_path, gate="headwise")
+    model, _, _ = make_tiny(tmp_path, gate="headwise")
     tokens = random_tokens(model, 2, 5)
 
     def plant(resid, hook):
@@ -231,8 +231,8 @@ def test_massive_ignores_padding_and_needs_ratio():
 # ---- comparing variants ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_variants(tmp_path_factory):
-    baseline, _, _ = build(tmp_path_factory.mktemp("base"), gate="none", seed=3)
-    gated, _, _ = build(tmp_path_factory.mktemp("gated"), gate="elementwise", seed=4)
+    baseline, _, _ = make_tiny(tmp_path_factory.mktemp("base"), gate="none", seed=3)
+    gated, _, _ = make_tiny(tmp_path_factory.mktemp("gated"), gate="elementwise", seed=4)
     return {"baseline": baseline, "gate_elementwise": gated}
 
 
@@ -262,7 +262,7 @@ def test_compare_variants_with_string_prompts(two_variants, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"the cat saw {i} birds in the garden." for i in range(50)))
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=300)
-    model, _, _ = build(tmp_path / "tok", gate="headwise", vocab_size=len(tokenizer))
+    model, _, _ = make_tiny(tmp_path / "tok", gate="headwise", vocab_size=len(tokenizer))
     model.tokenizer = tokenizer
     prompts = ["the cat saw birds in the garden.", "the cat", "birds in the garden saw the cat."]
     frame = compare_variants({"headwise": model}, prompts, batch_size=2, progress=False)

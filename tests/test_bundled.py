@@ -11,15 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import require_bundled
 
 import gated_interp
 from gated_interp import analysis
 from gated_interp.loading.bundled import TINY_DIR, bundled_metrics, heldout_tokens
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(
-    not (TINY_DIR / "metrics.json").is_file(), reason="bundled tiny models not built in this checkout"
-)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bundled_present() -> None:
+    require_bundled()  # missing models fail every test here: a packaging regression, never a skip
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,7 @@ def test_generation_from_a_story_prompt(measured):
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
 
 
+@pytest.mark.slow
 def test_loads_from_an_installed_wheel_offline(tmp_path):
     """Build the wheel, install it alone into a folder, and load every variant from there with the
     hub switched off and an empty hub cache: the package data must carry the models."""

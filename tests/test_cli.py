@@ -15,11 +15,11 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from conftest import make_tiny_with_tokenizer  # noqa: E402
+from helpers import make_tiny_with_tokenizer, require_bundled  # noqa: E402
 
 import gated_interp  # noqa: E402
 from gated_interp.cli import FIRST_TOKEN_FIGURE, MASSIVE_FIGURE, main  # noqa: E402
-from gated_interp.loading.resolve import BUNDLED_DIR, VARIANTS  # noqa: E402
+from gated_interp.loading.resolve import VARIANTS  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GATE_OF = {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
@@ -94,8 +94,8 @@ def test_default_prompts_choice(monkeypatch, tmp_path):
 
     windows = torch.zeros(4, 8, dtype=torch.long)
     monkeypatch.setattr("gated_interp.loading.bundled.heldout_tokens", lambda: windows)
-    named = [cli.Variant(v, tmp_path, bundled_name=True) for v in VARIANTS]
-    folder = [cli.Variant("mine", tmp_path, bundled_name=False)]
+    named = [cli.Variant(v, tmp_path, is_variant_name=True) for v in VARIANTS]
+    folder = [cli.Variant("mine", tmp_path, is_variant_name=False)]
     assert cli.choose_prompts(None, "tiny", named)[0] is windows
     assert cli.choose_prompts(None, "tiny", folder)[0] == list(cli.DEFAULT_PROMPTS)
     assert cli.choose_prompts(None, "1B", named)[0] == list(cli.DEFAULT_PROMPTS)
@@ -189,11 +189,8 @@ def test_python_m_help():
     assert "demo" in result.stdout and "sinks" in result.stdout and "info" in result.stdout
 
 
-@pytest.mark.skipif(
-    not all((BUNDLED_DIR / "tiny" / v / "config.json").is_file() for v in VARIANTS),
-    reason="the bundled tiny models are not built yet",
-)
 def test_demo_on_bundled_tiny_models(tmp_path):
+    require_bundled()
     out = tmp_path / "figures"
     assert main(["demo", "--size", "tiny", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     for v in VARIANTS:

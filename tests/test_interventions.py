@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _models import build, constant_gates, random_tokens, ungated_state
+from helpers import constant_gates, make_tiny, random_tokens, ungated_state
 from reference import reference_logits
 
 from gated_interp.analysis import (
@@ -30,7 +30,7 @@ def no_grad():
 @pytest.fixture(scope="module", params=["headwise", "elementwise"])
 def gated(request, tmp_path_factory):
     """(model, config, state dict) of a gated tiny model with biases everywhere."""
-    return build(tmp_path_factory.mktemp(request.param), gate=request.param, seed=5, qkv_bias=True)
+    return make_tiny(tmp_path_factory.mktemp(request.param), gate=request.param, seed=5, qkv_bias=True)
 
 
 def test_open_gates_is_the_ungated_model(gated):
@@ -96,7 +96,7 @@ def test_mean_gates_default_is_query_independent(gated):
 
 
 def test_mean_gates_of_a_constant_gate_changes_nothing(tmp_path):
-    model, _, _ = build(tmp_path, gate="headwise", qkv_bias=True)
+    model, _, _ = make_tiny(tmp_path, gate="headwise", qkv_bias=True)
     constant_gates(model, 0.3)
     tokens = random_tokens(model, 2, 5)
     hooks = mean_gates(model, random_tokens(model, 2, 3, seed=9))
@@ -104,7 +104,7 @@ def test_mean_gates_of_a_constant_gate_changes_nothing(tmp_path):
 
 
 def test_gate_interventions_refuse_an_ungated_model(tmp_path):
-    model, _, _ = build(tmp_path, gate="none")
+    model, _, _ = make_tiny(tmp_path, gate="none")
     for make in (open_gates, lambda m: fix_gates(m, 0.5), lambda m: mean_gates(m, random_tokens(m, 1, 3))):
         with pytest.raises(ValueError, match="ungated"):
             make(model)

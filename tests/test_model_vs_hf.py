@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny
+from helpers import make_tiny, max_diff
 from hf_reference import hf_qwen3
-
-transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
 
@@ -26,11 +24,6 @@ CONFIGS = {
     "mqa_tied_bias": dict(num_key_value_heads=1, tie_word_embeddings=True, qkv_bias=True),
     "small_head_3_layers": dict(head_dim=8, rope_theta=1e6, num_hidden_layers=3, num_attention_heads=8),
 }
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
 
 
 @pytest.fixture(params=list(CONFIGS), ids=list(CONFIGS))
@@ -52,7 +45,7 @@ def test_logits_match_hf(pair):
     theirs = hf(input_ids=tokens).logits
     assert ours.shape == (2, 9, cfg["vocab_size"])
     assert ours.std() > 0.1  # the comparison is not between two near-zero tensors
-    assert _max_diff(ours, theirs) <= TOL
+    assert max_diff(ours, theirs) <= TOL
 
 
 @torch.no_grad()
@@ -103,10 +96,10 @@ def test_every_hook_matches_hf_intermediates(pair):
             handle.remove()
 
     logits, cache = model.run_with_cache(tokens)
-    assert _max_diff(logits, out.logits) <= TOL
+    assert max_diff(logits, out.logits) <= TOL
     n_layers = cfg["num_hidden_layers"]
     assert len(out.hidden_states) == n_layers + 1
-    assert _max_diff(cache["hook_embed"], out.hidden_states[0]) <= TOL
+    assert max_diff(cache["hook_embed"], out.hidden_states[0]) <= TOL
 
     for i in range(n_layers):
         c = f"blocks.{i}."
@@ -129,18 +122,18 @@ def test_every_hook_matches_hf_intermediates(pair):
         if i + 1 < n_layers:
             checks["hook_resid_post"] = out.hidden_states[i + 1]
         for name, expected in checks.items():
-            assert _max_diff(cache[c + name], expected) <= TOL, name
+            assert max_diff(cache[c + name], expected) <= TOL, name
         # RMSNorm hooks: normalized * w is what HF's norms output (w from HF: ours is folded into
         # the weights that read the norm, as TransformerLens does, and is all ones)
         assert (
-            _max_diff(
+            max_diff(
                 cache[c + "ln1.hook_normalized"] * hf.model.layers[i].input_layernorm.weight,
                 captured[f"{i}.input_layernorm"],
             )
             <= TOL
         )
         assert (
-            _max_diff(
+            max_diff(
                 cache[c + "ln2.hook_normalized"] * hf.model.layers[i].post_attention_layernorm.weight,
                 captured[f"{i}.post_attention_layernorm"],
             )
@@ -148,17 +141,16 @@ def test_every_hook_matches_hf_intermediates(pair):
         )
         # hook_scale is the RMS divisor: normalized * scale gives back the input
         assert (
-            _max_diff(cache[c + "ln1.hook_normalized"] * cache[c + "ln1.hook_scale"], cache[c + "hook_resid_pre"])
-            <= TOL
+            max_diff(cache[c + "ln1.hook_normalized"] * cache[c + "ln1.hook_scale"], cache[c + "hook_resid_pre"]) <= TOL
         )
-        assert _max_diff(cache[c + "hook_resid_mid"], cache[c + "hook_resid_pre"] + cache[c + "hook_attn_out"]) <= TOL
+        assert max_diff(cache[c + "hook_resid_mid"], cache[c + "hook_resid_pre"] + cache[c + "hook_attn_out"]) <= TOL
 
     # HF's last hidden state is after the final norm; ours is ln_final's (weighted) output.
     final = cache["ln_final.hook_normalized"] * hf.model.norm.weight
-    assert _max_diff(final, captured["norm"]) <= TOL
-    assert _max_diff(final, out.hidden_states[-1]) <= TOL
+    assert max_diff(final, captured["norm"]) <= TOL
+    assert max_diff(final, out.hidden_states[-1]) <= TOL
     resid_final = cache[f"blocks.{n_layers - 1}.hook_resid_post"]
-    assert _max_diff(cache["ln_final.hook_normalized"] * cache["ln_final.hook_scale"], resid_final) <= TOL
+    assert max_diff(cache["ln_final.hook_normalized"] * cache["ln_final.hook_scale"], resid_final) <= TOL
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -183,5 +175,5 @@ def test_padded_batch_matches_unpadded_and_hf(pair, side):
     assert torch.isfinite(batched).all()
     for row, seq in enumerate(seqs):
         alone = model(seq[None])[0]
-        assert _max_diff(batched[row, spans[row]], alone) <= TOL
-        assert _max_diff(alone, hf(input_ids=seq[None]).logits[0]) <= TOL
+        assert max_diff(batched[row, spans[row]], alone) <= TOL
+        assert max_diff(alone, hf(input_ids=seq[None]).logits[0]) <= TOL

@@ -17,7 +17,7 @@ import tempfile
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import gate_overrides, make_tiny, write_checkpoint
+from helpers import gate_overrides, make_tiny, max_diff, without_shape_checks, write_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import random_released_checkpoint, reference_activations, tiny_config
@@ -26,11 +26,6 @@ import gated_interp
 
 TOL = 1e-4
 FAST_VS_SLOW_TOL = 1e-5
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
 
 
 @st.composite
@@ -91,8 +86,8 @@ def test_matches_reference(case):
     fast = model(tokens, attention_mask=attention_mask)  # SDPA path
     logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask)  # materialised pattern
     for row, span in enumerate(spans):
-        assert _max_diff(fast[row, span], ref["logits"][row, span]) <= TOL
-        assert _max_diff(logits[row, span], ref["logits"][row, span]) <= TOL
+        assert max_diff(fast[row, span], ref["logits"][row, span]) <= TOL
+        assert max_diff(logits[row, span], ref["logits"][row, span]) <= TOL
 
     for layer in range(config["num_hidden_layers"]):
         names = ["q", "z", "resid_post"] + (["gate_logits", "z_pre_gate"] if gate != "none" else [])
@@ -100,15 +95,15 @@ def test_matches_reference(case):
             ours = cache[f"blocks.{layer}.attn.hook_{name}" if name != "resid_post" else f"blocks.{layer}.hook_{name}"]
             theirs = ref[f"blocks.{layer}.{name}"]
             for row, span in enumerate(spans):  # real positions only: padding rows are unused
-                assert _max_diff(ours[row, span], theirs[row, span]) <= TOL, (layer, name)
+                assert max_diff(ours[row, span], theirs[row, span]) <= TOL, (layer, name)
         pattern = cache["pattern", layer]
         for row, span in enumerate(spans):
-            assert _max_diff(pattern[row, :, span], ref[f"blocks.{layer}.pattern"][row, :, span]) <= TOL
+            assert max_diff(pattern[row, :, span], ref[f"blocks.{layer}.pattern"][row, :, span]) <= TOL
         if gate != "none":
             expected_gate = torch.sigmoid(ref[f"blocks.{layer}.gate_logits"])
             assert cache["gate", layer].shape[-1] == (1 if gate == "headwise" else config["head_dim"])
             for row, span in enumerate(spans):
-                assert _max_diff(cache["gate", layer][row, span], expected_gate[row, span]) <= TOL
+                assert max_diff(cache["gate", layer][row, span], expected_gate[row, span]) <= TOL
         else:
             assert f"blocks.{layer}.attn.hook_gate" not in cache.cache_dict
 
@@ -143,8 +138,8 @@ def test_sdpa_fast_path_equals_materialised_pattern(tiny_model, padded):
     )
     slow_cached, _ = model.run_with_cache(tokens, attention_mask=mask)
     assert len(patterns) == config["num_hidden_layers"]  # the hook really forced the slow path
-    assert _max_diff(fast, slow_hooked) <= FAST_VS_SLOW_TOL
-    assert _max_diff(fast, slow_cached) <= FAST_VS_SLOW_TOL
+    assert max_diff(fast, slow_hooked) <= FAST_VS_SLOW_TOL
+    assert max_diff(fast, slow_cached) <= FAST_VS_SLOW_TOL
     assert fast.std() > 0.1
 
 
@@ -154,14 +149,14 @@ def test_stop_at_layer_returns_resid_pre(gated):
     tokens = _tokens(config)
     _, cache = model.run_with_cache(tokens)
     n = config["num_hidden_layers"]
-    assert _max_diff(model(tokens, stop_at_layer=0), cache["hook_embed"]) == 0
+    assert max_diff(model(tokens, stop_at_layer=0), cache["hook_embed"]) == 0
     for layer in range(n):
         out = model(tokens, stop_at_layer=layer)
         assert out.shape == (3, 10, config["hidden_size"])
-        assert _max_diff(out, cache[f"blocks.{layer}.hook_resid_pre"]) <= FAST_VS_SLOW_TOL
-    assert _max_diff(model(tokens, stop_at_layer=n), cache[f"blocks.{n - 1}.hook_resid_post"]) <= FAST_VS_SLOW_TOL
+        assert max_diff(out, cache[f"blocks.{layer}.hook_resid_pre"]) <= FAST_VS_SLOW_TOL
+    assert max_diff(model(tokens, stop_at_layer=n), cache[f"blocks.{n - 1}.hook_resid_post"]) <= FAST_VS_SLOW_TOL
     # negative layers count from the end, as in TransformerLens
-    assert _max_diff(model(tokens, stop_at_layer=-1), cache[f"blocks.{n - 1}.hook_resid_pre"]) <= FAST_VS_SLOW_TOL
+    assert max_diff(model(tokens, stop_at_layer=-1), cache[f"blocks.{n - 1}.hook_resid_pre"]) <= FAST_VS_SLOW_TOL
 
 
 @torch.no_grad()
@@ -180,8 +175,8 @@ def test_return_types_and_loss_is_cross_entropy(gated):
     per_token = model(tokens, return_type="loss", loss_per_token=True)
     manual_per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
     assert per_token.shape == (3, 9)
-    assert _max_diff(per_token, manual_per_token) <= 1e-5
-    with pytest.raises(ValueError):
+    assert max_diff(per_token, manual_per_token) <= 1e-5
+    with without_shape_checks(), pytest.raises(ValueError, match="return_type"):
         model(tokens, return_type="probs")
 
 

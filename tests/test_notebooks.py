@@ -9,24 +9,22 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import papermill  # a dev dependency: missing, it fails the run rather than skipping the notebooks
 import pytest
-
-from gated_interp.loading.resolve import BUNDLED_DIR, VARIANTS
-
-papermill = pytest.importorskip("papermill", reason="papermill is not installed (pip install -e '.[dev]')")
+from helpers import require_bundled
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ("01_quickstart", "02_attention_sinks", "03_gate_sparsity", "04_patching")
-MISSING = [v for v in VARIANTS if not (BUNDLED_DIR / "tiny" / v / "config.json").is_file()]
 
 
 def test_every_notebook_is_tested():
     assert sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
 
 
-@pytest.mark.skipif(bool(MISSING), reason=f"bundled tiny models missing: {MISSING}")
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name: str, tmp_path: Path) -> None:
+    require_bundled()
     started = time.time()
     # A cell that raises makes papermill raise PapermillExecutionError, which fails the test.
     papermill.execute_notebook(

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from _models import build, random_tokens  # noqa: E402
+from helpers import make_tiny, random_tokens  # noqa: E402
 
 from gated_interp.analysis import first_token_attention_by_layer, gate_values, head_averaged_patterns  # noqa: E402
 from gated_interp.plotting import (  # noqa: E402
@@ -84,7 +84,7 @@ def test_attention_maps_demo_figure(tmp_path):
 
 
 def test_attention_maps_from_a_model_run(tmp_path):
-    model, _, _ = build(tmp_path, gate="headwise")
+    model, _, _ = make_tiny(tmp_path, gate="headwise")
     tokens = random_tokens(model, 2, 5)
     mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
     _, cache = model.run_with_cache(tokens, attention_mask=mask)
@@ -124,7 +124,7 @@ def test_plot_by_layer(tmp_path):
 
 
 def test_plot_by_layer_from_analysis(tmp_path):
-    model, _, _ = build(tmp_path, gate="none")
+    model, _, _ = make_tiny(tmp_path, gate="none")
     _, cache = model.run_with_cache(random_tokens(model, 1, 5))
     fig = plot_by_layer({"baseline": first_token_attention_by_layer(cache)}, "F-Attn", "F-Attn by layer")
     assert len(fig.axes[0].get_lines()[0].get_xdata()) == model.cfg.n_layers
@@ -157,7 +157,7 @@ def test_gate_histograms_from_dicts_and_frames(tmp_path):
 def test_gate_plots_from_a_model_run(tmp_path):
     from gated_interp.analysis import mean_gate_by_head
 
-    model, _, _ = build(tmp_path, gate="elementwise")
+    model, _, _ = make_tiny(tmp_path, gate="elementwise")
     _, cache = model.run_with_cache(random_tokens(model, 2, 5))
     fig = gate_histograms({"gate_elementwise": {layer: gate_values(cache, layer) for layer in range(2)}})
     assert len(fig.axes) == 2

@@ -8,16 +8,14 @@ import re
 from pathlib import Path
 
 import matplotlib
-import pytest
-
-from gated_interp.loading.bundled import TINY_DIR
+from helpers import require_bundled
 
 matplotlib.use("Agg")
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-@pytest.mark.skipif(not (TINY_DIR / "heldout_tokens.safetensors").is_file(), reason="bundled tiny models not built")
 def test_readme_python_examples_run():
+    require_bundled()
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert len(blocks) >= 3, "the README should show the quickstart, analysis and patching examples"
     namespace: dict = {}

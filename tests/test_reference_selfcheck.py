@@ -15,8 +15,6 @@ from reference import (  # noqa: E402
     tiny_config,
 )
 
-transformers = pytest.importorskip("transformers")
-
 TOL = 1e-4
 
 

@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from _models import build
+from helpers import make_tiny, max_diff, without_shape_checks
 from safetensors.torch import load_file
 from transformer_lens import FactoredMatrix, SVDInterpreter
 
@@ -33,7 +33,7 @@ def random_folders(tmp_path_factory) -> dict:
     folders = {}
     for gate in ("none", "headwise", "elementwise"):
         folder = tmp_path_factory.mktemp(f"random_{gate}")
-        build(folder, gate=gate, seed=31, qkv_bias=True)
+        make_tiny(folder, gate=gate, seed=31, qkv_bias=True)
         folders[f"random_{gate}"] = folder
     return folders
 
@@ -53,11 +53,6 @@ def load(random_folders):
 
 def _tokens(model: HookedGatedQwen3, batch: int = 2, pos: int = 7, seed: int = 0) -> torch.Tensor:
     return torch.randint(1, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
 
 
 # ---- folded norms ------------------------------------------------------------------------------
@@ -95,9 +90,9 @@ def test_folded_and_raw_give_the_same_logits_and_every_hook(load, kind):
     tokens = _tokens(raw)
     raw_logits, raw_cache = raw.run_with_cache(tokens)
     folded_logits, folded_cache = folded.run_with_cache(tokens)
-    assert _max_diff(folded_logits, raw_logits) <= TOL
+    assert max_diff(folded_logits, raw_logits) <= TOL
     assert set(folded_cache.keys()) == set(raw_cache.keys()) == set(raw.hook_dict)
-    changed = [name for name in raw_cache.keys() if _max_diff(folded_cache[name], raw_cache[name]) > TOL]
+    changed = [name for name in raw_cache.keys() if max_diff(folded_cache[name], raw_cache[name]) > TOL]
     assert changed == []
 
 
@@ -113,14 +108,14 @@ def test_decomposition_dotted_with_W_U_sums_to_the_logit(load, kind):
     expected = logits[torch.arange(len(answers)), -1, answers]
     parts = cache.decompose_resid(apply_ln=True, pos_slice=-1)  # [component, batch, d_model]
     by_W_U = torch.einsum("cbm,mb->b", parts, model.W_U[:, answers]) + model.b_U[answers]
-    assert _max_diff(by_W_U, expected) <= TOL
+    assert max_diff(by_W_U, expected) <= TOL
     assert torch.equal(model.tokens_to_residual_directions(answers), model.W_U[:, answers].T)
     single = model.W_U[:, int(answers[0])]
     for one_token in (int(answers[0]), answers[0], answers[:1]):  # TL: one token, one [d_model] direction
         assert torch.equal(model.tokens_to_residual_directions(one_token), single)
     # logit_attrs (which divides by ln_final's scale itself) agrees
     attrs = cache.logit_attrs(cache.decompose_resid(apply_ln=False, pos_slice=-1), answers, pos_slice=-1)
-    assert _max_diff(attrs.sum(0), expected) <= TOL
+    assert max_diff(attrs.sum(0), expected) <= TOL
 
 
 @pytest.mark.parametrize("kind", ["gate_headwise", "random_elementwise"])
@@ -132,12 +127,12 @@ def test_residual_directions_are_not_folded_twice(load, kind):
     t = torch.arange(5)
     raw_directions = raw.tokens_to_residual_directions(t)
     assert torch.equal(raw_directions, (raw.ln_final.w[:, None] * raw.W_U)[:, t].T)
-    assert _max_diff(folded.tokens_to_residual_directions(t), raw_directions) <= 1e-6
+    assert max_diff(folded.tokens_to_residual_directions(t), raw_directions) <= 1e-6
     tokens = _tokens(raw)
     logits, cache = raw.run_with_cache(tokens)
     parts = cache.decompose_resid(apply_ln=True, pos_slice=-1)
     answer = int(tokens[0, 0])
-    assert _max_diff((parts[:, 0] @ raw.tokens_to_residual_directions(answer)).sum(), logits[0, -1, answer]) <= TOL
+    assert max_diff((parts[:, 0] @ raw.tokens_to_residual_directions(answer)).sum(), logits[0, -1, answer]) <= TOL
 
 
 @torch.no_grad()
@@ -158,8 +153,8 @@ def test_center_unembed_shifts_logits_by_a_constant_per_position(load):
     assert centred.W_U.mean(-1).abs().max() <= 1e-6
     tokens = _tokens(raw)
     raw_logits, centred_logits = raw(tokens), centred(tokens)
-    assert _max_diff(centred_logits.log_softmax(-1), raw_logits.log_softmax(-1)) <= TOL
-    assert _max_diff(centred_logits, raw_logits - raw_logits.mean(-1, keepdim=True)) <= TOL
+    assert max_diff(centred_logits.log_softmax(-1), raw_logits.log_softmax(-1)) <= TOL
+    assert max_diff(centred_logits, raw_logits - raw_logits.mean(-1, keepdim=True)) <= TOL
 
 
 def test_options_that_cannot_apply_raise(load):
@@ -183,13 +178,13 @@ def test_fold_value_biases_on_the_ungated_model(load):
     folded = load("random_none", fold_ln=False).process_weights_(fold_ln=False, fold_value_biases=True)
     assert bool((folded.blocks[0].attn._b_V == 0).all()) and not bool((raw.blocks[0].attn._b_V == 0).all())
     expected_b_O = raw.blocks[0].attn.b_O + torch.einsum("hd,hdm->m", raw.blocks[0].attn.b_V, raw.blocks[0].attn.W_O)
-    assert _max_diff(folded.blocks[0].attn.b_O, expected_b_O) <= 1e-6
+    assert max_diff(folded.blocks[0].attn.b_O, expected_b_O) <= 1e-6
     tokens = _tokens(raw)
     raw_logits, raw_cache = raw.run_with_cache(tokens)
     logits, cache = folded.run_with_cache(tokens)
-    assert _max_diff(logits, raw_logits) <= TOL
-    assert _max_diff(cache["attn_out", 0], raw_cache["attn_out", 0]) <= TOL
-    assert _max_diff(cache["v", 0] + raw.blocks[0].attn._b_V, raw_cache["v", 0]) <= TOL
+    assert max_diff(logits, raw_logits) <= TOL
+    assert max_diff(cache["attn_out", 0], raw_cache["attn_out", 0]) <= TOL
+    assert max_diff(cache["v", 0] + raw.blocks[0].attn._b_V, raw_cache["v", 0]) <= TOL
 
 
 @pytest.mark.parametrize("kind", ["gate_headwise", "random_elementwise"])
@@ -205,7 +200,7 @@ def test_save_hf_of_a_folded_model_loads_to_the_same_function(load, kind, tmp_pa
 
 @torch.no_grad()
 def test_folding_a_tied_model_unties_W_U_and_leaves_W_E(tmp_path):
-    build(tmp_path / "tied", gate="headwise", seed=8, tie_word_embeddings=True)
+    make_tiny(tmp_path / "tied", gate="headwise", seed=8, tie_word_embeddings=True)
     raw = gated_interp.load_hooked(str(tmp_path / "tied"), device="cpu", progress=False, fold_ln=False)
     assert raw.cfg.tie_word_embeddings and "unembed.W_U" not in raw.state_dict()
     folded = gated_interp.load_hooked(str(tmp_path / "tied"), device="cpu", progress=False)
@@ -213,7 +208,7 @@ def test_folding_a_tied_model_unties_W_U_and_leaves_W_E(tmp_path):
     assert torch.equal(folded.W_E, raw.W_E)  # the embedding is not modified
     assert torch.equal(folded.W_U, raw.W_E.T * raw.ln_final.w[:, None])
     tokens = _tokens(raw)
-    assert _max_diff(folded(tokens), raw(tokens)) <= TOL
+    assert max_diff(folded(tokens), raw(tokens)) <= TOL
     # save_hf writes the now separate unembedding as lm_head, and the config says untied
     gated_interp.save_hf(folded, tmp_path / "saved")
     assert "lm_head.weight" in load_file(tmp_path / "saved" / "model.safetensors")
@@ -298,7 +293,7 @@ def test_a_value_written_into_a_zero_bias_takes_effect_and_save_refuses_to_drop_
     _, before = model.run_with_cache(tokens)
     model.blocks[1].attn.b_O += 0.5
     _, after = model.run_with_cache(tokens)
-    assert _max_diff(after["attn_out", 1], before["attn_out", 1] + 0.5) <= TOL
+    assert max_diff(after["attn_out", 1], before["attn_out", 1] + 0.5) <= TOL
     with pytest.raises(CheckpointError, match=r"blocks\.1\.attn\.b_O is non-zero"):
         gated_interp.save_hf(model, tmp_path / "refused")
     model.blocks[1].attn.b_O.zero_()
@@ -364,14 +359,14 @@ def test_svd_interpreter_runs_and_matches_a_hand_computation(load, kind):
     _, _, Vh = torch.linalg.svd(model.W_V[1, 3] @ model.W_O[1, 3])
     expected = (W_U.T @ Vh[:k].T)[:, None, :]
     assert ov.shape == (model.cfg.d_vocab, 1, k)
-    assert _max_diff(ov.abs(), expected.abs()) <= 1e-3 * expected.abs().max()
+    assert max_diff(ov.abs(), expected.abs()) <= 1e-3 * expected.abs().max()
     assert svd.get_singular_vectors("w_in", layer_index=0, num_vectors=k).shape == (model.cfg.d_vocab, 1, k)
     assert set(model.tl_parameters()) >= {"unembed.W_U", "blocks.0.attn.W_V", "blocks.0.attn.W_K"}
 
 
 @torch.no_grad()
 def test_svd_interpreter_on_a_tied_raw_model_reads_the_embedding(tmp_path):
-    build(tmp_path / "tied", gate="none", seed=9, tie_word_embeddings=True)
+    make_tiny(tmp_path / "tied", gate="none", seed=9, tie_word_embeddings=True)
     model = gated_interp.load_hooked(str(tmp_path / "tied"), device="cpu", progress=False, fold_ln=False)
     params = model.tl_parameters()
     assert torch.equal(params["unembed.W_U"], model.W_E.T)
@@ -413,7 +408,7 @@ def test_all_composition_scores_match_a_hand_computation(load, kind, mode):
     layer = torch.arange(cfg.n_layers)
     not_later = layer[:, None, None, None] >= layer[None, None, :, None]
     assert bool((scores[not_later.expand_as(scores)] == 0).all())
-    with pytest.raises(ValueError, match="mode"):
+    with without_shape_checks(), pytest.raises(ValueError, match="mode"):
         model.all_composition_scores("O")
 
 
@@ -423,12 +418,12 @@ def test_accumulated_bias_sums_and_asserts_as_transformer_lens(load):
     n = model.cfg.n_layers
     b_O = [block.attn.b_O for block in model.blocks]
     assert torch.equal(model.accumulated_bias(0), torch.zeros(model.cfg.d_model))
-    assert _max_diff(model.accumulated_bias(1), b_O[0]) <= 1e-7
-    assert _max_diff(model.accumulated_bias(1, mlp_input=True), b_O[0] + b_O[1]) <= 1e-7
-    assert _max_diff(model.accumulated_bias(n), sum(b_O)) <= 1e-7
+    assert max_diff(model.accumulated_bias(1), b_O[0]) <= 1e-7
+    assert max_diff(model.accumulated_bias(1, mlp_input=True), b_O[0] + b_O[1]) <= 1e-7
+    assert max_diff(model.accumulated_bias(n), sum(b_O)) <= 1e-7
     model.blocks[0].mlp.b_out += 1.0  # a zero buffer, but counted when include_mlp_biases
-    assert _max_diff(model.accumulated_bias(1), b_O[0] + 1.0) <= 1e-6
-    assert _max_diff(model.accumulated_bias(1, include_mlp_biases=False), b_O[0]) <= 1e-7
+    assert max_diff(model.accumulated_bias(1), b_O[0] + 1.0) <= 1e-6
+    assert max_diff(model.accumulated_bias(1, include_mlp_biases=False), b_O[0]) <= 1e-7
     with pytest.raises(AssertionError, match="beyond the final layer"):
         model.accumulated_bias(n, mlp_input=True)
     for layer in (-1, n + 1):
@@ -448,9 +443,9 @@ def test_accumulated_bias_is_the_bias_part_of_the_residual(load):
     _, cache = model.run_with_cache(tokens)
     for layer in range(model.cfg.n_layers):
         resid = cache["resid_pre", layer] - cache["hook_embed"]
-        assert _max_diff(resid, model.accumulated_bias(layer).expand_as(resid)) <= 1e-6
+        assert max_diff(resid, model.accumulated_bias(layer).expand_as(resid)) <= 1e-6
         mid = cache["resid_mid", layer] - cache["hook_embed"]
-        assert _max_diff(mid, model.accumulated_bias(layer, mlp_input=True).expand_as(mid)) <= 1e-6
+        assert max_diff(mid, model.accumulated_bias(layer, mlp_input=True).expand_as(mid)) <= 1e-6
 
 
 def test_factored_matrices_use_expanded_heads(load):
@@ -468,5 +463,5 @@ def test_full_resid_decomposition_with_its_bias_term_sums_to_the_residual(load, 
     _, cache = model.run_with_cache(_tokens(model))
     parts, labels = cache.get_full_resid_decomposition(expand_neurons=expand_neurons, return_labels=True)
     assert labels[-1] == "bias"
-    assert _max_diff(parts[-1, 0, 0], model.accumulated_bias(model.cfg.n_layers)) <= 1e-6
-    assert _max_diff(parts.sum(0), cache["resid_post", -1]) <= TOL
+    assert max_diff(parts[-1, 0, 0], model.accumulated_bias(model.cfg.n_layers)) <= 1e-6
+    assert max_diff(parts.sum(0), cache["resid_post", -1]) <= TOL

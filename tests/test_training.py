@@ -35,6 +35,7 @@ def corpus(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_short_training_run_writes_loadable_checkpoints(corpus, tmp_path):
     out = tmp_path / "run"
     args = [

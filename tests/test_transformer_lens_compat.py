@@ -12,7 +12,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import make_tiny_with_tokenizer
+from helpers import make_tiny_with_tokenizer, max_diff
 from transformer_lens import FactoredMatrix, patching
 
 from gated_interp import GatedActivationCache, HookedGatedQwen3
@@ -20,11 +20,6 @@ from gated_interp import GatedActivationCache, HookedGatedQwen3
 TOL = 1e-4
 B, P = 2, 7
 PROMPT = "the little cat saw a dog"
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
 
 
 @pytest.fixture
@@ -118,7 +113,7 @@ def test_hook_result_when_use_attn_result(tok_model):
         for layer in range(config["num_hidden_layers"]):
             result = cache["result", layer]
             assert result.shape == (B, P, config["num_attention_heads"], config["hidden_size"])
-            assert _max_diff(result.sum(-2) + other.blocks[layer].attn.b_O, cache["attn_out", layer]) <= TOL
+            assert max_diff(result.sum(-2) + other.blocks[layer].attn.b_O, cache["attn_out", layer]) <= TOL
 
 
 @torch.no_grad()
@@ -156,7 +151,7 @@ def test_stack_head_results_sum_to_attn_out(tok_model):
     assert labels[:2] == ["L0H0", "L0H1"]
     for layer in range(n):
         heads = stack[layer * h : (layer + 1) * h].sum(0) + model.blocks[layer].attn.b_O
-        assert _max_diff(heads, cache["attn_out", layer]) <= TOL
+        assert max_diff(heads, cache["attn_out", layer]) <= TOL
 
 
 @torch.no_grad()
@@ -169,7 +164,7 @@ def test_decompose_and_accumulated_resid(tok_model):
 
     parts, labels = cache.decompose_resid(apply_ln=False, return_labels=True)
     assert labels == ["embed"] + [f"{i}_{k}" for i in range(n) for k in ("attn_out", "mlp_out")]
-    assert _max_diff(parts.sum(0), final) <= TOL
+    assert max_diff(parts.sum(0), final) <= TOL
 
     acc, acc_labels = cache.accumulated_resid(return_labels=True)
     assert acc.shape == (n + 1, B, P, config["hidden_size"])
@@ -179,13 +174,13 @@ def test_decompose_and_accumulated_resid(tok_model):
     assert torch.equal(acc[-1], final)
     # with the final norm: the last entry is ln_final's output, i.e. what the unembedding reads
     acc_ln = cache.accumulated_resid(apply_ln=True)
-    assert _max_diff(acc_ln[-1] @ model.W_U, logits) <= TOL
+    assert max_diff(acc_ln[-1] @ model.W_U, logits) <= TOL
 
     # apply_ln_to_stack divides by ln_final's cached scale (no weight)
     normed = cache.apply_ln_to_stack(final[None], layer=-1)[0]
-    assert _max_diff(normed, cache["ln_final.hook_normalized"]) <= TOL
+    assert max_diff(normed, cache["ln_final.hook_normalized"]) <= TOL
     normed_mid = cache.apply_ln_to_stack(cache["resid_mid", 1][None], layer=1, mlp_input=True)[0]
-    assert _max_diff(normed_mid, cache["blocks.1.ln2.hook_normalized"]) <= TOL
+    assert max_diff(normed_mid, cache["blocks.1.ln2.hook_normalized"]) <= TOL
 
 
 @torch.no_grad()
@@ -200,18 +195,18 @@ def test_logit_attrs_sum_to_logit(tok_model):
     raw = cache.decompose_resid(apply_ln=False, pos_slice=-1)
     attrs = cache.logit_attrs(raw, answer, pos_slice=-1)
     assert attrs.shape == (raw.shape[0], B)
-    assert _max_diff(attrs.sum(0), expected) <= TOL
+    assert max_diff(attrs.sum(0), expected) <= TOL
     # The pre-scaled decomposition (apply_ln=True) dotted with tokens_to_residual_directions
     # (W_U columns with ln_final.w folded in) gives the same logit.
     scaled = cache.decompose_resid(apply_ln=True, pos_slice=-1)
     directions = model.tokens_to_residual_directions(answer)
     assert directions.shape == (B, config["hidden_size"])
-    assert _max_diff((scaled * directions).sum(-1).sum(0), expected) <= TOL
+    assert max_diff((scaled * directions).sum(-1).sum(0), expected) <= TOL
     assert torch.equal(model.tokens_to_residual_directions(int(answer[0])), directions[0])
     # logit difference form
     wrong = tokens[:, 0]
     diff = cache.logit_attrs(raw, answer, incorrect_tokens=wrong, pos_slice=-1).sum(0)
-    assert _max_diff(diff, expected - logits[torch.arange(B), -1, wrong]) <= TOL
+    assert max_diff(diff, expected - logits[torch.arange(B), -1, wrong]) <= TOL
 
 
 # ---- patching ----------------------------------------------------------------------------------
@@ -317,13 +312,13 @@ def test_tokenisation_helpers(tok_model, bpe_tokenizer):
     with torch.no_grad():
         both = model([PROMPT, "the"])
         alone = model("the")
-    assert _max_diff(both[1, : alone.shape[1]], alone[0]) <= TOL
-    assert _max_diff(model(PROMPT), model(tokens)) == 0
+    assert max_diff(both[1, : alone.shape[1]], alone[0]) <= TOL
+    assert max_diff(model(PROMPT), model(tokens)) == 0
     same, mask = model.to_tokens([PROMPT, "the"], return_attention_mask=True)
     assert torch.equal(same, batch)
     assert mask[0].all() and mask[1].sum().item() == alone.shape[1] and mask[1, -1].item() == 0
     with torch.no_grad():
-        assert _max_diff(model(batch, attention_mask=mask), both) == 0
+        assert max_diff(model(batch, attention_mask=mask), both) == 0
 
 
 # ---- generation --------------------------------------------------------------------------------
@@ -390,7 +385,7 @@ def test_zeroing_the_gate_changes_a_gated_model(tok_model, gate):
         return torch.zeros_like(t)
 
     zeroed = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_gate", zero)])
-    assert _max_diff(zeroed, clean) > 1e-3
+    assert max_diff(zeroed, clean) > 1e-3
     # all gates shut: attention contributes only b_O, so z is zero everywhere
     seen = {}
     model.run_with_hooks(
@@ -406,6 +401,6 @@ def test_zeroing_the_gate_changes_a_gated_model(tok_model, gate):
 
     with model.hooks(fwd_hooks=[("blocks.1.attn.hook_gate", zero)]):
         inside = model(tokens)
-    assert _max_diff(inside, clean) > 1e-3
-    assert _max_diff(inside, model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_gate", zero)])) == 0
+    assert max_diff(inside, clean) > 1e-3
+    assert max_diff(inside, model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_gate", zero)])) == 0
     assert torch.equal(model(tokens), clean)

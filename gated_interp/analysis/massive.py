@@ -19,10 +19,10 @@ from torch import Tensor
 from gated_interp.analysis._cache import get, real_positions, require_layers
 
 
-def _layer_abs(
+def _resid_post(
     cache: Any, layer: int, attention_mask: Tensor | None, what: str
 ) -> tuple[Float[Tensor, "batch pos d_model"], Tensor]:
-    """|resid_post| of `layer` and the real-position mask `[batch, pos]`."""
+    """`resid_post` of `layer` (signed, float32) and the real-position mask `[batch, pos]`."""
     resid = get(cache, "resid_post", layer, what).float()
     real = real_positions(attention_mask, resid.shape[0], resid.shape[1], resid.device)
     return resid, real
@@ -35,7 +35,7 @@ def max_activation_by_layer(
     layers = require_layers(cache, "resid_post", "max_activation_by_layer")
     maxima = []
     for layer in layers:
-        resid, real = _layer_abs(cache, layer, attention_mask, "max_activation_by_layer")
+        resid, real = _resid_post(cache, layer, attention_mask, "max_activation_by_layer")
         maxima.append(resid.abs()[real].max())
     return torch.stack(maxima)
 
@@ -60,7 +60,7 @@ def massive_activations(
     layers = require_layers(cache, "resid_post", "massive_activations")
     rows = []
     for layer in layers:
-        resid, real = _layer_abs(cache, layer, attention_mask, "massive_activations")
+        resid, real = _resid_post(cache, layer, attention_mask, "massive_activations")
         magnitude = resid.abs().masked_fill(~real[..., None], float("-inf"))
         flat_index = int(magnitude.argmax())
         b, p, d = (int(i) for i in torch.unravel_index(torch.tensor(flat_index), magnitude.shape))

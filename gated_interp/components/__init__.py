@@ -1,15 +1,31 @@
 """The model's parts, each small enough to read on one screen.
 
-Axis glossary used in every shape annotation of this package:
-    batch    sequences in the batch
-    pos      token positions (query positions where both appear: `q_pos`, `k_pos`)
-    head     query heads (`n_heads`)
-    kv_head  key-value heads (`n_key_value_heads`); query head j reads kv head j // n_groups
-    d_head   width of one head
-    gate     gate logits per head: 1 (headwise) or d_head (elementwise)
-    d_model  residual stream width
-    d_mlp    MLP hidden width
-    d_vocab  vocabulary size
+Axis glossary: every axis name used in a shape annotation of this package (tests/test_shapes.py
+checks that none is missing). Within one call the same name means the same size.
+    batch        sequences in the batch
+    pos          token positions
+    q_pos        query positions, where queries and keys both appear
+    k_pos        key positions (with a KV cache: the cached ones and the new ones)
+    past_pos     positions already in the KV cache
+    total_pos    prompt plus generated positions (`generate`'s output)
+    window       fixed token windows of a held-out or training set
+    eval_window  held-out windows, beside training `window`s in the same call
+    layer        blocks (0-based)
+    head         query heads (`n_heads`)
+    kv_head      key-value heads (`n_key_value_heads`); query head j reads kv head j // n_groups
+    d_head       width of one head
+    half_d_head  rotary frequencies, d_head // 2
+    gate         gate logits per head: 1 (headwise) or d_head (elementwise)
+    d_q_proj     rows of the released checkpoints' q_proj: queries and gate logits interleaved
+    d_model      residual stream width
+    d_mlp        MLP hidden width
+    d_vocab      vocabulary size
+    width        the axis a norm normalises (d_model, or d_head for the q/k norm)
+    out          output width of a weight matrix whose input side is being rescaled
+    n            flat items (values for a histogram, prompts of a patching batch)
+    k            patches run in one forward pass (activation patching)
+    n_axes       coordinates that name one patch (layer, head, position)
+    x            the column axis of a patching result: head or position
 """
 
 from gated_interp.components.attention import GatedAttention, KVCacheEntry

@@ -35,6 +35,14 @@ class KVCacheEntry:
     keys: Float[Tensor, "batch k_pos kv_head d_head"]
     values: Float[Tensor, "batch k_pos kv_head d_head"]
 
+    def append(
+        self, keys: Float[Tensor, "batch pos kv_head d_head"], values: Float[Tensor, "batch pos kv_head d_head"]
+    ) -> tuple[Float[Tensor, "batch k_pos kv_head d_head"], Float[Tensor, "batch k_pos kv_head d_head"]]:
+        """Extend the cache by the new positions' keys and values; return all of them, cached first."""
+        self.keys = torch.cat([self.keys, keys], dim=1)
+        self.values = torch.cat([self.values, values], dim=1)
+        return self.keys, self.values
+
 
 class GatedAttention(nn.Module):
     def __init__(self, cfg: GatedQwen3Config):
@@ -136,8 +144,7 @@ class GatedAttention(nn.Module):
         q = self.hook_rot_q(RotaryEmbedding.apply(q, cos, sin))
         k = self.hook_rot_k(RotaryEmbedding.apply(k, cos, sin))
         if past_kv is not None:
-            k = past_kv.keys = torch.cat([past_kv.keys, k], dim=1)
-            v = past_kv.values = torch.cat([past_kv.values, v], dim=1)
+            k, v = past_kv.append(k, v)
 
         z = self._attend(q, k, v, mask)
 

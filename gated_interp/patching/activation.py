@@ -11,7 +11,6 @@ sweep costs a few forwards per layer instead of one per head.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from functools import partial
 
 import torch
@@ -19,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from gated_interp.cache import CacheLike
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.metrics import Metric
 from gated_interp.patching.sites import RESID_ACTIVATIONS, Site, site
@@ -32,7 +32,7 @@ DEFAULT_MAX_TOKENS = 8192
 def patch_heads(
     model: HookedGatedQwen3,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Mapping[str, Tensor],
+    clean_cache: CacheLike,
     metric: Metric,
     activation: str = "z",
     per_position: bool = False,
@@ -67,7 +67,7 @@ def patch_heads(
 def patch_resid(
     model: HookedGatedQwen3,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Mapping[str, Tensor],
+    clean_cache: CacheLike,
     metric: Metric,
     activation: str = "resid_pre",
     batch_size: int | None = None,
@@ -86,7 +86,7 @@ def patch_resid(
     return _sweep(model, corrupted_tokens, clean_cache, metric, where, axes, batch_size, attention_mask, progress)
 
 
-def _clean(clean_cache: Mapping[str, Tensor], where: Site, layer: int) -> Tensor:
+def _clean(clean_cache: CacheLike, where: Site, layer: int) -> Tensor:
     name = where.hook_name(layer)
     try:
         return clean_cache[name]
@@ -97,7 +97,7 @@ def _clean(clean_cache: Mapping[str, Tensor], where: Site, layer: int) -> Tensor
 def _sweep(
     model: HookedGatedQwen3,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Mapping[str, Tensor],
+    clean_cache: CacheLike,
     metric: Metric,
     where: Site,
     axes: list[range],
@@ -135,7 +135,7 @@ def _sweep(
     return values.reshape(*(len(a) for a in axes))
 
 
-def _checked_clean(clean_cache: Mapping[str, Tensor], where: Site, layer: int, shape: torch.Size) -> Tensor:
+def _checked_clean(clean_cache: CacheLike, where: Site, layer: int, shape: torch.Size) -> Tensor:
     act = _clean(clean_cache, where, layer)
     if act.shape[0] != shape[0] or act.shape[where.pos_axis] != shape[1]:
         raise ValueError(

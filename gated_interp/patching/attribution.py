@@ -8,12 +8,13 @@ position) of every requested activation at once (Nanda, "Attribution Patching", 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from gated_interp.cache import CacheLike
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.activation import _checked_clean, _result_dtype, _scalar
 from gated_interp.patching.metrics import Metric
@@ -56,7 +57,7 @@ def attribution_patching(
 def attribution_patching_from_cache(
     model: HookedGatedQwen3,
     corrupted_tokens: Int[Tensor, "batch pos"],
-    clean_cache: Mapping[str, Tensor],
+    clean_cache: CacheLike,
     metric: Metric,
     activations: Sequence[str] | None = None,
     per_position: bool = False,

@@ -113,7 +113,7 @@ def make_optimizer(model: HookedGatedQwen3, train: TrainConfig) -> torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: HookedGatedQwen3, windows: Int[Tensor, "n seq"], batch_size: int = 16) -> dict[str, float]:
+def evaluate(model: HookedGatedQwen3, windows: Int[Tensor, "window pos"], batch_size: int = 16) -> dict[str, float]:
     """Held-out loss, and per layer the mean attention that queries ≥ 1 give to position 0 and
     the max |residual| after the block, on fixed windows."""
     n_layers = model.cfg.n_layers
@@ -140,8 +140,8 @@ def evaluate(model: HookedGatedQwen3, windows: Int[Tensor, "n seq"], batch_size:
 
 def train_variants(
     train: TrainConfig,
-    train_windows: Int[Tensor, "n seq"],
-    eval_windows: Int[Tensor, "m seq"],
+    train_windows: Int[Tensor, "window pos"],
+    eval_windows: Int[Tensor, "eval_window pos"],
     tokenizer,
     out_dir: Path,
     max_minutes: Optional[float] = None,
