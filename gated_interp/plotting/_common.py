@@ -83,7 +83,7 @@ def text_color(cmap: Any, norm: mcolors.Normalize, value: float) -> str:
 def annotate_cells(ax: Axes, matrix: np.ndarray, image: Any, fmt: str = "{:.2g}", fontsize: float = 7) -> None:
     """Write each cell's value in it, black on light cells and white on dark ones."""
     for (row, col), value in np.ndenumerate(matrix):
-        color = text_color(image.cmap, image.norm, value)
+        color = text_color(image.cmap, image.norm, float(value))
         ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=fontsize, color=color)
 
 
