@@ -229,6 +229,7 @@ _MEMORY_PROBE = r"""
 import json, resource, sys
 import torch
 import gated_interp as gi
+import gated_interp.loading.load  # the package imports lazily: import the loader before measuring
 
 def status(key):
     for line in open("/proc/self/status"):

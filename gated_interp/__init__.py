@@ -4,22 +4,80 @@ import gated_interp as gi
 model = gi.load_hooked("gate_headwise", size="tiny")
 logits, cache = model.run_with_cache("Sparse gating mechanism mitigates attention sink.")
 cache["gate", 1]   # sigmoid gate scores, [batch, pos, head, 1]
+
+The package imports lazily: `import gated_interp` (and `gated-interp --help`) does not import
+torch; each name below is imported from its module on first use. New top-level exports go into
+`_LAZY`.
 """
 
-from gated_interp.cache import GatedActivationCache
-from gated_interp.config import GatedQwen3Config
-from gated_interp.loading import CheckpointError, load_hooked, save_hf
-from gated_interp.loading.resolve import VARIANTS
-from gated_interp.model import HookedGatedQwen3
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# exported name -> module that defines it
+_LAZY = {
+    "CheckpointError": "gated_interp.loading.errors",
+    "ReleaseNotAvailable": "gated_interp.loading.errors",
+    "NonFiniteWeightsWarning": "gated_interp.loading.errors",
+    "GatedActivationCache": "gated_interp.cache",
+    "GatedQwen3Config": "gated_interp.config",
+    "HookedGatedQwen3": "gated_interp.model",
+    "VARIANTS": "gated_interp.loading.resolve",
+    "load_hooked": "gated_interp.loading.load",
+    "save_hf": "gated_interp.loading.save",
+}
+_SUBPACKAGES = frozenset(
+    {
+        "analysis",
+        "cache",
+        "cli",
+        "components",
+        "config",
+        "loading",
+        "model",
+        "patching",
+        "plotting",
+        "train",
+        "weight_processing",
+    }
+)
+
 __all__ = [
+    "VARIANTS",
     "CheckpointError",
     "GatedActivationCache",
     "GatedQwen3Config",
     "HookedGatedQwen3",
-    "VARIANTS",
+    "NonFiniteWeightsWarning",
+    "ReleaseNotAvailable",
     "load_hooked",
     "save_hf",
 ]
+assert set(__all__) == set(_LAZY)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
+    from gated_interp.cache import GatedActivationCache
+    from gated_interp.config import GatedQwen3Config
+    from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
+    from gated_interp.loading.load import load_hooked
+    from gated_interp.loading.resolve import VARIANTS
+    from gated_interp.loading.save import save_hf
+    from gated_interp.model import HookedGatedQwen3
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)

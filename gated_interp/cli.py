@@ -2,7 +2,7 @@
 
     gated-interp demo  --size tiny --out figures         # the authors' attention-map demo
     gated-interp sinks --size 1B --csv sinks.csv         # F-Attn, sink rate, M-Act, gate, loss
-    gated-interp info  gate_headwise                     # what a checkpoint is, without loading it
+    gated-interp info  gate_headwise                     # what a checkpoint is, without building it
 
 Variants are `baseline`, `gate_headwise` and `gate_elementwise` (resolved for `--size tiny` to the
 bundled models, for `--size 1B` to `$GATED_INTERP_CHECKPOINTS/1B_<variant>` or the Hugging Face
@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import sys
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gated_interp.loading.errors import CheckpointError
+from gated_interp.loading.errors import CheckpointError, ReleaseNotAvailable
 from gated_interp.loading.resolve import CHECKPOINTS_ENV, SIZES, VARIANTS
 
 DEMO_PROMPT = "Sparse gating mechanism mitigates attention sink."
@@ -143,9 +143,10 @@ def _add_sinks(commands: Any) -> None:
 def _add_info(commands: Any) -> None:
     info = commands.add_parser(
         "info",
-        help="describe a checkpoint from its config and file headers, without loading weights",
+        help="describe a checkpoint from its config and file headers, without building the model",
         description="Print a checkpoint's architecture, gate kind, q_proj layout, parameter count, weight "
-        "files and their dtype, read from config.json and the safetensors headers only.",
+        "files and their dtype, read from config.json and the weight files' headers, and the tensors holding "
+        "NaN or Inf (each tensor read once, one at a time; the model is not built).",
     )
     info.add_argument("checkpoint", metavar="PATH_OR_VARIANT", help=f"a folder, or one of {', '.join(VARIANTS)}")
     _add_model_options(info, variants=False)
@@ -403,86 +404,11 @@ def run_info(args: argparse.Namespace) -> int:
     name = args.checkpoint
     check_name(name)
     folder = resolve_checkpoint(name, args.size)
+    from gated_interp.loading.inspect import describe_checkpoint
+
     for key, value in describe_checkpoint(folder, name if name in VARIANTS else None):
         print(f"{key + ':':<22} {value}")
     return 0
-
-
-def describe_checkpoint(folder: Path, variant: str | None = None) -> list[tuple[str, str]]:
-    """(label, value) rows from config.json and the weight files' headers; no tensor is read."""
-    from gated_interp.loading.hf_config import config_from_hf, gate_kind, read_config_json
-    from gated_interp.loading.load import TOKENIZER_FILES
-    from gated_interp.loading.state_dict import IGNORED_SUFFIXES
-    from gated_interp.loading.weight_files import WeightFiles
-
-    hf = read_config_json(folder)
-    files = WeightFiles(folder)
-    names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES)}
-    cfg = config_from_hf(hf, tie_word_embeddings_default="lm_head.weight" not in names, device="cpu")
-    gate = gate_kind(hf)
-    on_disk = sum(math.prod(files.shape(n)) for n in names)
-    tokenizer = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
-    return [
-        ("folder", str(folder)),
-        ("model_type", str(hf.get("model_type"))),
-        ("variant", variant or _variant_from_gate(gate)),
-        ("gate", _gate_text(cfg)),
-        ("layers", str(cfg.n_layers)),
-        ("d_model", str(cfg.d_model)),
-        ("heads / kv heads", f"{cfg.n_heads} / {cfg.n_key_value_heads} ({cfg.n_groups} query heads per kv head)"),
-        ("d_head", str(cfg.d_head)),
-        ("d_mlp", str(cfg.d_mlp)),
-        ("vocab", str(cfg.d_vocab)),
-        ("qk norm", _yes(cfg.use_qk_norm)),
-        ("qkv bias", _yes(cfg.qkv_bias)),
-        ("tied embeddings", _yes(cfg.tie_word_embeddings)),
-        ("rope theta", f"{cfg.rope_theta:g}" + (f", scaling {cfg.rope_scaling}" if cfg.rope_scaling else "")),
-        ("q_proj layout", qproj_layout_text(cfg)),
-        ("parameters", f"{_count(cfg.n_params)} (weight matrices and embeddings, from the config)"),
-        ("on disk", f"{_count(on_disk)} values in {len(names)} tensors"),
-        ("weight files", _files_text(folder)),
-        ("dtype on disk", _dtypes_text(files, names)),
-        ("tokenizer", f"yes ({', '.join(tokenizer)})" if tokenizer else "no (the model takes token ids only)"),
-    ]
-
-
-def _variant_from_gate(gate: str) -> str:
-    return {"none": "baseline", "headwise": "gate_headwise", "elementwise": "gate_elementwise"}[gate] + " (from config)"
-
-
-def _gate_text(cfg: Any) -> str:
-    if cfg.gate == "none":
-        return "none (plain softmax attention)"
-    return f"{cfg.gate}: sigmoid gate on the attention output, {cfg.gate_width} score(s) per head"
-
-
-def qproj_layout_text(cfg: Any) -> str:
-    """e.g. "per kv group: 2 heads x 64 query rows + 2 x 1 gate rows; 8 groups, 2048 rows"."""
-    layout = f"per kv group: {cfg.n_groups} heads x {cfg.d_head} query rows"
-    if cfg.gate != "none":
-        layout += f" + {cfg.n_groups} x {cfg.gate_width} gate rows"
-    return f"{layout}; {cfg.n_key_value_heads} groups, {cfg.d_q_proj} rows x {cfg.d_model}"
-
-
-def _files_text(folder: Path) -> str:
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    return ", ".join(f"{f.name} ({f.stat().st_size / 2**20:.1f} MiB)" for f in files)
-
-
-def _dtypes_text(files: WeightFiles, names: set[str]) -> str:
-    counts = Counter(files.dtype(name) for name in names)
-    return ", ".join(f"{dtype} ({n} tensors)" for dtype, n in counts.most_common())
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
-def _count(n: int) -> str:
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.2f}{suffix} ({n:,})"
-    return str(n)
 
 
 # ---- entry point ---------------------------------------------------------------------------------
@@ -495,21 +421,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, or argparse's own usage errors (already printed)
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    try:
-        return args.handler(args)
-    except UsageError as error:
-        return _fail(str(error), 2)
-    except CheckpointError as error:
-        return _fail(str(error), 1)
-    except (ValueError, OSError, RuntimeError) as error:
-        return _fail(f"{type(error).__name__}: {error}", 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.handler(args)
+        except UsageError as error:
+            return _fail(str(error), 2)
+        except ReleaseNotAvailable as error:
+            return _fail(error.cli_message(), 1)
+        except CheckpointError as error:
+            return _fail(str(error), 1)
+        except KeyboardInterrupt:
+            return _fail("interrupted", 130)
+        except Exception as error:  # never a traceback: one line naming the exception
+            return _fail(f"{type(error).__name__}: {error}", 1)
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_one_line(message)}", file=sys.stderr)
     return code
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    print(f"warning: {_one_line(str(message))}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

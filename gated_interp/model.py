@@ -8,7 +8,9 @@ shapes and call signatures (`forward`, `run_with_cache`, `run_with_hooks`, `to_t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -34,6 +36,7 @@ ReturnType = Optional[Literal["logits", "loss", "both"]]
 class HookedGatedQwen3(HookedRootModule):
     def __init__(self, cfg: GatedQwen3Config, tokenizer: Any = None):
         super().__init__()
+        self._hook_lock = threading.RLock()  # see "thread safety" below
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed = Embed(cfg)
@@ -44,6 +47,32 @@ class HookedGatedQwen3(HookedRootModule):
         self.unembed = Unembed(cfg, self.embed)
         self.setup()
         self.to(cfg.device)
+
+    # ---- thread safety -------------------------------------------------------------------
+    # Hooks live on the model, so two threads running one model at once would see each other's
+    # hooks and caches. One re-entrant lock per model is held for the whole hook lifetime:
+    # `hooks()` (hence `run_with_hooks` and `run_with_cache`) from adding the hooks to removing
+    # them, and every call `model(...)`. Runs on one model from several threads are therefore
+    # safe and take turns; for parallel runs use one model per thread. Hooks added with
+    # `add_hook` outside these (permanent hooks) are shared by every caller, as in TransformerLens.
+    @contextmanager
+    def hooks(self, *args: Any, **kwargs: Any) -> Iterator[HookedGatedQwen3]:
+        """As `HookedRootModule.hooks`, holding the model's lock until the hooks are removed."""
+        with self._hook_lock, super().hooks(*args, **kwargs) as model:
+            yield model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._hook_lock:
+            return super().__call__(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:  # a lock cannot be copied or pickled: a copy gets its own
+        state = dict(super().__getstate__())
+        state.pop("_hook_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._hook_lock = threading.RLock()
 
     # ---- set-up --------------------------------------------------------------------------
     def init_weights(self, seed: int = 0, std: float = 0.02) -> HookedGatedQwen3:

@@ -2,12 +2,62 @@
 
 config.json → `hf_config`; q_proj's per-group query/gate layout → `qproj_layout`; tensor files →
 `weight_files`; HF names ↔ our parameters → `state_dict`; names and hub → `resolve`;
-putting it together → `load` and `save`.
+putting it together → `load` and `save`; what a checkpoint is, without building it → `inspect`.
+
+Imports lazily (as the package does), so that the command line's `--help` needs no torch.
 """
 
-from gated_interp.loading import bundled
-from gated_interp.loading.errors import CheckpointError
-from gated_interp.loading.load import load_hooked
-from gated_interp.loading.save import save_hf
+from __future__ import annotations
 
-__all__ = ["CheckpointError", "bundled", "load_hooked", "save_hf"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "CheckpointError": "gated_interp.loading.errors",
+    "ReleaseNotAvailable": "gated_interp.loading.errors",
+    "NonFiniteWeightsWarning": "gated_interp.loading.errors",
+    "load_hooked": "gated_interp.loading.load",
+    "save_hf": "gated_interp.loading.save",
+    "describe_checkpoint": "gated_interp.loading.inspect",
+}
+_SUBMODULES = frozenset(
+    {
+        "bundled",
+        "errors",
+        "hf_config",
+        "inspect",
+        "load",
+        "qproj_layout",
+        "resolve",
+        "save",
+        "state_dict",
+        "weight_files",
+    }
+)
+__all__ = [
+    "CheckpointError",
+    "NonFiniteWeightsWarning",
+    "ReleaseNotAvailable",
+    "bundled",
+    "describe_checkpoint",
+    "load_hooked",
+    "save_hf",
+]
+
+if TYPE_CHECKING:
+    from gated_interp.loading import bundled
+    from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
+    from gated_interp.loading.inspect import describe_checkpoint
+    from gated_interp.loading.load import load_hooked
+    from gated_interp.loading.save import save_hf
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value

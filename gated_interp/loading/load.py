@@ -1,13 +1,15 @@
 """`load_hooked`: a checkpoint folder (or variant name) → `HookedGatedQwen3`.
 
-Every name and shape is checked against the config before a single weight is copied; weights are
-then copied one tensor at a time into an uninitialised model, in the requested dtype.
+Every name, shape and dtype (floating point only) is checked against the config before a single
+weight is copied; weights are then copied one tensor at a time into an uninitialised model, in the
+requested dtype, and tensors holding NaN or Inf are named in a `NonFiniteWeightsWarning`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gated_interp.config import GatedQwen3Config
-from gated_interp.loading.errors import CheckpointError
+from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning
 from gated_interp.loading.hf_config import config_from_hf, read_config_json
 from gated_interp.loading.resolve import resolve_checkpoint
 from gated_interp.loading.state_dict import IGNORED_SUFFIXES, by_hf_name, expected_hf_shapes, hf_to_ours
@@ -80,17 +82,25 @@ def load_folder(
         device=device,
         model_name=folder.name,
     )
-    if cfg.tie_word_embeddings:
-        names.discard("lm_head.weight")  # some tied checkpoints still store a copy
+    if cfg.tie_word_embeddings and "lm_head.weight" in names:
+        check_tied_copy(files, folder)  # some tied checkpoints still store a copy: it must be one
+        names.discard("lm_head.weight")
     check_tensors(names, files, cfg, folder)
+    files.check_float(names)
 
     model = HookedGatedQwen3(cfg, tokenizer=load_tokenizer(folder))
     params = dict(model.named_parameters())
     table = by_hf_name(cfg)
+    non_finite = []
     with torch.no_grad():
         for name in tqdm(sorted(names), desc=f"loading {folder.name}", disable=not progress, leave=False):
-            for our_name, tensor in hf_to_ours(name, files.get(name), cfg, table):
-                params[our_name].copy_(tensor)
+            tensor = files.get(name)
+            if not bool(torch.isfinite(tensor).all()):
+                non_finite.append(name)
+            for our_name, part in hf_to_ours(name, tensor, cfg, table):
+                params[our_name].copy_(part)
+    if non_finite:
+        warn_non_finite(folder, non_finite)
     if fold_ln or center_unembed:
         model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed)
     # Eval mode, as Hugging Face's from_pretrained returns: transformer_lens.patching refuses
@@ -127,11 +137,41 @@ def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, fo
             )
 
 
+def check_tied_copy(files: WeightFiles, folder: Path) -> None:
+    """config.json ties the embeddings, yet lm_head.weight is stored: loading uses the embedding, so
+    the stored copy must equal it (else the model would silently differ from the file)."""
+    embed, head = files.get("model.embed_tokens.weight"), files.get("lm_head.weight")
+    if embed.shape != head.shape or not torch.equal(embed, head.to(embed.dtype)):
+        raise CheckpointError(
+            f"{folder}: config.json sets tie_word_embeddings true, but the stored lm_head.weight differs "
+            "from model.embed_tokens.weight; a tied model would drop it. Set tie_word_embeddings to false "
+            "in config.json to use the stored lm_head.weight, or remove lm_head.weight from the weights"
+        )
+
+
+def warn_non_finite(folder: Path, names: list[str]) -> None:
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    warnings.warn(
+        f"{folder}: {len(names)} tensor(s) hold NaN or Inf values: {shown}; the model's outputs will be "
+        "NaN wherever they are used",
+        NonFiniteWeightsWarning,
+        stacklevel=3,
+    )
+
+
 def load_tokenizer(folder: Path) -> Any | None:
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+    present = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    if not present:
         logger.warning("%s has no tokenizer files; the model will take token ids only", folder)
         return None
     from transformers import AutoTokenizer
 
-    # trust_remote_code=False: a checkpoint's Python files are never run.
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    try:
+        # trust_remote_code=False: a checkpoint's Python files are never run.
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as error:  # tokenizers raise many types (ValueError, OSError, Exception from Rust)
+        raise CheckpointError(
+            f"{folder / present[0]}: the tokenizer files ({', '.join(present)}) cannot be loaded "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); fix them, or remove "
+            "them to load the model for token ids only"
+        ) from None

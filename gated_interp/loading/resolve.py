@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gated_interp.loading.errors import CheckpointError
+from gated_interp.loading.errors import CheckpointError, ReleaseNotAvailable
 
 VARIANTS = ("baseline", "gate_headwise", "gate_elementwise")
 SIZES = ("1B", "tiny")
@@ -55,11 +55,16 @@ def _released(variant: str) -> Path:
         folder = Path(mirror).expanduser() / subfolder
         if not folder.is_dir():
             raise CheckpointError(
-                f"{CHECKPOINTS_ENV}={mirror} but {folder} does not exist; download the folder "
-                f"{subfolder} of the hub repository {HUB_REPO} there"
+                f"{CHECKPOINTS_ENV}={mirror} but {folder} does not exist; download it there with "
+                f'`{download_command(subfolder).replace("DIR", mirror)}`, or use the bundled tiny model (size="tiny")'
             )
         return folder
     return _from_hub(subfolder)
+
+
+def download_command(subfolder: str) -> str:
+    """The `hf download` command (of the installed huggingface_hub) that fetches one variant."""
+    return f"hf download {HUB_REPO} --include '{subfolder}/*' --exclude '*.py' --local-dir DIR"
 
 
 def _from_hub(subfolder: str) -> Path:
@@ -69,13 +74,10 @@ def _from_hub(subfolder: str) -> Path:
     try:
         root = snapshot_download(HUB_REPO, allow_patterns=patterns)
     except Exception as error:  # offline, unreachable, not cached, rate-limited: one answer for all
-        raise CheckpointError(
-            f"could not fetch {HUB_REPO}/{subfolder} from the Hugging Face hub, and it is not in the "
-            f"hub cache ({type(error).__name__}: {error}). On a machine with access, download it "
-            f"once, e.g. `huggingface-cli download {HUB_REPO} --include '{subfolder}/*' "
-            f"--exclude '*.py' --local-dir DIR`, then set {CHECKPOINTS_ENV}=DIR or pass "
-            f"DIR/{subfolder} to load_hooked"
-        ) from error
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        variant = subfolder.removeprefix("1B_")
+        # from None: the hub client's chained tracebacks would bury the two ways out.
+        raise ReleaseNotAvailable(variant, subfolder, reason, download_command(subfolder), CHECKPOINTS_ENV) from None
     folder = Path(root) / subfolder
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"the hub snapshot at {root} has no {subfolder}/config.json")
