@@ -4,7 +4,10 @@ Builds one random gated Qwen3 (released checkpoint format, loaded with `gated_in
 random clean/corrupted prompts and a logit-difference metric, then times a full layer × head `z`
 sweep with `gated_interp.patching.patch_heads` and with
 `transformer_lens.patching.get_act_patch_attn_head_out_all_pos` (one forward per head),
-interleaved in one process. Prints median times, their ratio and the max |difference|.
+interleaved in one process. Prints median times, their ratio and the max |difference|, then a
+per-stage breakdown of our sweep (`--breakdown`, default on): the corrupted prefix run, the
+patched transformer blocks, the final norm + unembedding, and the metric calls, with the
+block-forward count that any exact sweep starting at the patched layer must do.
 
     python benchmarks/patching.py --repeats 3 --out bench.json
 """
@@ -105,14 +108,78 @@ def main() -> None:
         "times_s": times,
         "median_s": medians,
         "speedup": medians["transformer_lens"] / medians["ours"],
+        # per-round ratios hold up better than a ratio of medians on a shared machine
+        "ratio_median_of_rounds": statistics.median(o / t for o, t in zip(times["ours"], times["transformer_lens"])),
         "max_abs_diff": (results["ours"] - results["transformer_lens"].cpu()).abs().max().item(),
         "metric_range": [results["ours"].min().item(), results["ours"].max().item()],
     }
     print(f"{report['model']}, prompts {args.prompts}x{args.pos}, {report['patches']} head patches")
     print(f"median ours {medians['ours']:.3f} s, transformer_lens {medians['transformer_lens']:.3f} s")
     print(f"speed-up {report['speedup']:.1f}x, max |difference| {report['max_abs_diff']:.2e}")
+    print(f"ours / transformer_lens, median of per-round ratios: {report['ratio_median_of_rounds']:.2f} (goal <= 0.25)")
+    report["breakdown_s"] = breakdown(model, corrupted, clean_cache, metric, args.batch_size)
+    report["breakdown_s"]["transformer_lens_total"] = medians["transformer_lens"]
+    work = block_forwards(model.cfg.n_layers, model.cfg.n_heads)
+    report["block_forwards"] = work
+    print("stage breakdown of ours (s):", {k: round(v, 3) for k, v in report["breakdown_s"].items()})
+    print(
+        f"block forwards: ours {work['ours']} vs transformer_lens {work['transformer_lens']} "
+        f"(ratio {work['ratio']:.2f}: the recomputation any exact sweep must do)"
+    )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
+
+
+def block_forwards(n_layers: int, n_heads: int) -> dict:
+    """Transformer-block forwards per full z sweep: TL runs every block for every head; an exact sweep
+    must rerun, for each head of layer l, that layer's MLP and blocks l+1..L-1 (counted as blocks,
+    the patched layer's MLP as half a block), and the unembedding once per head in both."""
+    theirs = n_layers * n_heads * n_layers
+    ours = n_heads * sum(n_layers - layer - 0.5 for layer in range(n_layers))
+    return {"ours": ours, "transformer_lens": theirs, "ratio": ours / theirs}
+
+
+@torch.no_grad()
+def breakdown(model, corrupted, clean_cache, metric, batch_size) -> dict:
+    """Our sweep's stages timed one by one, in the same chunks as `patch_heads(activation="z")`:
+    the corrupted run (resid_pre, resid_mid, z of every block), the patched layer (the head's
+    change through W_O, then that block's MLP), the later blocks, final norm + unembedding, metric."""
+    from gated_interp.patching.activation import DEFAULT_MAX_TOKENS, _corrupted_states
+    from gated_interp.patching.sites import site
+
+    where = site(model, "z")
+    n, n_pos = corrupted.shape
+    n_layers = model.cfg.n_layers
+    batch_size = batch_size or max(1, DEFAULT_MAX_TOKENS // (n * n_pos))
+    times = {"corrupted_run": 0.0, "patched_layer": 0.0, "later_blocks": 0.0, "norm_unembed": 0.0, "metric": 0.0}
+    start = time.perf_counter()
+    _, mids, zs = _corrupted_states(model, corrupted, None)
+    times["corrupted_run"] = time.perf_counter() - start
+    for layer in range(n_layers):
+        clean = where.canonical(clean_cache[where.hook_name(layer)])
+        corrupt = where.canonical(zs[layer])
+        block = model.blocks[layer]
+        for first in range(0, model.cfg.n_heads, batch_size):
+            heads = torch.arange(first, min(first + batch_size, model.cfg.n_heads))
+            t0 = time.perf_counter()
+            delta = clean[heads] - corrupt[heads]
+            mid = (mids[layer][None] + torch.einsum("kpnd,kdm->knpm", delta, block.attn.W_O[heads])).flatten(0, 1)
+            x = mid + block.mlp(block.ln2(mid))
+            t1 = time.perf_counter()
+            for later in model.blocks[layer + 1 :]:
+                x = later(x, *model.rotary(torch.arange(n_pos)[None].expand(x.shape[0], -1), x.dtype))
+            t2 = time.perf_counter()
+            logits = model.unembed(model.ln_final(x))
+            t3 = time.perf_counter()
+            for copy in logits.unflatten(0, (len(heads), n)):
+                metric(copy)
+            t4 = time.perf_counter()
+            times["patched_layer"] += t1 - t0
+            times["later_blocks"] += t2 - t1
+            times["norm_unembed"] += t3 - t2
+            times["metric"] += t4 - t3
+    times["total"] = sum(times.values())
+    return times
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""`ActivationCache` that also resolves the gate hooks from TransformerLens-style short keys."""
+"""`ActivationCache` whose keys are read off the one hook table (`gated_interp.hooks`).
+
+`cache["gate", 3]`, `cache["gate3"]`, `cache[utils.get_act_name("gate", 3)]` and
+`cache["blocks.3.attn.hook_gate"]` are the same tensor, as `cache["z", 3]` already is in
+TransformerLens; every method that builds a new cache keeps this class.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,9 @@ from typing import Any, Union
 
 from torch import Tensor
 from transformer_lens import ActivationCache
+from transformer_lens.utilities import get_act_name
 
-# Short names of hooks that live in `blocks.{l}.attn` but that TransformerLens' `get_act_name`
-# does not know (it would put them at `blocks.{l}.hook_gate`).
-ATTENTION_HOOK_NAMES = frozenset({"gate", "gate_logits", "z_pre_gate", "q_normed", "k_normed"})
+from gated_interp import hooks
 
 # What functions that read activations accept: a `run_with_cache` cache (TransformerLens'
 # `ActivationCache` is not a `Mapping`) or a plain dict from hook name to activation.
@@ -18,14 +22,43 @@ CacheLike = Union[ActivationCache, Mapping[str, Tensor]]
 
 
 class GatedActivationCache(ActivationCache):
-    """`cache["gate", 20]` is `cache["blocks.20.attn.hook_gate"]`, as `cache["z", 20]` already is."""
+    """An `ActivationCache` that also answers the gate's (and every other table hook's) short keys."""
+
+    def _key(self, key: Any) -> str:
+        if isinstance(key, tuple):
+            if key and isinstance(key[0], str) and len(key) > 1 and isinstance(key[1], int) and key[1] < 0:
+                key = (key[0], key[1] + self.model.cfg.n_layers, *key[2:])
+            name = get_act_name(*key)
+        elif isinstance(key, str):
+            name = get_act_name(key)  # "gate3" → blocks.3.hook_gate; full names pass through
+        else:
+            raise KeyError(f"cache keys are hook names or (name, layer) tuples, got {key!r}")
+        return hooks.resolve(name)
 
     def __getitem__(self, key: Any) -> Tensor:
-        if isinstance(key, tuple) and key and key[0] in ATTENTION_HOOK_NAMES:
-            layer = key[1] if len(key) > 1 else None
-            if layer is None:
-                raise KeyError(f"{key[0]!r} is a per-layer attention hook: give a layer, e.g. cache[{key[0]!r}, 0]")
-            if layer < 0:
-                layer += self.model.cfg.n_layers
-            return self.cache_dict[f"blocks.{layer}.attn.hook_{key[0]}"]
-        return super().__getitem__(key)
+        if isinstance(key, str) and key in self.cache_dict:
+            return self.cache_dict[key]
+        name = self._key(key)
+        if name not in self.cache_dict:
+            found = hooks.lookup(name)
+            hint = ""
+            if found is not None and not found[0].exists_in(self.model.cfg):
+                hint = (
+                    " (this model has no such hook: it is "
+                    + ("gated-only" if found[0].gated_only else "only there with use_qk_norm")
+                    + ")"
+                )
+            elif found is not None and found[0].switch:
+                hint = f" (it fires only after model.set_{found[0].switch}(True))"
+            raise KeyError(f"{key!r} → {name!r} is not in the cache{hint}")
+        return self.cache_dict[name]
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return self._key(key) in self.cache_dict
+        except Exception:
+            return False
+
+    def apply_slice_to_batch_dim(self, batch_slice: Any) -> GatedActivationCache:
+        cache = super().apply_slice_to_batch_dim(batch_slice)
+        return GatedActivationCache(cache.cache_dict, self.model, has_batch_dim=cache.has_batch_dim)

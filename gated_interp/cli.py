@@ -284,7 +284,7 @@ def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, A
     path = plotting.save_demo_figure(fig, out, name)
     plt.close(fig)
     by_layer = analysis.first_token_attention_by_layer(cache).cpu()
-    largest = analysis.max_activation_by_layer(cache).cpu()
+    largest = analysis.max_abs_resid_by_layer(cache).cpu()
     return path, by_layer, largest
 
 
@@ -372,7 +372,9 @@ def measure(variants: list[Variant], prompts: Any, args: argparse.Namespace) -> 
         if not _takes_text(model, prompts):
             raise CheckpointError(f"{variant.name}: the checkpoint has no tokenizer files, so it cannot read text")
         frames.append(
-            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet)
+            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet).drop(
+                columns=["f_attn", "m_act"]
+            )  # deprecated copies
         )
         _release(model)
     return pd.concat(frames)
@@ -382,14 +384,19 @@ def _takes_text(model: Any, prompts: Any) -> bool:
     return model.tokenizer is not None or not isinstance(prompts, list)
 
 
-TABLE_HEADERS = {"f_attn": "F-Attn", "sink_rate": "sink rate", "m_act": "M-Act", "mean_gate": "mean gate"}
+TABLE_HEADERS = {
+    "first_token_attention": "F-Attn",
+    "sink_rate": "sink rate",
+    "max_abs_resid": "M-Act",
+    "mean_gate": "mean gate",
+}
 
 
 def format_table(table: Any) -> str:
     """The table with the paper's column names, 4 decimals (M-Act 1) and '-' for an absent gate."""
 
     formatters = {
-        TABLE_HEADERS.get(column, column): ("{:.1f}" if column == "m_act" else "{:.4f}").format
+        TABLE_HEADERS.get(column, column): ("{:.1f}" if column == "max_abs_resid" else "{:.4f}").format
         for column in table.columns
     }
     return table.rename(columns=TABLE_HEADERS).to_string(formatters=formatters, na_rep="-")

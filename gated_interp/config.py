@@ -15,6 +15,34 @@ import torch
 
 GateKind = Literal["none", "headwise", "elementwise"]
 GATE_KINDS: tuple[str, ...] = ("none", "headwise", "elementwise")
+# The released variants and their gate kinds: the one table every name↔gate lookup reads.
+VARIANT_GATES: dict[str, str] = {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
+GATE_VARIANTS: dict[str, str] = {gate: variant for variant, gate in VARIANT_GATES.items()}
+
+
+def variant_of(gate: str) -> str:
+    """The released variant name of a gate kind: "none" → "baseline", "headwise" → "gate_headwise"."""
+    if gate not in GATE_VARIANTS:
+        raise ValueError(f"gate must be one of {GATE_KINDS}, got {gate!r}")
+    return GATE_VARIANTS[gate]
+
+
+def gate_of(variant: str) -> str:
+    """The gate kind of a released variant name: "gate_headwise" → "headwise"."""
+    if variant not in VARIANT_GATES:
+        raise ValueError(f"unknown variant {variant!r}; choose from {tuple(VARIANT_GATES)}")
+    return VARIANT_GATES[variant]
+
+
+UNGROUP_UNSUPPORTED = (
+    "ungroup_grouped_query_attention is not supported: hook_k/hook_v stay per key-value head "
+    "([batch, pos, kv_head, d_head]). Use model.W_K / model.W_V (already expanded to every query head) "
+    "or repeat the cached keys with .repeat_interleave(cfg.n_groups, dim=2)."
+)
+N_DEVICES_UNSUPPORTED = (
+    "n_devices > 1 (TransformerLens' layer-wise multi-GPU split) is not supported: use one device, "
+    "e.g. load_hooked(..., device='cuda'), or a smaller dtype (dtype=torch.bfloat16)."
+)
 
 
 @dataclass
@@ -48,6 +76,23 @@ class GatedQwen3Config:
     positional_embedding_type: str = "rotary"
     final_rms: bool = True
     gated_mlp: bool = True
+    attention_dir: str = "causal"
+    original_architecture: str = "Qwen3ForCausalLM"
+    parallel_attn_mlp: bool = False
+    n_devices: int = 1  # one device; TransformerLens' multi-device split is not implemented
+    tokenizer_prepends_bos: bool = False  # BOS is added by `to_tokens(prepend_bos=...)`, never by the tokenizer
+    tokenizer_appends_eos: bool = False
+    # None until a tokenizer is attached: then True exactly when the tokenizer has a BOS token.
+    default_prepend_bos: bool | None = None
+    default_padding_side: Literal["left", "right"] = "right"
+
+    # TransformerLens' switches (`model.set_use_*`): each makes the hooks of `gated_interp.hooks`
+    # with that `switch` fire. All off by default, as in TransformerLens.
+    use_split_qkv_input: bool = False
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    use_hook_tokens: bool = False
+    ungroup_grouped_query_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.n_key_value_heads is None:
@@ -67,8 +112,36 @@ class GatedQwen3Config:
                 raise NotImplementedError(
                     f"rope_scaling type {kind!r} is not supported yet (supported: default, linear)"
                 )
+        if self.default_padding_side not in ("left", "right"):
+            raise ValueError(f"default_padding_side must be 'left' or 'right', got {self.default_padding_side!r}")
+        if self.ungroup_grouped_query_attention:
+            raise ValueError(UNGROUP_UNSUPPORTED)
+        if self.n_devices != 1:
+            raise ValueError(N_DEVICES_UNSUPPORTED)
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def is_gated(self) -> bool:
+        """Whether attention has the output gate (headwise or elementwise)."""
+        return self.gate != "none"
+
+    # Read-only TransformerLens names for fields this config already has under its own name.
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
+
+    @property
+    def eps(self) -> float:
+        return self.rms_norm_eps
+
+    @property
+    def rotary_base(self) -> float:
+        return self.rope_theta
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.d_head  # rotary covers the whole head
 
     @property
     def n_groups(self) -> int:

@@ -9,28 +9,58 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import composition_scores
+from transformer_lens.utilities import composition_scores, get_attention_mask, lm_cross_entropy_loss
+from transformer_lens.utilities.slice import Slice
 
-from gated_interp import weight_processing
+from gated_interp import hooks, weight_processing
 from gated_interp.cache import GatedActivationCache
 from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbedding, TransformerBlock, Unembed
-from gated_interp.config import GatedQwen3Config
+from gated_interp.config import N_DEVICES_UNSUPPORTED, UNGROUP_UNSUPPORTED, GatedQwen3Config
 
 ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
 # `forward` also takes the residual stream entering block n, with `start_at_layer=n`.
 ForwardInput = Union[ModelInput, Float[Tensor, "batch pos d_model"]]
 ReturnType = Optional[Literal["logits", "loss", "both"]]
+PaddingSide = Literal["left", "right"]
+
+
+class Output(NamedTuple):
+    """`forward(..., return_type="both")`: TransformerLens 2.x's `Output(logits, loss)`
+    (TransformerLens 4.x no longer ships one; unpacks as a tuple either way)."""
+
+    logits: Float[Tensor, "batch pos d_vocab"]
+    loss: Float[Tensor, ""] | Float[Tensor, "batch pos-1"]
+
+
+class _HookNames(dict):
+    """`hook_dict` / `mod_dict` that also answer the other spellings of a hook name
+    (`get_act_name("gate", 0)`'s `blocks.0.hook_gate`, TL 2.x's `blocks.0.hook_q_input`);
+    iteration still yields each hook once, under its real name."""
+
+    def __missing__(self, key: Any) -> Any:
+        real = hooks.resolve(key) if isinstance(key, str) else key
+        if real != key and dict.__contains__(self, real):
+            return dict.__getitem__(self, real)
+        raise KeyError(key)
+
+    def __contains__(self, key: Any) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        return isinstance(key, str) and dict.__contains__(self, hooks.resolve(key))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
 
 
 class HookedGatedQwen3(HookedRootModule):
@@ -38,8 +68,13 @@ class HookedGatedQwen3(HookedRootModule):
         super().__init__()
         self._hook_lock = threading.RLock()  # see "thread safety" below
         self.cfg = cfg
+        # cfg.default_prepend_bos left None follows the tokenizer (see the `tokenizer` setter)
+        self._explicit_prepend_bos = cfg.default_prepend_bos is not None
         self.tokenizer = tokenizer
+        if cfg.n_devices != 1:
+            raise ValueError(N_DEVICES_UNSUPPORTED)
         self.embed = Embed(cfg)
+        self.hook_tokens = HookPoint()  # [batch, pos], with cfg.use_hook_tokens
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.rotary = RotaryEmbedding(cfg.d_head, cfg.rope_theta, cfg.rope_scaling)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
@@ -111,31 +146,191 @@ class HookedGatedQwen3(HookedRootModule):
         self.cfg.dtype = self.W_E.dtype
         return self
 
+    def setup(self) -> None:
+        super().setup()
+        self.mod_dict = _HookNames(self.mod_dict)
+        self.hook_dict = _HookNames(self.hook_dict)
+
+    # ---- TransformerLens' switches: each turns on the hooks of `gated_interp.hooks` with that switch
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Compute and hook each head's output, `blocks.{l}.attn.hook_result [batch, pos, head, d_model]`."""
         self.cfg.use_attn_result = use_attn_result
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Give each head its own copy of the block input, hooked before ln1:
+        `blocks.{l}.attn.hook_q_input [batch, pos, head, d_model]` (the gate reads it too),
+        `hook_k_input`/`hook_v_input [batch, pos, kv_head, d_model]`. ln1 then normalises each
+        copy; its own hooks only observe the unforked stream (editing them raises)."""
+        if use_split_qkv_input and self.cfg.use_attn_in:
+            raise ValueError("use_split_qkv_input and use_attn_in cannot both be on: call set_use_attn_in(False) first")
+        self.cfg.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """One per-head copy of the block input for q, k, v and the gate, hooked before ln1:
+        `blocks.{l}.attn.hook_attn_in [batch, pos, head, d_model]`."""
+        if use_attn_in and self.cfg.use_split_qkv_input:
+            raise ValueError(
+                "use_attn_in and use_split_qkv_input cannot both be on: call set_use_split_qkv_input(False) first"
+            )
+        self.cfg.use_attn_in = use_attn_in
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Hook the MLP's input before ln2: `blocks.{l}.hook_mlp_in [batch, pos, d_model]`."""
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
+
+    def set_use_hook_tokens(self, use_hook_tokens: bool) -> None:
+        """Hook the input token ids: `hook_tokens [batch, pos]`."""
+        self.cfg.use_hook_tokens = use_hook_tokens
+
+    def set_ungroup_grouped_query_attention(self, ungroup_grouped_query_attention: bool) -> None:
+        if ungroup_grouped_query_attention:
+            raise ValueError(UNGROUP_UNSUPPORTED)
+        self.cfg.ungroup_grouped_query_attention = False
+
+    # ---- hook names: every spelling in `gated_interp.hooks` resolves ---------------------------
+    def _switched_on(self, name: str) -> bool:
+        found = hooks.lookup(name)
+        return found is None or found[0].switch is None or bool(getattr(self.cfg, found[0].switch))
+
+    def _check_switch(self, name: str) -> None:
+        if not self._switched_on(name):
+            found = hooks.lookup(name)
+            raise ValueError(
+                f"{name} only fires after model.set_{found[0].switch}(True); a hook added now would never run"
+            )
+
+    def _check_split_ln1(self, name: str, hook: Callable) -> None:
+        """With split inputs, ln1 normalises each head's copy itself; its hooks only observe the
+        unforked stream, so an edit there would silently do nothing: refuse it."""
+        if not (self.cfg.use_split_qkv_input or self.cfg.use_attn_in) or getattr(hook, "_observes_only", False):
+            return
+        found = hooks.lookup(name)
+        if found is not None and found[0].where == "ln1":
+            raise ValueError(
+                f"{name} cannot be edited while use_split_qkv_input / use_attn_in is on: ln1 then normalises "
+                "each head's copy of the block input, and its own hooks only observe the unforked stream. "
+                "Edit blocks.{l}.attn.hook_q_input / hook_k_input / hook_v_input (or hook_attn_in) instead, "
+                "or switch the split inputs off"
+            )
+
+    def _enable_hook_with_name(self, name: str, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
+        self._check_switch(name)
+        self._check_split_ln1(name, hook)
+        if name not in self.mod_dict:
+            raise KeyError(_unknown_hook_message(self, name))
+        super()._enable_hook_with_name(hooks.resolve(name), hook, dir)
+
+    def add_hook(self, name: str | Callable[[str], bool], hook: Callable, *args: Any, **kwargs: Any) -> None:
+        """`HookedRootModule.add_hook`; a name may be any spelling `gated_interp.hooks` resolves.
+        A named hook that could never run (switch off) or would be ignored (ln1 under split inputs)
+        raises; a filter simply passes over the hooks whose switch is off."""
+        if isinstance(name, str):
+            self._check_switch(name)
+            self._check_split_ln1(name, hook)
+            if name not in self.mod_dict:
+                raise KeyError(_unknown_hook_message(self, name))
+            name = hooks.resolve(name)
+        else:
+            name_filter = name
+
+            def name(hook_name: str) -> bool:
+                return self._switched_on(hook_name) and name_filter(hook_name)
+
+        super().add_hook(name, hook, *args, **kwargs)
+
+    def get_caching_hooks(
+        self,
+        names_filter: Any = None,
+        incl_bwd: bool = False,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+        pos_slice: Any = None,
+    ) -> tuple[dict, list, list]:
+        """TransformerLens' caching hooks, with hook names resolved through `gated_interp.hooks`
+        and `pos_slice` applied along each hook's own position axis (from the hook table):
+        TransformerLens only knows that axis for hook_q/k/v/z/result, and would slice the head
+        axis of hook_gate, hook_q_normed, ..."""
+        names_filter = _resolve_names_filter(names_filter)
+        cache = {} if cache is None else cache
+        pos_slice = Slice.unwrap(pos_slice)
+        _, fwd, bwd = super().get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache, None)
+        # Hooks whose switch is off never fire: leave them out rather than refuse them.
+        fwd = [(name, fn) for name, fn in fwd if self._switched_on(name)]
+        bwd = [(name, fn) for name, fn in bwd if self._switched_on(name)]
+        if pos_slice.mode == "identity":
+            return cache, [(name, _observer(fn)) for name, fn in fwd], [(name, _observer(fn)) for name, fn in bwd]
+
+        def sliced(save: Callable, backward: bool) -> Callable:
+            def hook_fn(tensor: Tensor, hook: HookPoint) -> None:
+                save(tensor, hook)
+                key = hook.name + ("_grad" if backward else "")
+                found = hooks.lookup(hook.name)
+                dim = found[0].pos_dim if found is not None else -2
+                if cache[key].dim() >= -dim:
+                    cache[key] = pos_slice.apply(cache[key], dim=dim)
+
+            return hook_fn
+
+        fwd = [(name, _observer(sliced(fn, False))) for name, fn in fwd]
+        bwd = [(name, _observer(sliced(fn, True))) for name, fn in bwd]
+        return cache, fwd, bwd
 
     # ---- tokenisation --------------------------------------------------------------------
     def _require_tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError(
                 "this model has no tokenizer: pass token ids, or load a checkpoint folder that has "
-                "tokenizer files (tokenizer.json / tokenizer_config.json)"
+                "tokenizer files (tokenizer.json / tokenizer_config.json), or call model.set_tokenizer(tokenizer)"
             )
         return self.tokenizer
 
     @property
+    def tokenizer(self) -> Any:
+        return self.__dict__.get("_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        # Unless the config fixed it, prepend a BOS exactly when the tokenizer has one.
+        self.__dict__["_tokenizer"] = tokenizer
+        if not self.__dict__.get("_explicit_prepend_bos", False):
+            self.cfg.default_prepend_bos = tokenizer is not None and tokenizer.bos_token_id is not None
+
+    def set_tokenizer(self, tokenizer: Any, default_padding_side: PaddingSide = "right") -> None:
+        """Attach a Hugging Face tokenizer, as TransformerLens' `set_tokenizer`: batches are padded
+        on `default_padding_side` unless a call says otherwise; `cfg.default_prepend_bos` (unless
+        the config set it) becomes whether the tokenizer has a BOS token."""
+        if default_padding_side not in ("left", "right"):
+            raise ValueError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}")
+        self.tokenizer = tokenizer
+        self.cfg.default_padding_side = default_padding_side
+        tokenizer.padding_side = default_padding_side
+
+    @property
     def default_prepend_bos(self) -> bool:
-        return self.tokenizer is not None and self.tokenizer.bos_token_id is not None
+        return bool(self.cfg.default_prepend_bos)
+
+    def _padding_side(self, padding_side: PaddingSide | None) -> PaddingSide:
+        side = self.cfg.default_padding_side if padding_side is None else padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        return side
 
     def _tokenize(
-        self, input: str | Sequence[str], prepend_bos: bool | None = None
+        self,
+        input: str | Sequence[str],
+        prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+        truncate: bool = True,
+        move_to_device: bool = True,
     ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-        """Tokens and attention mask; batches are right-padded with the tokenizer's pad token."""
+        """Tokens and attention mask (1 = real token); a batch is padded with the tokenizer's pad
+        token on `padding_side` (default `cfg.default_padding_side`)."""
         tokenizer = self._require_tokenizer()
         texts = [input] if isinstance(input, str) else list(input)
         if not texts or any(not isinstance(t, str) for t in texts):
             raise ValueError("expected a string or a non-empty list of strings")
+        side = self._padding_side(padding_side)
         prepend_bos = self.default_prepend_bos if prepend_bos is None else prepend_bos
         if prepend_bos and tokenizer.bos_token_id is None:
             raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
@@ -147,35 +342,71 @@ class HookedGatedQwen3(HookedRootModule):
             raise ValueError(f"prompt(s) at index {empty} are empty: give at least one character of text")
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         ids = [([tokenizer.bos_token_id] if prepend_bos else []) + seq for seq in ids]
+        too_long = [i for i, seq in enumerate(ids) if len(seq) > self.cfg.n_ctx]
+        if too_long and truncate:
+            warnings.warn(
+                f"prompt(s) at index {too_long} are longer than the context (n_ctx={self.cfg.n_ctx} tokens) "
+                "and were cut to their first n_ctx tokens, as TransformerLens does; "
+                "pass truncate=False to keep them whole",
+                stacklevel=3,
+            )
+            ids = [seq[: self.cfg.n_ctx] for seq in ids]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         length = max(len(seq) for seq in ids)
         tokens = torch.full((len(ids), length), pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), length), dtype=torch.long)
         for i, seq in enumerate(ids):
-            tokens[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-        return tokens.to(self.cfg.device), mask.to(self.cfg.device)
+            where = slice(0, len(seq)) if side == "right" else slice(length - len(seq), length)
+            tokens[i, where] = torch.tensor(seq, dtype=torch.long)
+            mask[i, where] = 1
+        if move_to_device:
+            tokens, mask = tokens.to(self.cfg.device), mask.to(self.cfg.device)
+        return tokens, mask
 
     def to_tokens(
-        self, input: str | Sequence[str], prepend_bos: bool | None = None, return_attention_mask: bool = False
+        self,
+        input: str | Sequence[str],
+        prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+        move_to_device: bool = True,
+        truncate: bool = True,
+        return_attention_mask: bool = False,
     ) -> Int[Tensor, "batch pos"] | tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-        """Tokens `[batch, pos]`, right-padded with the pad token when prompts differ in length;
-        with `return_attention_mask=True`, also the mask (1 = real token) to pass to `forward`."""
-        tokens, mask = self._tokenize(input, prepend_bos)
+        """Tokens `[batch, pos]`, padded with the pad token on `padding_side` (default
+        `cfg.default_padding_side`, "right") when prompts differ in length; prompts longer than
+        `cfg.n_ctx` are cut with a warning unless `truncate=False`. With
+        `return_attention_mask=True`, also the mask (1 = real token) to pass to `forward`."""
+        tokens, mask = self._tokenize(input, prepend_bos, padding_side, truncate, move_to_device)
         return (tokens, mask) if return_attention_mask else tokens
 
     def to_str_tokens(
-        self, input: str | Int[Tensor, "pos"] | Int[Tensor, "1 pos"] | Sequence[int], prepend_bos: bool | None = None
-    ) -> list[str]:
+        self,
+        input: str | Sequence[str] | Tensor | Sequence[int],
+        prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+    ) -> list[str] | list[list[str]]:
+        """Each token as a string: a string or a token sequence (`[pos]`, `[1, pos]` or a 0-d tensor)
+        gives `list[str]`; a list of strings gives one list per string, as in TransformerLens."""
         tokenizer = self._require_tokenizer()
+        if isinstance(input, (list, tuple)) and input and all(isinstance(x, str) for x in input):
+            return [self.to_str_tokens(text, prepend_bos, padding_side) for text in input]
         if isinstance(input, str):
-            tokens = self.to_tokens(input, prepend_bos)[0]
+            tokens = self.to_tokens(input, prepend_bos, padding_side)[0]
         else:
             tokens = torch.as_tensor(input)
+            if tokens.ndim == 0:
+                tokens = tokens[None]
             if tokens.ndim == 2:
                 if tokens.shape[0] != 1:
-                    raise ValueError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}")
+                    raise ValueError(
+                        f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]}: "
+                        "call it per row, e.g. [model.to_str_tokens(row) for row in tokens]"
+                    )
                 tokens = tokens[0]
+            if tokens.ndim != 1:
+                raise ValueError(
+                    f"to_str_tokens takes a token sequence [pos] or [1, pos], got shape {tuple(tokens.shape)}"
+                )
         return [tokenizer.decode([int(t)]) for t in tokens]
 
     def to_string(self, tokens: Int[Tensor, "pos"] | Int[Tensor, "batch pos"] | Sequence[int]) -> str | list[str]:
@@ -191,19 +422,67 @@ class HookedGatedQwen3(HookedRootModule):
             raise ValueError(f"{string!r} is {tokens.numel()} tokens, not one")
         return int(tokens.item())
 
+    def to_single_str_token(self, int_token: int) -> str:
+        """The string of one token id."""
+        if not isinstance(int_token, int) or isinstance(int_token, bool):
+            raise TypeError(f"to_single_str_token takes one int token id, got {type(int_token).__name__}")
+        return self.to_str_tokens(torch.tensor([int_token]))[0]
+
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: str | Int[Tensor, "pos"] | Int[Tensor, "1 pos"],
+        mode: Literal["first", "last"] = "first",
+        prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+    ) -> int:
+        """Position of `single_token` (a token id or a one-token string) in `input`; raises if absent."""
+        tokens = self.to_tokens(input, prepend_bos, padding_side) if isinstance(input, str) else torch.as_tensor(input)
+        if tokens.ndim == 2:
+            if tokens.shape[0] != 1:
+                raise ValueError(f"tokens of rank two must have shape [1, pos], not {tuple(tokens.shape)}")
+            tokens = tokens[0]
+        if isinstance(single_token, str):
+            single_token = self.to_single_token(single_token)
+        elif isinstance(single_token, Tensor):
+            single_token = int(single_token.item())
+        indices = torch.nonzero(tokens == single_token)[:, 0]
+        if len(indices) == 0:
+            raise ValueError(f"token {single_token} does not occur in the prompt")
+        if mode == "first":
+            return int(indices[0])
+        if mode == "last":
+            return int(indices[-1])
+        raise ValueError(f"mode must be 'first' or 'last', not {mode!r}")
+
     # ---- forward -------------------------------------------------------------------------
     def _as_tokens(
-        self, input: ModelInput, attention_mask: Tensor | None, prepend_bos: bool | None
+        self,
+        input: ModelInput,
+        attention_mask: Tensor | None,
+        prepend_bos: bool | None,
+        padding_side: PaddingSide | None = None,
     ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+        """Tokens and the mask to run them with (None: no padding to hide).
+
+        Strings: the mask from tokenizing them. Token tensors without a mask: left-padded ones
+        (`padding_side="left"`, or `cfg.default_padding_side`) get the mask TransformerLens
+        derives from the leading pad tokens; right padding needs none for the real positions."""
         if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
-            tokens, string_mask = self._tokenize(input, prepend_bos)
+            tokens, string_mask = self._tokenize(input, prepend_bos, padding_side)
             if attention_mask is None and not bool(string_mask.all()):
                 attention_mask = string_mask
             return tokens, attention_mask
+        if isinstance(input, Tensor) and input.is_floating_point():
+            raise ValueError(
+                f"got a float tensor {tuple(input.shape)}, but token ids are integers. To run from embeddings, pass "
+                "them as the residual stream entering block 0: model(embeddings, start_at_layer=0) "
+                "(tokens=... for a loss)"
+            )
         tokens = torch.as_tensor(input, device=self.cfg.device)
         if tokens.ndim == 1:
             tokens = tokens[None]
-        if tokens.ndim != 2 or tokens.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        if tokens.ndim != 2 or tokens.is_floating_point():
             raise ValueError(f"tokens must be an integer tensor [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
         if tokens.shape[1] == 0:
             raise ValueError("empty input: give at least one token")
@@ -218,8 +497,30 @@ class HookedGatedQwen3(HookedRootModule):
                 raise ValueError(
                     f"attention_mask shape {tuple(attention_mask.shape)} does not match tokens {tuple(tokens.shape)}"
                 )
-            attention_mask = attention_mask.to(tokens.device)
-        return tokens, attention_mask
+            return tokens, attention_mask.to(tokens.device)
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        if self._padding_side(padding_side) == "left" and pad_id is not None and bool((tokens[:, 0] == pad_id).any()):
+            prepend = self.default_prepend_bos if prepend_bos is None else prepend_bos
+            derived = get_attention_mask(self.tokenizer, tokens, prepend, padding_side="left")
+            return tokens, derived.to(tokens.device)
+        return tokens, None
+
+    def _warn_if_right_padded(self, tokens: Tensor, attention_mask: Tensor | None) -> None:
+        """A loss over right-padded tokens without a mask counts the padding, as in TransformerLens:
+        say so, since the number is then not the text's loss."""
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        if attention_mask is not None or pad_id is None:
+            return
+        if pad_id in (getattr(self.tokenizer, "bos_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
+            return  # a pad that is also BOS/EOS cannot be told from a real one
+        rows = torch.nonzero(tokens[:, -1] == pad_id)[:, 0].tolist()
+        if rows:
+            warnings.warn(
+                f"row(s) {rows} end in the pad token (id {pad_id}) and no attention_mask was given: the loss counts "
+                "those padded positions, as TransformerLens does. To leave them out, pass "
+                "attention_mask=model.to_tokens(prompts, return_attention_mask=True)[1] (or the strings themselves)",
+                stacklevel=3,
+            )
 
     @staticmethod
     def _attention_mask_4d(
@@ -247,8 +548,9 @@ class HookedGatedQwen3(HookedRootModule):
         past_attention_mask: Int[Tensor, "batch past_pos"] | None = None,
         start_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
+        padding_side: PaddingSide | None = None,
     ) -> Any:
-        """Logits `[batch, pos, d_vocab]`, loss, both (as a tuple), or None.
+        """Logits `[batch, pos, d_vocab]`, loss, both (`Output(logits, loss)`), or None.
 
         `attention_mask` marks real tokens (1) and padding (0); padded batches give each sequence
         the same result as its unpadded run. With `stop_at_layer=n`, returns the residual stream
@@ -256,11 +558,21 @@ class HookedGatedQwen3(HookedRootModule):
         extended in place) lets `generate` feed one new token at a time. With `start_at_layer=n`,
         `input` is the residual stream entering block n (`[batch, pos, d_model]`, e.g. from
         `stop_at_layer=n`) and the earlier blocks are skipped; pass `tokens` for a loss.
+
+        Padding follows TransformerLens: strings are padded on `padding_side` and their padding
+        is masked; a token tensor left-padded with the pad token (`padding_side="left"` or
+        `cfg.default_padding_side`) gets the mask derived from its leading pads; a right-padded
+        tensor without a mask runs unmasked, and its loss counts the padding (with a warning).
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if start_at_layer is None:
-            tokens, attention_mask = self._as_tokens(input, attention_mask, prepend_bos)
+            given_tensor = not isinstance(input, (str, list, tuple))
+            tokens, attention_mask = self._as_tokens(input, attention_mask, prepend_bos, padding_side)
+            if given_tensor and return_type in ("loss", "both"):
+                self._warn_if_right_padded(tokens, attention_mask)
+            if self.cfg.use_hook_tokens:
+                tokens = self.hook_tokens(tokens)
             residual = self.hook_embed(self.embed(tokens))
         else:
             residual = self._as_residual(input, attention_mask, past_kv_cache)
@@ -301,7 +613,7 @@ class HookedGatedQwen3(HookedRootModule):
         if return_type is None:
             return None
         loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (logits, loss)
+        return loss if return_type == "loss" else Output(logits, loss)
 
     def _as_residual(
         self, input: Tensor, attention_mask: Tensor | None, past_kv_cache: list[KVCacheEntry] | None
@@ -327,23 +639,22 @@ class HookedGatedQwen3(HookedRootModule):
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         per_token: bool = False,
     ) -> Float[Tensor, ""] | Float[Tensor, "batch pos-1"]:
-        """Next-token cross-entropy; predictions of or from padding are left out of the mean."""
+        """Next-token cross-entropy, TransformerLens' `lm_cross_entropy_loss` (in float32):
+        predictions of or from padding (mask 0) are zero per token and left out of the mean."""
         if tokens.shape[1] < 2:
             raise ValueError("the loss needs at least two tokens per sequence")
-        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
-        if per_token:
-            return nll
-        if attention_mask is None:
-            return nll.mean()
-        counted = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(nll.dtype)
-        return (nll * counted).sum() / counted.sum()
+        tokens = tokens.to(logits.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(logits.device)
+        return lm_cross_entropy_loss(logits.float(), tokens, attention_mask, per_token)
 
     # ---- caching -------------------------------------------------------------------------
     def run_with_cache(
         self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any
     ) -> tuple[Any, GatedActivationCache | dict[str, Tensor]]:
-        """As `HookedTransformer.run_with_cache`; the cache also answers `cache["gate", l]`."""
+        """As `HookedTransformer.run_with_cache`; the cache also answers `cache["gate", l]`, and
+        `names_filter` and `pos_slice` know every hook of `gated_interp.hooks` (see
+        `get_caching_hooks`)."""
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if return_cache_object:
             return out, GatedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
@@ -356,24 +667,43 @@ class HookedGatedQwen3(HookedRootModule):
         input: ModelInput = "",
         max_new_tokens: int = 10,
         stop_at_eos: bool = True,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
         do_sample: bool = True,
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float = 1.0,
+        freq_penalty: float = 0.0,
         use_past_kv_cache: bool = True,
         prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
         return_type: Literal["input", "str", "tokens"] = "input",
         seed: int | None = None,
         verbose: bool = True,
     ) -> str | list[str] | Int[Tensor, "batch total_pos"]:
         """Greedy (`do_sample=False` or `temperature=0`) or sampled continuation, with a KV cache.
 
-        Returns strings when given strings (`return_type="input"`), else tokens. Batched prompts
-        of different lengths are left-aligned with padding masked, so each continues its own text.
+        Returns strings when given strings (`return_type="input"`) or with `return_type="str"`
+        (one `str` for a single sequence, as in TransformerLens), else tokens. `eos_token_id` may
+        be a list: any of them ends a sequence. `freq_penalty` subtracts `freq_penalty * count`
+        from the logit of each token already in the sequence (prompt included, padding not), when
+        sampling. Batched prompts of different lengths are left-aligned with padding masked
+        (whatever `padding_side`), so each continues its own text.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if return_type not in ("input", "str", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
+        if isinstance(input, Tensor) and input.is_floating_point():
+            raise ValueError(
+                "generate takes strings or token ids, not embeddings: for logits from embeddings use "
+                "model(embeddings, start_at_layer=0); to generate, pass the token ids"
+            )
+        greedy = not do_sample or temperature == 0.0
+        if freq_penalty and greedy:
+            raise ValueError(
+                "freq_penalty only applies when sampling (as in TransformerLens, greedy decoding ignores it): "
+                "use do_sample=True with temperature > 0, or freq_penalty=0"
+            )
         given_strings = isinstance(input, str) or (
             isinstance(input, (list, tuple)) and input and isinstance(input[0], str)
         )
@@ -381,14 +711,17 @@ class HookedGatedQwen3(HookedRootModule):
             tokens = torch.tensor([[self.tokenizer.bos_token_id]], device=self.cfg.device)
             mask = torch.ones_like(tokens)
         else:
-            tokens, mask = self._as_tokens(input, None, prepend_bos)
+            tokens, mask = self._as_tokens(input, None, prepend_bos, padding_side)
             mask = torch.ones_like(tokens) if mask is None else mask
         # Left-align padding so that every sequence's next token goes at the same column.
         tokens, mask = _left_pad(tokens, mask)
         if eos_token_id is None and self.tokenizer is not None:
             eos_token_id = self.tokenizer.eos_token_id
+        eos_ids = [] if eos_token_id is None else [int(e) for e in torch.as_tensor(eos_token_id).flatten().tolist()]
+        if stop_at_eos and eos_token_id is not None and not eos_ids:
+            raise ValueError("eos_token_id is an empty list: give at least one id, or stop_at_eos=False")
+        eos = torch.tensor(eos_ids, dtype=torch.long, device=tokens.device)
         generator = torch.Generator(device=self.cfg.device).manual_seed(seed) if seed is not None else None
-        greedy = not do_sample or temperature == 0.0
 
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         kv_cache: list[KVCacheEntry] | None = None
@@ -409,23 +742,26 @@ class HookedGatedQwen3(HookedRootModule):
             if greedy:
                 next_token = next_logits.argmax(-1)
             else:
-                next_token = _sample(next_logits / temperature, top_k, top_p, generator)
-            if eos_token_id is not None and stop_at_eos:
-                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
-                finished |= next_token == eos_token_id
+                next_logits = next_logits / temperature
+                if freq_penalty:
+                    counts = torch.zeros_like(next_logits).scatter_add_(1, tokens, mask.to(next_logits.dtype))
+                    next_logits = next_logits - freq_penalty * counts
+                next_token = _sample(next_logits, top_k, top_p, generator)
+            if eos_ids and stop_at_eos:
+                next_token = torch.where(finished, torch.full_like(next_token, eos_ids[0]), next_token)
+                finished |= torch.isin(next_token, eos)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(next_token[:, None])], dim=1)
             next_input, next_mask = next_token[:, None], torch.ones_like(next_token[:, None])
-            if stop_at_eos and eos_token_id is not None and bool(finished.all()):
+            if stop_at_eos and eos_ids and bool(finished.all()):
                 break
 
         if return_type == "tokens" or (return_type == "input" and not given_strings):
             return tokens
         # Special tokens (the BOS we prepended, an EOS that ended the text) are not part of the text.
-        texts = [
-            self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(tokens, mask)
-        ]
-        return texts[0] if isinstance(input, str) else texts
+        tokenizer = self._require_tokenizer()
+        texts = [tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(tokens, mask)]
+        return texts[0] if len(texts) == 1 else texts
 
     def _empty_kv_cache(self, batch: int) -> list[KVCacheEntry]:
         shape = (batch, 0, self.cfg.n_key_value_heads, self.cfg.d_head)
@@ -533,7 +869,7 @@ class HookedGatedQwen3(HookedRootModule):
                 "refactor_factored_attn_matrices cannot apply with rotary embeddings: the QK circuit depends "
                 "on the query and key positions (and here on the q/k norms). Leave it False."
             )
-        if fold_value_biases and self.cfg.gate != "none":
+        if fold_value_biases and self.cfg.is_gated:
             weight_processing.fold_value_biases(self.state_dict(), self.cfg)  # raises before any change
         if self.unembed.tied and weight_processing.needs_own_unembedding(self.state_dict(), fold_ln, center_unembed):
             self.unembed.untie()
@@ -618,7 +954,7 @@ class HookedGatedQwen3(HookedRootModule):
 
     @property
     def W_G(self) -> Float[Tensor, "layer head d_model gate"]:
-        if self.cfg.gate == "none":
+        if not self.cfg.is_gated:
             raise AttributeError("this model has no attention-output gate (cfg.gate == 'none')")
         return self._stack_attn("W_G")
 
@@ -655,7 +991,7 @@ class HookedGatedQwen3(HookedRootModule):
 
     @property
     def b_G(self) -> Float[Tensor, "layer head gate"]:
-        if self.cfg.gate == "none":
+        if not self.cfg.is_gated:
             raise AttributeError("this model has no attention-output gate (cfg.gate == 'none')")
         return self._stack_bias("attn", "b_G")
 
@@ -690,6 +1026,33 @@ class HookedGatedQwen3(HookedRootModule):
             f"n_heads={c.n_heads}, n_key_value_heads={c.n_key_value_heads}, d_head={c.d_head}, "
             f"d_vocab={c.d_vocab}, params={c.n_params / 1e6:.1f}M)"
         )
+
+
+def _observer(fn: Callable) -> Callable:
+    """A caching hook, marked as one that reads its activation and returns nothing."""
+
+    def hook_fn(tensor: Tensor, hook: HookPoint) -> None:
+        fn(tensor, hook=hook)
+
+    hook_fn._observes_only = True
+    return hook_fn
+
+
+def _resolve_names_filter(names_filter: Any) -> Any:
+    """A `names_filter` whose names (a string or list) may be any spelling `gated_interp.hooks` resolves."""
+    if isinstance(names_filter, str):
+        return hooks.resolve(names_filter)
+    if isinstance(names_filter, (list, tuple, set)):
+        return [hooks.resolve(name) for name in names_filter]
+    return names_filter
+
+
+def _unknown_hook_message(model: HookedGatedQwen3, name: str) -> str:
+    found = hooks.lookup(name)
+    if found is not None and not found[0].exists_in(model.cfg):
+        why = "only gated models have it" if found[0].gated_only else "it needs cfg.use_qk_norm"
+        return f"{name!r}: this model has no such hook ({why})"
+    return f"{name!r} is not a hook of this model; see gated_interp.hooks.HOOKS (or model.hook_dict) for the names"
 
 
 # The unembedding's parameter was once called `unembed._W_U`; its random initialisation stays

@@ -94,7 +94,7 @@ def fold_value_biases(state_dict: StateDict, cfg: GatedQwen3Config) -> StateDict
 
 def fold_layer_norm_updates(state_dict: StateDict, cfg: GatedQwen3Config, in_place: bool = False) -> Updates:
     """In place, a tied state dict must already have its own `unembed.W_U` (see `needs_own_unembedding`)."""
-    readers_of_ln1 = ("W_Q", "_W_K", "_W_V") + (("W_G",) if cfg.gate != "none" else ())
+    readers_of_ln1 = ("W_Q", "_W_K", "_W_V") + (("W_G",) if cfg.is_gated else ())
     for layer in range(cfg.n_layers):
         block = f"blocks.{layer}"
         ln1, ln2 = state_dict[f"{block}.ln1.w"], state_dict[f"{block}.ln2.w"]
@@ -128,7 +128,7 @@ def needs_own_unembedding(state_dict: StateDict, fold_ln: bool, center_unembed: 
 
 
 def fold_value_biases_updates(state_dict: StateDict, cfg: GatedQwen3Config) -> Updates:
-    if cfg.gate != "none":
+    if cfg.is_gated:
         raise ValueError(
             f"fold_value_biases cannot apply to a gated model (gate={cfg.gate!r}): the gate scales each "
             "head's value-bias contribution per query, so it is not a constant that b_O could absorb. "

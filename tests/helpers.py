@@ -146,7 +146,11 @@ def random_tokens(model, batch: int, pos: int, seed: int = 0) -> torch.Tensor:
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest absolute elementwise difference (in float32) of two tensors of the same shape."""
     assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+    if not a.numel():
+        return 0.0
+    a, b = a.float(), b.float()
+    # equal infinities (masked attention scores) count as equal, not as nan
+    return torch.where(a == b, 0.0, (a - b).abs()).max().item()
 
 
 @contextlib.contextmanager
@@ -169,3 +173,32 @@ def require_bundled() -> None:
     missing = [v for v in gated_interp.VARIANTS if not (TINY_DIR / v / "config.json").is_file()]
     missing += [f for f in ("metrics.json", "heldout_tokens.safetensors") if not (TINY_DIR / f).is_file()]
     assert not missing, f"bundled tiny models missing from {TINY_DIR}: {missing}"
+
+
+# ---- TransformerLens-parity models -------------------------------------------------------
+PARITY_BUNDLED = ("baseline", "gate_headwise", "gate_elementwise")
+# Random checkpoints with biases on q, k, v, o (and the gate): GQA 4 query / 2 kv heads, and one
+# plain multi-head model (TransformerLens' K/V path patching refuses GQA).
+RANDOM_WITH_BIASES = {
+    "random_headwise": dict(gate="headwise"),
+    "random_elementwise": dict(gate="elementwise"),
+    "random_mha_elementwise": dict(gate="elementwise", num_key_value_heads=4),
+}
+
+
+def parity_folders(tmp_path_factory, seed: int = 5) -> dict:
+    """Write each RANDOM_WITH_BIASES checkpoint once: {kind: folder}."""
+    folders = {}
+    for kind, spec in RANDOM_WITH_BIASES.items():
+        folder = tmp_path_factory.mktemp(kind)
+        make_tiny(folder, seed=seed, qkv_bias=True, **spec)
+        folders[kind] = folder
+    return folders
+
+
+def parity_model(kind: str, folders: dict, **load_kwargs):
+    """A bundled tiny model (`kind` in PARITY_BUNDLED), or a random model with biases from `folders`."""
+    load_kwargs.setdefault("progress", False)
+    if kind in PARITY_BUNDLED:
+        return gated_interp.load_hooked(kind, size="tiny", device="cpu", **load_kwargs)
+    return gated_interp.load_hooked(str(folders[kind]), device="cpu", **load_kwargs)

@@ -20,6 +20,8 @@ from gated_interp.analysis import (
     key_importance,
     m_act,
     massive_activations,
+    max_abs_resid,
+    max_abs_resid_by_layer,
     max_activation_by_layer,
     mean_gate_by_head,
     mean_gate_score,
@@ -206,9 +208,13 @@ def test_planted_massive_activation(tmp_path):
     for row in frame.itertuples():
         assert (row.batch, row.position, row.dim) == (1, 2, 7)  # the residual stream carries it on
         assert row.massive and row.n_massive == 1 and row.max_abs > 4000 and row.ratio > 1000
-    assert m_act(cache) == pytest.approx(frame["max_abs"].mean())
+    assert max_abs_resid(cache) == pytest.approx(frame["max_abs"].mean())
+    with pytest.deprecated_call():
+        assert m_act(cache) == max_abs_resid(cache)
+    with pytest.deprecated_call():
+        assert torch.equal(max_activation_by_layer(cache), max_abs_resid_by_layer(cache))
     torch.testing.assert_close(
-        max_activation_by_layer(cache), torch.tensor(frame["max_abs"].to_numpy(), dtype=torch.float32)
+        max_abs_resid_by_layer(cache), torch.tensor(frame["max_abs"].to_numpy(), dtype=torch.float32)
     )
 
     _, clean = model.run_with_cache(tokens)
@@ -241,7 +247,15 @@ def test_compare_variants_columns_and_values(two_variants):
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
     frame = compare_variants(two_variants, tokens, attention_mask=mask, batch_size=None, progress=False)
     assert list(frame.index) == ["baseline", "gate_elementwise"]
-    assert list(frame.columns) == ["f_attn", "sink_rate", "m_act", "mean_gate", "loss"]
+    assert list(frame.columns) == [
+        "first_token_attention",
+        "sink_rate",
+        "max_abs_resid",
+        "mean_gate",
+        "loss",
+        "f_attn",
+        "m_act",
+    ]
     assert math.isnan(frame.loc["baseline", "mean_gate"])
     assert 0 < frame.loc["gate_elementwise", "mean_gate"] < 1
     for name, model in two_variants.items():
@@ -249,11 +263,42 @@ def test_compare_variants_columns_and_values(two_variants):
             loss = float(model(tokens, attention_mask=mask, return_type="loss"))
         assert frame.loc[name, "loss"] == pytest.approx(loss, rel=1e-5)
         _, cache = model.run_with_cache(tokens, attention_mask=mask)
-        assert frame.loc[name, "f_attn"] == pytest.approx(float(first_token_attention(cache, mask, per="model")))
-        assert frame.loc[name, "m_act"] == pytest.approx(m_act(cache, mask))
+        expected = float(first_token_attention(cache, mask, per="model"))
+        assert frame.loc[name, "first_token_attention"] == pytest.approx(expected)
+        assert frame.loc[name, "max_abs_resid"] == pytest.approx(max_abs_resid(cache, mask))
+        assert frame.loc[name, "f_attn"] == frame.loc[name, "first_token_attention"]  # deprecated copy
+        assert frame.loc[name, "m_act"] == frame.loc[name, "max_abs_resid"]
     # Batching (with its own padding per batch) changes none of the pooled numbers.
     batched = compare_variants(two_variants, tokens, attention_mask=mask, batch_size=1, progress=False)
     pd.testing.assert_frame_equal(batched, frame, rtol=1e-5)
+    # The old full-cache path gives the same table.
+    cached = compare_variants(two_variants, tokens, attention_mask=mask, batch_size=2, progress=False, method="cache")
+    pd.testing.assert_frame_equal(cached, frame, rtol=1e-5)
+
+
+def test_compare_variants_bootstrap_intervals(two_variants):
+    tokens = random_tokens(two_variants["baseline"], 6, 7, seed=2)
+    plain = compare_variants(two_variants, tokens, batch_size=4, progress=False)
+    frame = compare_variants(two_variants, tokens, batch_size=4, progress=False, n_boot=300, ci=0.9, seed=1)
+    for column in ("first_token_attention", "sink_rate", "max_abs_resid", "mean_gate", "loss"):
+        pd.testing.assert_series_equal(frame[column], plain[column])
+        for name in two_variants:
+            value, lo, hi = (frame.loc[name, f"{column}{end}"] for end in ("", "_lo", "_hi"))
+            if math.isnan(value):
+                assert math.isnan(lo) and math.isnan(hi)  # mean gate of the baseline
+            else:
+                assert lo <= value + 1e-9 <= hi + 2e-9
+    # The loss interval is the bootstrap of per-sequence (summed loss, predicted tokens) pairs.
+    from gated_interp.analysis.bootstrap import bootstrap_ci, ratio_of_sums
+
+    model = two_variants["gate_elementwise"]
+    with torch.no_grad():
+        nll = model(tokens, return_type="loss", loss_per_token=True)
+    pairs = torch.stack([nll.sum(-1), torch.full((6,), 6.0)], dim=-1).double()
+    lo, hi = bootstrap_ci(pairs, ratio_of_sums, n_boot=300, ci=0.9, seed=1)
+    assert frame.loc["gate_elementwise", "loss_lo"] == pytest.approx(float(lo), rel=1e-5)
+    assert frame.loc["gate_elementwise", "loss_hi"] == pytest.approx(float(hi), rel=1e-5)
+    assert (frame["loss_hi"] > frame["loss_lo"]).all()
 
 
 def test_compare_variants_with_string_prompts(two_variants, tmp_path):

@@ -75,7 +75,7 @@ def test_sinks_prints_table_and_writes_csv(released, tmp_path, capsys):
         assert header in printed
     table = pd.read_csv(csv, index_col="variant")
     assert list(table.index) == list(VARIANTS)
-    assert list(table.columns) == ["f_attn", "sink_rate", "m_act", "mean_gate", "loss"]
+    assert list(table.columns) == ["first_token_attention", "sink_rate", "max_abs_resid", "mean_gate", "loss"]
     assert table.loc["baseline", "mean_gate"] != table.loc["baseline", "mean_gate"]  # NaN: no gate
     assert 0 < table.loc["gate_headwise", "mean_gate"] < 1
 

@@ -85,13 +85,17 @@ def test_folded_and_raw_give_the_same_logits_and_every_hook(load, kind):
     """Folding moves weights only: every hook value (ln*.hook_normalized is the unweighted norm
     output, so it does not move either) and the logits agree to float rounding."""
     raw, folded = load(kind, fold_ln=False), load(kind)
-    for model in (raw, folded):
-        model.set_use_attn_result(True)  # so that hook_result fires as well
+    for model in (raw, folded):  # so that the switched hooks fire as well (use_attn_in excludes split inputs)
+        model.set_use_attn_result(True)
+        model.set_use_split_qkv_input(True)
+        model.set_use_hook_mlp_in(True)
+        model.set_use_hook_tokens(True)
     tokens = _tokens(raw)
     raw_logits, raw_cache = raw.run_with_cache(tokens)
     folded_logits, folded_cache = folded.run_with_cache(tokens)
     assert max_diff(folded_logits, raw_logits) <= TOL
-    assert set(folded_cache.keys()) == set(raw_cache.keys()) == set(raw.hook_dict)
+    every_hook = {name for name in raw.hook_dict if not name.endswith("hook_attn_in")}
+    assert set(folded_cache.keys()) == set(raw_cache.keys()) == every_hook
     changed = [name for name in raw_cache.keys() if max_diff(folded_cache[name], raw_cache[name]) > TOL]
     assert changed == []
 

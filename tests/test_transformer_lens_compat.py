@@ -87,10 +87,13 @@ def test_hook_names_and_shapes(tok_model, gate):
     assert set(cache.keys()) == set(expected)  # nothing missing, nothing extra (no gate hooks in baseline)
     for name, shape in expected.items():
         assert tuple(cache[name].shape) == shape, name
-    # hook_result exists on every model but only fires with cfg.use_attn_result
-    assert set(model.hook_dict) == set(expected) | {
-        f"blocks.{layer}.attn.hook_result" for layer in range(config["num_hidden_layers"])
-    }
+    # hook_result, the split inputs, hook_mlp_in and hook_tokens exist on every model but only
+    # fire after their set_use_* switch (TransformerLens' use_attn_result, use_split_qkv_input, ...)
+    switched = {"hook_tokens"}
+    for layer in range(config["num_hidden_layers"]):
+        switched |= {f"blocks.{layer}.attn.hook_{n}" for n in ("result", "q_input", "k_input", "v_input", "attn_in")}
+        switched.add(f"blocks.{layer}.hook_mlp_in")
+    assert set(model.hook_dict) == set(expected) | switched
 
     pattern = cache["pattern", 0]
     assert torch.allclose(pattern.sum(-1), torch.ones(B, h, P), atol=1e-5)

@@ -9,12 +9,23 @@ and returns tensors or DataFrames; drawing them is `gated_interp.plotting`'s job
     sink_rate(cache, eps=0.3, attention_mask=mask)
     massive_activations(cache, mask)            # DataFrame, one row per layer
     gate_stats(cache, mask)                     # DataFrame, one row per (layer, head)
-    compare_variants({"baseline": m0, "gate_headwise": m1}, prompts)
+    gate_attribution(cache, layer=2, head=1, pos=0)  # what drives that gate logit
+    head_quietness(cache, mask)                 # DataFrame: quiet through a sink, the gate, or active
+    compare_variants({"baseline": m0, "gate_headwise": m1}, prompts, n_boot=1000)  # with 95% intervals
+
+At long context a full cache does not fit (every layer's `[batch, head, pos, pos]` pattern):
+`analysis.streaming` computes the same numbers from a model and tokens, one layer at a time and
+without the pattern (`streaming.first_token_attention(model, tokens)`, `measure(model, tokens)`).
+`compare_variants` streams. One name per quantity: first_token_attention (F-Attn), sink_rate,
+max_abs_resid (M-Act), mean_gate, loss.
 
 Layers and heads are 0-based throughout.
 """
 
+from gated_interp.analysis import bootstrap, streaming
+from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.analysis.compare import compare_variants, measure_variant
+from gated_interp.analysis.gate_attribution import gate_attribution, gate_attribution_stack, top_gate_contributors
 from gated_interp.analysis.gates import gate_stats, gate_values, mean_gate_by_head, mean_gate_score
 from gated_interp.analysis.interventions import (
     ablation_effects,
@@ -26,7 +37,14 @@ from gated_interp.analysis.interventions import (
     remove_sink,
     zero_ablate_heads,
 )
-from gated_interp.analysis.massive import m_act, massive_activations, max_activation_by_layer
+from gated_interp.analysis.massive import (
+    m_act,
+    massive_activations,
+    max_abs_resid,
+    max_abs_resid_by_layer,
+    max_activation_by_layer,
+)
+from gated_interp.analysis.quietness import head_quietness
 from gated_interp.analysis.sinks import (
     first_token_attention,
     first_token_attention_by_layer,
@@ -34,28 +52,40 @@ from gated_interp.analysis.sinks import (
     key_importance,
     sink_rate,
 )
+from gated_interp.analysis.streaming import Measurement, measure
 
 __all__ = [
+    "Measurement",
     "ablation_effects",
+    "bootstrap",
+    "bootstrap_ci",
     "compare_variants",
     "first_token_attention",
     "first_token_attention_by_layer",
     "fix_gates",
+    "gate_attribution",
+    "gate_attribution_stack",
     "gate_stats",
     "gate_values",
     "head_averaged_patterns",
+    "head_quietness",
     "intervene",
     "key_importance",
     "m_act",
     "massive_activations",
+    "max_abs_resid",
+    "max_abs_resid_by_layer",
     "max_activation_by_layer",
     "mean_ablate_heads",
     "mean_gate_by_head",
     "mean_gate_score",
     "mean_gates",
+    "measure",
     "measure_variant",
     "open_gates",
     "remove_sink",
     "sink_rate",
+    "streaming",
+    "top_gate_contributors",
     "zero_ablate_heads",
 ]

@@ -15,12 +15,12 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-# Short name of a hook → (key template, what `names_filter` must let through to keep it).
+from gated_interp import hooks
+
+# Short name of a hook → (key template from the hook table, what `names_filter` must let through to keep it).
 HOOKS = {
-    "pattern": ("blocks.{layer}.attn.hook_pattern", "pattern"),
-    "gate": ("blocks.{layer}.attn.hook_gate", "hook_gate"),
-    "z": ("blocks.{layer}.attn.hook_z", "hook_z"),
-    "resid_post": ("blocks.{layer}.hook_resid_post", "resid_post"),
+    short: (hooks.spec(short).template, word)
+    for short, word in (("pattern", "pattern"), ("gate", "hook_gate"), ("z", "hook_z"), ("resid_post", "resid_post"))
 }
 
 

@@ -20,8 +20,9 @@ def as_batches(
 ) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]]:
     """Yield `(tokens [batch, pos], attention_mask [batch, pos])` chunks of at most `batch_size`.
 
-    Strings are tokenised per chunk by `model._tokenize` (right-padded, so position 0 is always a
-    real token); token tensors are cut into chunks as given, with `attention_mask` or all ones.
+    Strings are tokenised per chunk by `model.to_tokens(..., return_attention_mask=True)`
+    (right-padded, so position 0 is always a real token); token tensors are cut into chunks as
+    given, with `attention_mask` or all ones.
     """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
@@ -53,7 +54,7 @@ def as_batches(
         raise ValueError("attention_mask is only for token tensors; strings are padded and masked for you")
     size = batch_size or len(prompts)
     for start in range(0, len(prompts), size):
-        yield model._tokenize(prompts[start : start + size])
+        yield model.to_tokens(prompts[start : start + size], return_attention_mask=True)
 
 
 def n_sequences(prompts: Prompts) -> int:

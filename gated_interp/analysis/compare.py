@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
-import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from gated_interp.analysis._inputs import Prompts, as_batches, n_sequences
-from gated_interp.analysis.gates import mean_gate_score
-from gated_interp.analysis.massive import max_activation_by_layer
-from gated_interp.analysis.sinks import first_token_attention, sink_rate
+from gated_interp.analysis._inputs import Prompts
+from gated_interp.analysis.streaming import QUANTITIES, measure
 
-COLUMNS = ("f_attn", "sink_rate", "m_act", "mean_gate", "loss")
-
-
-def _keep(name: str) -> bool:
-    # Only what the measurements read, so that large models' caches stay small.
-    return name.endswith(("hook_pattern", "hook_resid_post", "attn.hook_gate"))
+COLUMNS = QUANTITIES
+# Deprecated column names (the paper's F-Attn and M-Act), kept as copies for code written against
+# earlier versions; use first_token_attention and max_abs_resid.
+DEPRECATED_COLUMNS = {"f_attn": "first_token_attention", "m_act": "max_abs_resid"}
 
 
-@torch.no_grad()
 def measure_variant(
     model: Any,
     prompts: Prompts,
@@ -34,41 +26,14 @@ def measure_variant(
     eps: float = 0.3,
     progress: bool = True,
     desc: str = "",
+    method: Literal["stream", "cache"] = "stream",
 ) -> dict[str, float]:
-    """F-Attn, sink rate, M-Act, mean gate score (NaN if ungated) and loss of one model on the
-    prompts, pooled over batches exactly as one big batch would give them."""
-    gated = model.cfg.gate != "none"
-    sums = {"f_attn": 0.0, "sink_rate": 0.0, "mean_gate": 0.0, "loss": 0.0}
-    counts = {"f_attn": 0.0, "sink_rate": 0.0, "mean_gate": 0.0, "loss": 0.0}
-    layer_max: Tensor | None = None
-    total = math.ceil(n_sequences(prompts) / batch_size) if batch_size else 1
-    for tokens, mask in tqdm(
-        as_batches(model, prompts, batch_size, attention_mask), total=total, desc=desc, disable=not progress
-    ):
-        if tokens.shape[1] < 2:
-            raise ValueError("compare_variants needs prompts of at least 2 tokens (for attention to token 0 and loss)")
-        logits, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=_keep)
-        # Each measurement is a mean over its own unit (query, sequence, gate value, predicted
-        # token); weighting batches by those counts makes the pooled value exact.
-        n_queries = float(mask[:, 1:].sum())
-        n_predicted = float((mask[:, 1:] * mask[:, :-1]).sum())
-        if n_queries:
-            sums["f_attn"] += float(first_token_attention(cache, mask, per="model")) * n_queries
-            counts["f_attn"] += n_queries
-        sums["sink_rate"] += sink_rate(cache, eps, 0, mask) * tokens.shape[0]
-        counts["sink_rate"] += tokens.shape[0]
-        batch_max = max_activation_by_layer(cache, mask)
-        layer_max = batch_max if layer_max is None else torch.maximum(layer_max, batch_max)
-        if gated:
-            n_real = float(mask.sum())
-            sums["mean_gate"] += mean_gate_score(cache, mask) * n_real
-            counts["mean_gate"] += n_real
-        if n_predicted:
-            sums["loss"] += float(model.loss_fn(logits, tokens, mask)) * n_predicted
-            counts["loss"] += n_predicted
-    result = {key: sums[key] / counts[key] if counts[key] else float("nan") for key in sums}
-    result["m_act"] = float(layer_max.mean())
-    return {key: result[key] for key in COLUMNS}
+    """First-token attention, sink rate, max |resid_post| (M-Act), mean gate score (NaN if
+    ungated) and loss of one model on the prompts, pooled over batches exactly as one big batch
+    would give them. A thin wrapper of `streaming.measure(...).summary()`."""
+    return measure(
+        model, prompts, attention_mask, batch_size, eps, method=method, progress=progress or None, desc=desc
+    ).summary()
 
 
 def compare_variants(
@@ -78,20 +43,43 @@ def compare_variants(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     eps: float = 0.3,
     progress: bool = True,
+    n_boot: int = 0,
+    ci: float = 0.95,
+    seed: int = 0,
+    method: Literal["stream", "cache"] = "stream",
 ) -> pd.DataFrame:
     """Run every model on the same prompts (strings, right-padded per batch, or a `[batch, pos]`
     token tensor with an optional `attention_mask`).
 
-    Returns a DataFrame indexed by variant name with columns f_attn (mean attention of queries >= 1
-    to token 0), sink_rate (Gu et al., eps, key 0), m_act (mean over layers of max |resid_post|),
-    mean_gate (NaN for an ungated model) and loss (mean next-token loss, padding excluded).
+    Returns a DataFrame indexed by variant name with columns first_token_attention (the paper's
+    F-Attn: mean attention of real queries >= 1 to token 0), sink_rate (Gu et al., eps, key 0),
+    max_abs_resid (the paper's M-Act: mean over layers of max |resid_post|), mean_gate (NaN for an
+    ungated model) and loss (mean next-token loss, padding excluded).
+
+    With `n_boot > 0`, each column gains `<column>_lo` and `<column>_hi`: a percentile-bootstrap
+    `ci` interval over sequences (`n_boot` resamples, fixed by `seed`). Memory grows linearly
+    with the context (`method="stream"`, see `analysis.streaming`); `method="cache"` is the old
+    full-pattern path. The columns f_attn and m_act are deprecated copies of first_token_attention
+    and max_abs_resid.
     """
     if not models:
         raise ValueError("no models given: pass a dict {variant name: model}")
-    rows = {
-        name: measure_variant(model, prompts, batch_size, attention_mask, eps, progress, desc=name)
-        for name, model in models.items()
-    }
-    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(COLUMNS))
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
+    rows = {}
+    for name, model in models.items():
+        progress_arg = progress or None  # None: the per-layer bar still shows for long contexts
+        m = measure(model, prompts, attention_mask, batch_size, eps, method=method, progress=progress_arg, desc=name)
+        row = m.summary()
+        if n_boot:
+            for column, (lo, hi) in m.bootstrap(n_boot, ci, seed).items():
+                row[f"{column}_lo"], row[f"{column}_hi"] = lo, hi
+        rows[name] = row
+    columns = list(COLUMNS)
+    if n_boot:
+        columns += [f"{column}_{end}" for column in COLUMNS for end in ("lo", "hi")]
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    for old, new in DEPRECATED_COLUMNS.items():
+        frame[old] = frame[new]
     frame.index.name = "variant"
     return frame

@@ -26,9 +26,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.analysis._inputs import Prompts, as_batches
+from gated_interp.analysis.bootstrap import bootstrap_ci
+from gated_interp.hooks import hook_name
+from gated_interp.metrics import Metric, call_metric
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
-Metric = Callable[[Float[Tensor, "batch pos d_vocab"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]], float]
 
 
 # ---- selection -------------------------------------------------------------------------------
@@ -62,7 +64,7 @@ def _by_layer(model: Any, heads: Sequence[tuple[int, int]]) -> dict[int, list[in
 
 
 def _require_gate(model: Any, what: str) -> None:
-    if model.cfg.gate == "none":
+    if not model.cfg.is_gated:
         raise ValueError(
             f"{what} needs a gated model, but this one is ungated (cfg.gate == 'none'): it has no hook_gate; "
             "use a headwise or elementwise variant"
@@ -70,7 +72,7 @@ def _require_gate(model: Any, what: str) -> None:
 
 
 def _gate_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_gate"
+    return hook_name("gate", layer)
 
 
 # ---- gates -----------------------------------------------------------------------------------
@@ -169,9 +171,7 @@ def _set_heads_hooks(
 
         return hook
 
-    return [
-        (f"blocks.{layer}.attn.hook_z", make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()
-    ]
+    return [(hook_name("z", layer), make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()]
 
 
 def zero_ablate_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[Hook]:
@@ -190,11 +190,11 @@ def mean_ablate_heads(
     positions (`[d_head]` per head), at every position."""
     grouped = _by_layer(model, heads)
     tokens, mask = next(as_batches(model, reference_tokens, None, attention_mask))
-    names = {f"blocks.{layer}.attn.hook_z" for layer in grouped}
+    names = {hook_name("z", layer) for layer in grouped}
     _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=lambda name: name in names)
     weights = mask.to(model.cfg.dtype)[:, :, None, None]
     means = {
-        layer: (cache[f"blocks.{layer}.attn.hook_z"] * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, d_head]
+        layer: (cache[hook_name("z", layer)] * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, d_head]
         for layer in grouped
     }
     return _set_heads_hooks(model, heads, lambda layer: means[layer])
@@ -224,7 +224,7 @@ def remove_sink(
         pattern[:, head_index, max(first_query, 0) :] = rows
         return pattern
 
-    return [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in _layers(model, layers)]
+    return [(hook_name("pattern", layer), hook) for layer in _layers(model, layers)]
 
 
 # ---- running ---------------------------------------------------------------------------------
@@ -245,41 +245,106 @@ def ablation_effects(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    n_boot: int = 0,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Loss (and `metric(logits, tokens, attention_mask) -> float`, if given) with each
-    intervention and without.
+    """Loss (and a `Metric`, if given: `metric(logits)` as in TransformerLens, or
+    `metric(logits, tokens, attention_mask)`) with each intervention and without.
 
     Returns a DataFrame indexed by intervention name, with a first row "clean" (no hooks) and
     columns loss, delta_loss (loss - clean loss) and, with a metric, metric and delta_metric.
     Loss is the mean next-token loss, padding excluded; the metric is averaged over batches,
     weighted by sequences.
+
+    With `n_boot > 0`, every column gains `<column>_lo` and `<column>_hi`: a percentile-bootstrap
+    `ci` interval over sequences (`n_boot` resamples, fixed by `seed`; `analysis.bootstrap`). The
+    resampling is paired: one draw of sequences serves every intervention and the clean run, so
+    the delta intervals are those of the differences. The loss is resampled as a pooled mean
+    (summed loss over predicted tokens). The metric needs per-sequence values: a metric that
+    returns `[batch]` values is used as is (the table shows their mean); one that returns a scalar
+    is called once more on each sequence alone (`logits[i:i+1]`), which requires it to work on a
+    batch of one (bind per-prompt answers inside a metric that returns `[batch]` instead).
     """
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
     batches = list(as_batches(model, prompts_or_tokens, batch_size, attention_mask))
 
-    def evaluate(hooks: Sequence[Hook]) -> dict[str, float]:
+    def per_sequence_metric(value: Tensor, logits: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        """`[batch]` values from the metric's value on the batch (calling it per sequence if needed)."""
+        if value.numel() == tokens.shape[0] and value.ndim == 1:
+            return value.double().cpu()
+        if value.numel() != 1:
+            raise ValueError(
+                f"the metric returned shape {tuple(value.shape)}: give a scalar or one value per sequence "
+                f"[{tokens.shape[0]}]"
+            )
+        if not n_boot:
+            return value.double().reshape(1).expand(tokens.shape[0]).cpu()
+        try:
+            single = [
+                call_metric(metric, logits[i : i + 1], tokens[i : i + 1], mask[i : i + 1])
+                for i in range(tokens.shape[0])
+            ]
+        except Exception as error:
+            raise ValueError(
+                "n_boot needs the metric per sequence, and calling it on one sequence (logits[i:i+1]) failed: "
+                "return one value per sequence [batch] from the metric instead"
+            ) from error
+        return torch.tensor([float(v) for v in single], dtype=torch.float64)
+
+    def evaluate(hooks: Sequence[Hook]) -> tuple[dict[str, float], Tensor]:
+        """The row, and per-sequence [seq, 3] (loss sum, predicted tokens, metric)."""
         loss_sum = n_predicted = metric_sum = n_seqs = 0.0
+        per_seq = []
         with intervene(model, hooks):
             for tokens, mask in batches:
                 logits = model(tokens, attention_mask=mask)
-                counted = float((mask[:, 1:] * mask[:, :-1]).sum())
+                pairs = (mask[:, 1:] * mask[:, :-1]).double()
+                counted = float(pairs.sum())
                 loss_sum += float(model.loss_fn(logits, tokens, mask)) * counted
                 n_predicted += counted
+                columns = [pairs.sum(-1).cpu(), pairs.sum(-1).cpu(), torch.zeros(tokens.shape[0], dtype=torch.float64)]
+                if n_boot:
+                    token_loss = model.loss_fn(logits, tokens, mask, per_token=True).detach().double()
+                    columns[0] = (token_loss * pairs).sum(-1).cpu()
                 if metric is not None:
-                    metric_sum += float(metric(logits, tokens, mask)) * tokens.shape[0]
+                    full = torch.as_tensor(call_metric(metric, logits, tokens, mask)).detach()
+                    values = per_sequence_metric(full, logits, tokens, mask)
+                    metric_sum += (float(full) if full.numel() == 1 else float(values.mean())) * tokens.shape[0]
                     n_seqs += tokens.shape[0]
+                    columns[2] = values
+                per_seq.append(torch.stack(columns, dim=-1))
         row = {"loss": loss_sum / n_predicted if n_predicted else float("nan")}
         if metric is not None:
             row["metric"] = metric_sum / n_seqs
-        return row
+        return row, torch.cat(per_seq)
 
     if "clean" in interventions:
         raise ValueError('"clean" names the run without hooks: give that intervention another name')
-    rows = {"clean": evaluate([])}
-    for name, hooks in tqdm(interventions.items(), desc="interventions", disable=not progress):
-        rows[name] = evaluate(hooks)
+    rows, per_seq = {}, []
+    for name, hooks in tqdm({"clean": [], **interventions}.items(), desc="interventions", disable=not progress):
+        rows[name], values = evaluate(hooks)
+        per_seq.append(values)
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame["delta_loss"] = frame["loss"] - frame.loc["clean", "loss"]
     if metric is not None:
         frame["delta_metric"] = frame["metric"] - frame.loc["clean", "metric"]
+    if n_boot:
+        columns = ["loss", "delta_loss"] + (["metric", "delta_metric"] if metric is not None else [])
+        stacked = torch.stack(per_seq, dim=1)  # [seq, run, (loss sum, count, metric)]
+
+        def statistic(sample: Tensor) -> Tensor:  # [seq, run, 3] -> [column, run]
+            loss = sample[..., 0].sum(0) / sample[..., 1].sum(0)
+            out = [loss, loss - loss[0]]
+            if metric is not None:
+                value = sample[..., 2].mean(0)
+                out += [value, value - value[0]]
+            return torch.stack(out)
+
+        lo, hi = bootstrap_ci(stacked, statistic, n_boot=n_boot, ci=ci, seed=seed)
+        for i, column in enumerate(columns):
+            frame[f"{column}_lo"] = lo[i].numpy()
+            frame[f"{column}_hi"] = hi[i].numpy()
     frame.index.name = "intervention"
     return frame

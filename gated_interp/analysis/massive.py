@@ -9,6 +9,7 @@ Padding positions (`attention_mask == 0`) are left out of maxima and medians.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -28,21 +29,35 @@ def _resid_post(
     return resid, real
 
 
-def max_activation_by_layer(
+def max_abs_resid_by_layer(
     cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer"]:
     """Largest |hidden state| value after each block, over real positions: `[layer]`."""
-    layers = require_layers(cache, "resid_post", "max_activation_by_layer")
+    layers = require_layers(cache, "resid_post", "max_abs_resid_by_layer")
     maxima = []
     for layer in layers:
-        resid, real = _resid_post(cache, layer, attention_mask, "max_activation_by_layer")
+        resid, real = _resid_post(cache, layer, attention_mask, "max_abs_resid_by_layer")
         maxima.append(resid.abs()[real].max())
     return torch.stack(maxima)
 
 
-def m_act(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+def max_abs_resid(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
     """The paper's M-Act: the mean over layers of the largest |hidden state| value."""
-    return float(max_activation_by_layer(cache, attention_mask).mean())
+    return float(max_abs_resid_by_layer(cache, attention_mask).mean())
+
+
+def max_activation_by_layer(
+    cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
+) -> Float[Tensor, "layer"]:
+    """Deprecated name of `max_abs_resid_by_layer`."""
+    warnings.warn("max_activation_by_layer is deprecated: use max_abs_resid_by_layer", DeprecationWarning, stacklevel=2)
+    return max_abs_resid_by_layer(cache, attention_mask)
+
+
+def m_act(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+    """Deprecated name of `max_abs_resid` (the paper's M-Act)."""
+    warnings.warn("m_act is deprecated: use max_abs_resid", DeprecationWarning, stacklevel=2)
+    return max_abs_resid(cache, attention_mask)
 
 
 def massive_activations(

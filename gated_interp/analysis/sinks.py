@@ -23,9 +23,10 @@ from torch import Tensor
 from gated_interp.analysis._cache import get, real_positions, require_layers
 
 
-def _stack_patterns(cache: Any, what: str) -> Float[Tensor, "layer batch head q_pos k_pos"]:
-    layers = require_layers(cache, "pattern", what)
-    return torch.stack([get(cache, "pattern", layer, what).float() for layer in layers])
+def _patterns(cache: Any, what: str) -> list[Float[Tensor, "batch head q_pos k_pos"]]:
+    """Every cached layer's pattern, in layer order (read one at a time: never stacked, so no
+    second copy of all layers' patterns is made)."""
+    return [get(cache, "pattern", layer, what) for layer in require_layers(cache, "pattern", what)]
 
 
 def first_token_attention(
@@ -37,25 +38,26 @@ def first_token_attention(
 
     Returns `[layer, head]` (`per="head"`), `[layer]` averaged over heads (`per="layer"`), or a
     0-d tensor averaged over layers and heads (`per="model"`, the paper's F-Attn). Every real query
-    of every sequence counts once (a pooled mean over batch and positions).
+    of every sequence counts once (a pooled mean over batch and positions). For long contexts,
+    `analysis.streaming.first_token_attention(model, tokens)` gives the same without a cache.
     """
-    patterns = _stack_patterns(cache, "first_token_attention")
-    _, batch, _, n_q, n_k = patterns.shape
+    if per not in ("head", "layer", "model"):
+        raise ValueError(f"per must be 'head', 'layer' or 'model', got {per!r}")
+    patterns = _patterns(cache, "first_token_attention")
+    batch, _, n_q, n_k = patterns[0].shape
     if n_q < 2:
         raise ValueError("first_token_attention needs sequences of at least 2 tokens: query 0 only sees itself")
-    queries = real_positions(attention_mask, batch, n_k, patterns.device)[:, n_k - n_q :][:, 1:].float()
+    queries = real_positions(attention_mask, batch, n_k, patterns[0].device)[:, n_k - n_q :][:, 1:].float()
     if queries.sum() == 0:
         raise ValueError("no real query at position >= 1: every sequence in the batch is a single token")
-    to_first = patterns[..., 1:, 0]  # [layer, batch, head, q_pos - 1]
-    weighted = (to_first * queries[None, :, None, :]).sum(dim=(1, 3))
-    result = weighted / queries.sum()
+    # Attention of queries >= 1 to key 0, [batch, head, q_pos - 1], weighted by real queries.
+    result = torch.stack([(p[..., 1:, 0].float() * queries[:, None, :]).sum(dim=(0, 2)) for p in patterns])
+    result = result / queries.sum()
     if per == "head":
         return result
     if per == "layer":
         return result.mean(dim=1)
-    if per == "model":
-        return result.mean()
-    raise ValueError(f"per must be 'head', 'layer' or 'model', got {per!r}")
+    return result.mean()
 
 
 def first_token_attention_by_layer(
@@ -75,19 +77,25 @@ def key_importance(
 
     Returns `[layer, head]` averaged over sequences, or `[batch, layer, head]` with
     `per_sequence=True`. Sequences in which `key_position` is padding are NaN per sequence and
-    left out of the average.
+    left out of the average. `analysis.streaming.key_importance(model, tokens)` gives the same
+    without a cache.
     """
-    patterns = _stack_patterns(cache, "key_importance")
-    _, batch, _, n_q, n_k = patterns.shape
+    patterns = _patterns(cache, "key_importance")
+    batch, _, n_q, n_k = patterns[0].shape
     if n_q != n_k:
         raise ValueError("key_importance needs a cache of a full forward pass (queries = keys), not a KV-cached step")
     if not 0 <= key_position < n_k:
         raise ValueError(f"key_position {key_position} is outside the cached sequence length {n_k}")
-    real = real_positions(attention_mask, batch, n_k, patterns.device)
+    real = real_positions(attention_mask, batch, n_k, patterns[0].device)
     queries = real[:, key_position:].float()  # [batch, q >= k]
-    attention = patterns[:, :, :, key_position:, key_position]  # [layer, batch, head, q >= k]
     counts = queries.sum(dim=1)  # [batch]
-    per_seq = (attention * queries[None, :, None, :]).sum(-1) / counts.clamp(min=1)[None, :, None]
+    # Per layer: attention of queries >= k to key k, [batch, head, q >= k], averaged over real queries.
+    per_seq = torch.stack(
+        [
+            (p[:, :, key_position:, key_position].float() * queries[:, None, :]).sum(-1) / counts.clamp(min=1)[:, None]
+            for p in patterns
+        ]
+    )  # [layer, batch, head]
     # A sequence whose key position is padding has no importance for it.
     per_seq = per_seq.masked_fill(~real[:, key_position][None, :, None], float("nan"))
     per_seq = per_seq.permute(1, 0, 2)  # [batch, layer, head]

@@ -26,6 +26,11 @@ checks that none is missing). Within one call the same name means the same size.
     k            patches run in one forward pass (activation patching)
     n_axes       coordinates that name one patch (layer, head, position)
     x            the column axis of a patching result: head or position
+    seq          sequences of a whole measurement, pooled across batches (`analysis.streaming`)
+    key          chosen key positions (`analysis.streaming.attention_to_keys`)
+    boot         bootstrap resamples (`analysis.bootstrap`)
+    rest         any trailing axes a statistic keeps (`analysis.bootstrap`)
+    component    rows of a decomposition (`analysis.gate_attribution_stack`: embed, heads, biases, MLPs)
 """
 
 from gated_interp.components.attention import GatedAttention, KVCacheEntry

@@ -54,7 +54,7 @@ class GatedAttention(nn.Module):
         self._W_V = nn.Parameter(torch.empty(kv, m, d, dtype=cfg.dtype))
         self.W_O = nn.Parameter(torch.empty(h, d, m, dtype=cfg.dtype))
         bias_shapes = {"b_Q": (h, d), "_b_K": (kv, d), "_b_V": (kv, d), "b_O": (m,)}
-        if cfg.gate != "none":
+        if cfg.is_gated:
             self.W_G = nn.Parameter(torch.empty(h, m, cfg.gate_width, dtype=cfg.dtype))
             bias_shapes["b_G"] = (h, cfg.gate_width)
         for name, shape in bias_shapes.items():
@@ -63,6 +63,11 @@ class GatedAttention(nn.Module):
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
 
+        # Per-head copies of the block input (before ln1), with cfg.use_split_qkv_input / use_attn_in.
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; the gate reads it too
+        self.hook_k_input = HookPoint()  # [batch, pos, kv_head, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, kv_head, d_model]
+        self.hook_attn_in = HookPoint()  # [batch, pos, head, d_model]
         self.hook_q = HookPoint()  # [batch, pos, head, d_head], raw projection
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
@@ -73,7 +78,7 @@ class GatedAttention(nn.Module):
         self.hook_rot_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos], scaled and masked
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
-        if cfg.gate != "none":
+        if cfg.is_gated:
             self.hook_z_pre_gate = HookPoint()  # [batch, pos, head, d_head], the SDPA output
             self.hook_gate_logits = HookPoint()  # [batch, pos, head, gate]
             self.hook_gate = HookPoint()  # [batch, pos, head, gate], sigmoid(gate logits)
@@ -125,6 +130,28 @@ class GatedAttention(nn.Module):
         weight = W.transpose(0, 1).reshape(d_model, heads * width)
         return F.linear(x, weight.T, b.flatten()).unflatten(-1, (heads, width))
 
+    @staticmethod
+    def _project_heads(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+        """Per-head inputs `x [batch, pos, head, d_model]` times `W [head, d_model, d]` plus `b [head, d]`."""
+        return einops.einsum(x, W, "batch pos head d_model, head d_model d -> batch pos head d") + b
+
+    def _split_inputs(self, resid_pre: Tensor, norm: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+        """TransformerLens' split inputs: per-head copies of the block input, hooked, then normed.
+        Returns normed (query/gate, key, value) inputs, `[batch, pos, head|kv_head, d_model]`."""
+        cfg = self.cfg
+
+        def fork(n: int) -> Tensor:
+            return resid_pre[:, :, None, :].expand(-1, -1, n, -1).clone()
+
+        if cfg.use_split_qkv_input:
+            q_in = self.hook_q_input(fork(cfg.n_heads))
+            k_in = self.hook_k_input(fork(cfg.n_key_value_heads))
+            v_in = self.hook_v_input(fork(cfg.n_key_value_heads))
+        else:  # use_attn_in: one copy per query head; key-value head j reads copy j (as TransformerLens)
+            q_in = self.hook_attn_in(fork(cfg.n_heads))
+            k_in = v_in = q_in[:, :, : cfg.n_key_value_heads]
+        return norm.normalize(q_in), norm.normalize(k_in), norm.normalize(v_in)
+
     def forward(
         self,
         x: Float[Tensor, "batch pos d_model"],
@@ -132,12 +159,24 @@ class GatedAttention(nn.Module):
         sin: Float[Tensor, "batch pos d_head"],
         mask: Bool[Tensor, "batch 1 q_pos k_pos"] | None = None,
         past_kv: KVCacheEntry | None = None,
+        split_norm: nn.Module | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        """`mask` is True where a query may read a key; None means plainly causal, no padding."""
+        """`mask` is True where a query may read a key; None means plainly causal, no padding.
+
+        `x` is ln1's output, or, with `split_norm` (cfg.use_split_qkv_input / use_attn_in), the
+        block input itself, which is copied per head, hooked, and normed by `split_norm`."""
         cfg = self.cfg
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(x, self._W_K, self._b_K))
-        v = self.hook_v(self._project(x, self._W_V, self._b_V))
+        if split_norm is None:
+            q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
+            k = self.hook_k(self._project(x, self._W_K, self._b_K))
+            v = self.hook_v(self._project(x, self._W_V, self._b_V))
+            gate_in = x
+        else:
+            q_in, k_in, v_in = self._split_inputs(x, split_norm)
+            q = self.hook_q(self._project_heads(q_in, self.W_Q, self.b_Q))
+            k = self.hook_k(self._project_heads(k_in, self._W_K, self._b_K))
+            v = self.hook_v(self._project_heads(v_in, self._W_V, self._b_V))
+            gate_in = q_in
         if cfg.use_qk_norm:
             q = self.hook_q_normed(self.q_norm(q))
             k = self.hook_k_normed(self.k_norm(k))
@@ -148,10 +187,11 @@ class GatedAttention(nn.Module):
 
         z = self._attend(q, k, v, mask)
 
-        if cfg.gate != "none":
+        if cfg.is_gated:
             # The paper's G1 gate: query-dependent, from the same residual input as the queries.
             z = self.hook_z_pre_gate(z)
-            gate_logits = self.hook_gate_logits(self._project(x, self.W_G, self.b_G))
+            project = self._project if split_norm is None else self._project_heads
+            gate_logits = self.hook_gate_logits(project(gate_in, self.W_G, self.b_G))
             z = z * self.hook_gate(torch.sigmoid(gate_logits))
         z = self.hook_z(z)
 

@@ -13,8 +13,13 @@ from gated_interp.config import GatedQwen3Config
 
 
 class TransformerBlock(nn.Module):
+    # Read by TransformerLens 4.x's logit lens: the block's output (hook_resid_post) is the one
+    # residual stream the next block, or ln_final and the unembedding, read.
+    hook_out_is_single_residual_stream = True
+
     def __init__(self, cfg: GatedQwen3Config, layer: int):
         super().__init__()
+        self.cfg = cfg
         self.layer = layer
         self.ln1 = RMSNorm(cfg.d_model, cfg.rms_norm_eps, cfg.dtype)
         self.attn = GatedAttention(cfg)
@@ -23,6 +28,7 @@ class TransformerBlock(nn.Module):
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], with cfg.use_hook_mlp_in
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
@@ -34,8 +40,15 @@ class TransformerBlock(nn.Module):
         mask: Bool[Tensor, "batch 1 q_pos k_pos"] | None = None,
         past_kv: KVCacheEntry | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
+        cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), cos, sin, mask, past_kv))
+        normed = self.ln1(resid_pre)  # ln1's hooks always see the block input itself
+        if cfg.use_split_qkv_input or cfg.use_attn_in:
+            attn_out = self.attn(resid_pre, cos, sin, mask, past_kv, split_norm=self.ln1)
+        else:
+            attn_out = self.attn(normed, cos, sin, mask, past_kv)
+        attn_out = self.hook_attn_out(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid_mid + mlp_out)

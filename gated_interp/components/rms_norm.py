@@ -24,9 +24,18 @@ class RMSNorm(nn.Module):
         self.hook_normalized = HookPoint() if hooked else nn.Identity()  # [..., width]
 
     def forward(self, x: Float[Tensor, "... width"]) -> Float[Tensor, "... width"]:
+        return self.normalize(x, hooked=True)
+
+    def normalize(self, x: Float[Tensor, "... width"], hooked: bool = False) -> Float[Tensor, "... width"]:
+        """The norm; without `hooked`, `hook_scale`/`hook_normalized` do not fire (for the per-head
+        split inputs, whose scales are not the block's)."""
         in_dtype = x.dtype
         # Upcast half precision as HF does, but never downcast a float64 model.
         x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-        scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        normalized = self.hook_normalized(x32 / scale).to(in_dtype)
-        return normalized * self.w
+        scale = (x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        if hooked:
+            scale = self.hook_scale(scale)
+        normalized = x32 / scale
+        if hooked:
+            normalized = self.hook_normalized(normalized)
+        return normalized.to(in_dtype) * self.w

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from gated_interp.config import GatedQwen3Config
+from gated_interp.config import GatedQwen3Config, variant_of
 from gated_interp.loading.hf_config import config_from_hf, gate_kind, read_config_json
 from gated_interp.loading.load import TOKENIZER_FILES
 from gated_interp.loading.state_dict import IGNORED_SUFFIXES
 from gated_interp.loading.weight_files import FLOAT_DTYPES, WeightFiles
-
-_VARIANT_OF_GATE = {"none": "baseline", "headwise": "gate_headwise", "elementwise": "gate_elementwise"}
 
 
 def describe_checkpoint(folder: Path, variant: str | None = None) -> list[tuple[str, str]]:
@@ -34,7 +32,7 @@ def describe_checkpoint(folder: Path, variant: str | None = None) -> list[tuple[
     return [
         ("folder", str(folder)),
         ("model_type", str(hf.get("model_type"))),
-        ("variant", variant or _VARIANT_OF_GATE[gate_kind(hf)] + " (from config)"),
+        ("variant", variant or variant_of(gate_kind(hf)) + " (from config)"),
         ("gate", gate_text(cfg)),
         ("layers", str(cfg.n_layers)),
         ("d_model", str(cfg.d_model)),
@@ -57,7 +55,7 @@ def describe_checkpoint(folder: Path, variant: str | None = None) -> list[tuple[
 
 
 def gate_text(cfg: GatedQwen3Config) -> str:
-    if cfg.gate == "none":
+    if not cfg.is_gated:
         return "none (plain softmax attention)"
     return f"{cfg.gate}: sigmoid gate on the attention output, {cfg.gate_width} score(s) per head"
 
@@ -65,7 +63,7 @@ def gate_text(cfg: GatedQwen3Config) -> str:
 def qproj_layout_text(cfg: GatedQwen3Config) -> str:
     """e.g. "per kv group: 2 heads x 64 query rows + 2 x 1 gate rows; 8 groups, 2048 rows"."""
     layout = f"per kv group: {cfg.n_groups} heads x {cfg.d_head} query rows"
-    if cfg.gate != "none":
+    if cfg.is_gated:
         layout += f" + {cfg.n_groups} x {cfg.gate_width} gate rows"
     return f"{layout}; {cfg.n_key_value_heads} groups, {cfg.d_q_proj} rows x {cfg.d_model}"
 

@@ -23,7 +23,7 @@ def split_q_proj(
     grouped = weight.reshape(cfg.n_key_value_heads, -1, weight.shape[-1])  # [kv, group_width, d_model]
     n_query_rows = cfg.n_groups * cfg.d_head
     W_Q = einops.rearrange(grouped[:, :n_query_rows], "kv (g d) m -> (kv g) m d", g=cfg.n_groups, d=cfg.d_head)
-    if cfg.gate == "none":
+    if not cfg.is_gated:
         return W_Q, None
     W_G = einops.rearrange(grouped[:, n_query_rows:], "kv (g w) m -> (kv g) m w", g=cfg.n_groups, w=cfg.gate_width)
     return W_Q, W_G

@@ -7,13 +7,17 @@ metric = partial(metrics.logit_diff, answer_tokens=answers, wrong_tokens=wrongs)
 _, clean_cache = model.run_with_cache(clean_tokens)
 gate_effect = patch_heads(model, corrupted_tokens, clean_cache, metric, activation="gate")  # [layer, head]
 estimates = attribution_patching(model, clean_tokens, corrupted_tokens, metric)  # {"z": [layer, head], ...}
+star = attribution_patching(model, clean_tokens, corrupted_tokens, metric, method="atp*")  # AtP* magnitudes
+result = screen_and_verify(model, clean_tokens, corrupted_tokens, metric, top_k=8)  # AtP*, then exact
 """
 
 from gated_interp.patching import metrics
 from gated_interp.patching.activation import DEFAULT_MAX_TOKENS, patch_heads, patch_resid
+from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.attribution import attribution_patching, attribution_patching_from_cache
 from gated_interp.patching.metrics import logit_diff, normalized_metric
 from gated_interp.patching.results import HEAD_AXES, HEAD_POS_AXES, RESID_AXES, to_dataframe
+from gated_interp.patching.screen import ScreenResult, screen_and_verify, spearman
 from gated_interp.patching.sites import HEAD_ACTIVATIONS, RESID_ACTIVATIONS
 
 __all__ = [
@@ -23,6 +27,8 @@ __all__ = [
     "HEAD_POS_AXES",
     "RESID_ACTIVATIONS",
     "RESID_AXES",
+    "ScreenResult",
+    "atp_star",
     "attribution_patching",
     "attribution_patching_from_cache",
     "logit_diff",
@@ -30,5 +36,7 @@ __all__ = [
     "normalized_metric",
     "patch_heads",
     "patch_resid",
+    "screen_and_verify",
+    "spearman",
     "to_dataframe",
 ]

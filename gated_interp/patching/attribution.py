@@ -17,13 +17,14 @@ from torch import Tensor
 from gated_interp.cache import CacheLike
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.activation import _checked_clean, _result_dtype, _scalar
+from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.metrics import Metric
 from gated_interp.patching.sites import GATE_ACTIVATIONS, site
 
 
 def default_activations(model: HookedGatedQwen3) -> tuple[str, ...]:
     """Head outputs and queries, plus the gate's activations when the model has a gate."""
-    return ("z", "q", "pattern") + (GATE_ACTIVATIONS if model.cfg.gate != "none" else ())
+    return ("z", "q", "pattern") + (GATE_ACTIVATIONS if model.cfg.is_gated else ())
 
 
 def attribution_patching(
@@ -34,8 +35,15 @@ def attribution_patching(
     activations: Sequence[str] | None = None,
     per_position: bool = False,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
+    method: str = "atp",
+    grad_drop: bool = True,
 ) -> dict[str, Float[Tensor, "layer head"] | Float[Tensor, "layer head pos"] | Float[Tensor, "layer pos"]]:
     """Estimated metric change from patching each clean activation into the corrupted run.
+
+    method: "atp" (default) is plain attribution patching; "atp*" is AtP* (Kramár et al., 2024;
+    see `gated_interp.patching.atp_star`): the QK fix for "q"/"k", the gate fix for
+    "gate_logits", and with `grad_drop=True` GradDrop, whose estimates are magnitudes (>= 0) for
+    ranking heads. AtP* covers "z", "gate_logits", "q" and "k" (default: those the model has).
 
     Returns {activation: estimate}: `[layer, head]` (or `[layer, head, pos]` with `per_position`)
     for head activations ("z", "z_pre_gate", "gate_logits", "gate", "q", "k", "v", "pattern"),
@@ -43,6 +51,12 @@ def attribution_patching(
     estimate to compare it with `patch_heads` / `patch_resid`. `attention_mask` applies to both
     runs. `metric(logits[batch, pos, d_vocab]) -> scalar`, as for activation patching.
     """
+    if method == "atp*":
+        return atp_star(
+            model, clean_tokens, corrupted_tokens, metric, activations, per_position, attention_mask, grad_drop
+        )
+    if method != "atp":
+        raise ValueError(f"method must be 'atp' (attribution patching) or 'atp*' (AtP*), got {method!r}")
     activations = tuple(activations) if activations is not None else default_activations(model)
     names = {site(model, a).hook_name(layer) for a in activations for layer in range(model.cfg.n_layers)}
     with torch.no_grad():

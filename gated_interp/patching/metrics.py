@@ -7,13 +7,13 @@ whole unpatched-size batch. So a metric written for TransformerLens works here u
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
+from gated_interp.metrics import Metric  # the one metric type, shared with interventions
 
 
 def _as_index(tokens: int | Sequence[int] | Tensor, n: int, device: torch.device, name: str) -> Int[Tensor, "batch"]:

@@ -19,6 +19,8 @@ def to_dataframe(
     axes: Sequence[str],
     position_labels: Sequence[str] | None = None,
     value_name: str = "value",
+    lo: Tensor | None = None,
+    hi: Tensor | None = None,
 ) -> pd.DataFrame:
     """One row per cell of `result` (e.g. `[layer, head]`), with integer axis columns.
 
@@ -26,6 +28,8 @@ def to_dataframe(
         `("layer", "pos")` (see `HEAD_AXES`, `HEAD_POS_AXES`, `RESID_AXES`).
     position_labels: one string per position (e.g. `model.to_str_tokens(prompt)`); adds a
         `token` column next to `pos`.
+    lo, hi: interval bounds of the same shape (e.g. from `patch_heads(..., n_boot=1000)`); add
+        `{value_name}_lo` and `{value_name}_hi` columns.
     """
     axes = tuple(axes)
     if len(axes) != result.ndim:
@@ -42,4 +46,11 @@ def to_dataframe(
             raise ValueError(f"{len(position_labels)} position labels for {n_pos} positions")
         df.insert(axes.index("pos") + 1, "token", [position_labels[p] for p in df["pos"]])
     df[value_name] = result.detach().reshape(-1).cpu().double().numpy()
+    for suffix, bound in (("lo", lo), ("hi", hi)):
+        if bound is not None:
+            if tuple(bound.shape) != tuple(result.shape):
+                raise ValueError(
+                    f"{suffix} has shape {tuple(bound.shape)}, result {tuple(result.shape)}: they must match"
+                )
+            df[f"{value_name}_{suffix}"] = bound.detach().reshape(-1).cpu().double().numpy()
     return df

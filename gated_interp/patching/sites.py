@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from gated_interp import hooks
 from gated_interp.model import HookedGatedQwen3
 
 # Activations inside `blocks.{l}.attn`: [batch, pos, head, ...] except the pattern.
 HEAD_ACTIVATIONS = ("z", "z_pre_gate", "gate_logits", "gate", "q", "k", "v", "pattern", "attn_scores")
-GATE_ACTIVATIONS = ("z_pre_gate", "gate_logits", "gate")
+GATE_ACTIVATIONS = hooks.GATE_HOOKS
 # Residual-stream-shaped activations of `blocks.{l}`: [batch, pos, d_model].
 RESID_ACTIVATIONS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
@@ -29,9 +30,7 @@ class Site:
     pos_axis: int  # the query/destination position for patterns
 
     def hook_name(self, layer: int) -> str:
-        if self.head_axis is None:
-            return f"blocks.{layer}.hook_{self.activation}"
-        return f"blocks.{layer}.attn.hook_{self.activation}"
+        return hooks.hook_name(self.activation, layer)
 
     def canonical(self, act: Tensor, batch_dims: int = 1) -> Tensor:
         """A view of `act` ordered `[*batch_dims[:-1], head?, pos, batch, rest...]`.
@@ -45,13 +44,13 @@ class Site:
 
 
 def site(model: HookedGatedQwen3, activation: str) -> Site:
-    """The `Site` of `activation`, with a clear error for names this model does not have."""
-    if activation in GATE_ACTIVATIONS and model.cfg.gate == "none":
+    """The `Site` of `activation` (axes read off the hook table), with a clear error for names
+    this model does not have."""
+    if activation in GATE_ACTIVATIONS and not model.cfg.is_gated:
         raise ValueError(f"activation {activation!r} needs a gated model, but this one has cfg.gate == 'none'")
-    if activation in ("pattern", "attn_scores"):
-        return Site(activation, head_axis=1, pos_axis=2)
-    if activation in HEAD_ACTIVATIONS:
-        return Site(activation, head_axis=2, pos_axis=1)
-    if activation in RESID_ACTIVATIONS:
-        return Site(activation, head_axis=None, pos_axis=1)
-    raise ValueError(f"unknown activation {activation!r}; choose from {HEAD_ACTIVATIONS + RESID_ACTIVATIONS}")
+    if activation not in HEAD_ACTIVATIONS + RESID_ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose from {HEAD_ACTIVATIONS + RESID_ACTIVATIONS}")
+    spec = hooks.spec(activation)
+    n_axes = len(spec.axis_names)
+    head = None if spec.head_dim is None else spec.head_dim + n_axes
+    return Site(activation, head_axis=head, pos_axis=spec.pos_dim + n_axes)

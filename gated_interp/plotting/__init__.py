@@ -14,7 +14,9 @@ figure takes a `data` argument naming what was measured (prompt or data set, num
 
 from gated_interp.plotting._common import VARIANT_COLORS, shared_scale, variant_style
 from gated_interp.plotting.attention_maps import PAPER_DEMO_LAYERS, attention_maps, demo_layers, save_demo_figure
+from gated_interp.plotting.gate_attribution import gate_contributors
 from gated_interp.plotting.gates import gate_heatmap, gate_histograms
+from gated_interp.plotting.intervals import interval_bars
 from gated_interp.plotting.layers import layer_colorbar, plot_by_layer
 from gated_interp.plotting.patching import patching_heatmap, patching_heatmaps
 
@@ -23,8 +25,10 @@ __all__ = [
     "VARIANT_COLORS",
     "attention_maps",
     "demo_layers",
+    "gate_contributors",
     "gate_heatmap",
     "gate_histograms",
+    "interval_bars",
     "layer_colorbar",
     "patching_heatmap",
     "patching_heatmaps",

@@ -26,7 +26,7 @@ def plot_by_layer(
     errors: Mapping[str, tuple[Float[Tensor, "layer"], Float[Tensor, "layer"]]] | None = None,
 ) -> Figure:
     """One line per variant of a per-layer value `[layer]` (e.g. `first_token_attention_by_layer`
-    or `max_activation_by_layer`), layers 0-based on the x axis, the legend outside the axes.
+    or `max_abs_resid_by_layer`), layers 0-based on the x axis, the legend outside the axes.
 
     Each variant keeps one colour in every figure; a curve whose label extends a variant's name
     ("gate_headwise, gates = 1") takes that colour with a dashed line. `log_scale` draws the y axis

@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from gated_interp import analysis  # noqa: E402
+from gated_interp.analysis.streaming import measure as measure_model  # noqa: E402
 from gated_interp.loading import load_hooked  # noqa: E402
 from gated_interp.loading.bundled import HELDOUT_FILE, METRICS_FILE  # noqa: E402
 from gated_interp.plotting import variant_style  # noqa: E402
@@ -43,31 +43,10 @@ CHECKPOINT_FILES = (
 STORY_PROMPT = "Once upon a time there was a little girl who"
 
 
-@torch.no_grad()
 def measure(model, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]:
-    """Held-out loss and the sink / activation / gate figures, over all windows."""
-    losses, caches = [], []
-    keep = ("hook_pattern", "hook_resid_post", "hook_gate")
-    for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start : start + batch_size]
-        loss, cache = model.run_with_cache(batch, return_type="loss", names_filter=lambda n: n.endswith(keep))
-        losses.append(float(loss) * batch.shape[0])
-        caches.append(cache.cache_dict)
-    merged = {name: torch.cat([c[name] for c in caches]) for name in caches[0]}
-    result: dict[str, Any] = {
-        "heldout_loss": sum(losses) / tokens.shape[0],
-        "first_token_attention_by_layer": analysis.first_token_attention_by_layer(merged).tolist(),
-        "f_attn": float(analysis.first_token_attention(merged, per="model")),
-        "sink_rate": analysis.sink_rate(merged, eps=0.3),
-        "max_abs_resid_by_layer": analysis.max_activation_by_layer(merged).tolist(),
-        "m_act": analysis.m_act(merged),
-    }
-    if model.cfg.gate != "none":
-        result["mean_gate"] = analysis.mean_gate_score(merged)
-        result["mean_gate_by_layer"] = analysis.mean_gate_by_head(merged).mean(-1).tolist()
-        stats = analysis.gate_stats(merged)
-        result["gate_frac_below_0.1"] = float(stats["frac_below_0.1"].mean())
-    return result
+    """Held-out loss and the sink / activation / gate figures over all windows: the one
+    measurement loop (`analysis.streaming.measure`), under the names it gives each quantity."""
+    return measure_model(model, tokens, batch_size=batch_size, progress=False).as_dict()
 
 
 def emergence_figure(log: pd.DataFrame, layer: int, n_windows: int | None = None) -> plt.Figure:
@@ -80,7 +59,7 @@ def emergence_figure(log: pd.DataFrame, layer: int, n_windows: int | None = None
     for index, (variant, rows) in enumerate(log.groupby("variant", sort=False)):
         style = variant_style(str(variant), index)
         tokens = rows["tokens"] / 1e6
-        ax_sink.plot(tokens, rows[f"first_token_attn_L{layer}"], marker=".", label=variant, **style)
+        ax_sink.plot(tokens, rows[f"first_token_attention_L{layer}"], marker=".", label=variant, **style)
         ax_resid.plot(tokens, rows[f"max_abs_resid_L{layer}"], marker=".", label=variant, **style)
         if base is not None:
             difference = rows.set_index("step")["val_loss"] - base
@@ -107,8 +86,8 @@ def log_trends(log: pd.DataFrame, layer: int, variant: str = "baseline") -> dict
     peak = int(largest.to_numpy().argmax())
     peak_layer = int(rows[resid_columns].iloc[peak].to_numpy().argmax())
     return {
-        "attn_previous": float(rows[f"first_token_attn_L{layer}"].iloc[-2]),
-        "attn_last": float(rows[f"first_token_attn_L{layer}"].iloc[-1]),
+        "attn_previous": float(rows[f"first_token_attention_L{layer}"].iloc[-2]),
+        "attn_last": float(rows[f"first_token_attention_L{layer}"].iloc[-1]),
         "resid_peak": float(largest.iloc[peak]),
         "resid_peak_layer": peak_layer,
         "resid_peak_tokens": int(rows["tokens"].iloc[peak]),
@@ -235,7 +214,8 @@ def write_card(
         m = metrics[v]
         gate = f"{m['mean_gate']:.3f}" if "mean_gate" in m else "-"
         lines.append(
-            f"| {v} | {m['heldout_loss']:.4f} | {m['f_attn']:.4f} | {m['sink_rate']:.3f} | {m['m_act']:.2f} | {gate} |"
+            f"| {v} | {m['loss']:.4f} | {m['first_token_attention']:.4f} | {m['sink_rate']:.3f} "
+            f"| {m['max_abs_resid']:.2f} | {gate} |"
         )
     lines += _per_layer_table(
         "First-token attention per layer (mean attention that queries at positions >= 1 give to position 0):",

@@ -22,16 +22,15 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gated_interp.config import GatedQwen3Config
+from gated_interp.analysis.streaming import measure
+from gated_interp.config import VARIANT_GATES, GatedQwen3Config
 from gated_interp.loading import save_hf
 from gated_interp.model import HookedGatedQwen3
-
-VARIANT_GATES = {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
 
 
 @dataclass
 class TrainConfig:
-    variants: tuple[str, ...] = ("baseline", "gate_headwise", "gate_elementwise")
+    variants: tuple[str, ...] = tuple(VARIANT_GATES)
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -112,29 +111,14 @@ def make_optimizer(model: HookedGatedQwen3, train: TrainConfig) -> torch.optim.O
     )
 
 
-@torch.no_grad()
 def evaluate(model: HookedGatedQwen3, windows: Int[Tensor, "window pos"], batch_size: int = 16) -> dict[str, float]:
-    """Held-out loss, and per layer the mean attention that queries ≥ 1 give to position 0 and
-    the max |residual| after the block, on fixed windows."""
-    n_layers = model.cfg.n_layers
-    loss_sum, first_token = 0.0, torch.zeros(n_layers)
-    max_resid = torch.zeros(n_layers)
-
-    def keep(name: str) -> bool:
-        return name.endswith("hook_pattern") or name.endswith("hook_resid_post")
-
-    for start in range(0, windows.shape[0], batch_size):
-        batch = windows[start : start + batch_size]
-        loss, cache = model.run_with_cache(batch, return_type="loss", names_filter=keep)
-        loss_sum += float(loss) * batch.shape[0]
-        for layer in range(n_layers):
-            pattern = cache["pattern", layer]  # [batch, head, q, k]
-            first_token[layer] += pattern[:, :, 1:, 0].mean().item() * batch.shape[0]
-            max_resid[layer] = max(max_resid[layer], cache["resid_post", layer].abs().max().item())
-    n = windows.shape[0]
-    row = {"val_loss": loss_sum / n}
-    row.update({f"first_token_attn_L{layer}": float(first_token[layer] / n) for layer in range(n_layers)})
-    row.update({f"max_abs_resid_L{layer}": float(max_resid[layer]) for layer in range(n_layers)})
+    """Held-out loss, and per layer the mean attention that queries >= 1 give to position 0 and
+    the max |residual| after the block, on fixed windows (`analysis.streaming.measure`)."""
+    m = measure(model, windows, batch_size=batch_size, progress=False)
+    row = {"val_loss": m.loss()}
+    by_layer = m.first_token_attention("layer").tolist()
+    row.update({f"first_token_attention_L{layer}": value for layer, value in enumerate(by_layer)})
+    row.update({f"max_abs_resid_L{layer}": value for layer, value in enumerate(m.max_abs_resid_by_layer().tolist())})
     return row
 
 

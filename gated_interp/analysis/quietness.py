@@ -1,0 +1,126 @@
+"""How heads go quiet: through an attention sink, through a closed gate, or not at all.
+
+A head writes little into the residual stream either by attending to a sink (position 0) whose
+value it barely writes out, or by closing its output gate. The paper's claim is that gates take
+over the job sinks do in the ungated baseline; `head_quietness` puts the evidence for each head in
+one row.
+
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    table = head_quietness(cache, mask)      # one row per (layer, head), with a "quiet" column
+
+All averages run over real queries at positions >= 1 (query 0 can only attend to itself) and,
+for value norms, over real key positions >= 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from gated_interp.analysis._cache import _as_dict, real_positions
+
+__all__ = ["QUIET_CLASSES", "head_quietness"]
+
+QUIET_CLASSES = ("active", "sink", "gate", "sink+gate", "quiet (other)")
+
+
+def _fetch(cache: Any, name: str) -> Tensor:
+    store = _as_dict(cache)
+    if name not in store:
+        raise KeyError(
+            f"the cache has no {name!r}, which head_quietness needs: run model.run_with_cache(tokens) without "
+            "a names_filter, or with one that keeps hook_pattern, hook_v, hook_z (and hook_gate when gated)"
+        )
+    return store[name].double()
+
+
+def head_quietness(
+    cache: Any,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    quiet_below: float = 0.25,
+    sink_attention: float = 0.5,
+    sink_value: float = 0.5,
+    closed_gate: float = 0.5,
+    model: Any = None,
+) -> pd.DataFrame:
+    """One row per (layer, head): how much the head writes, and whether a sink or its gate quiets it.
+
+    Columns (layers and heads 0-based, `label` as TransformerLens' `L{layer}H{head}`):
+    - `first_token_attention`: mean attention of queries >= 1 to key position 0.
+    - `value_norm_ratio`: `|v_0 W_O[h]|` over the mean `|v_s W_O[h]|` of keys s >= 1: the value
+      the head would write from the sink, relative to an ordinary token's (sinks carry small values).
+    - `mean_gate`: mean gate score (over queries >= 1 and gate elements); 1.0 for ungated models.
+    - `output_ratio`: mean `|z_t W_O[h]|` over queries t >= 1, relative to the mean `|v_s W_O[h]|`
+      of keys s >= 1, i.e. to what the head writes when it copies one ordinary token through an
+      open gate. The value norms are the head's own scale, independent of where it attends and of
+      its gate; `output_ratio` near 0 means a quiet head.
+    - `quiet`: "active" if `output_ratio >= quiet_below`; otherwise "sink" when
+      `first_token_attention >= sink_attention` and `value_norm_ratio <= sink_value`, "gate" when
+      `mean_gate <= closed_gate`, "sink+gate" when both hold, "quiet (other)" when neither does.
+
+    Needs `hook_pattern`, `hook_v`, `hook_z` (and `hook_gate` for gated models) of every layer, and
+    the model's `W_O` (from `cache.model`, or `model=`). `attention_mask [batch, pos]` marks real
+    tokens of right-padded batches.
+    """
+    model = model if model is not None else getattr(cache, "model", None)
+    if model is None:
+        raise ValueError("head_quietness needs the model's W_O: pass a cache from model.run_with_cache or model=...")
+    cfg = model.cfg
+    rows = []
+    for layer in range(cfg.n_layers):
+        pattern = _fetch(cache, f"blocks.{layer}.attn.hook_pattern")  # [batch, head, q, k]
+        batch, _, n_q, n_k = pattern.shape
+        if n_q != n_k or n_q < 2:
+            raise ValueError("head_quietness needs a full forward pass of at least 2 tokens (queries = keys)")
+        real = real_positions(attention_mask, batch, n_k, pattern.device)
+        later = real[:, 1:].double()  # [batch, pos - 1]: real positions >= 1
+        if later.sum() == 0:
+            raise ValueError("no real position >= 1: every sequence in the batch is a single token")
+        W_O = model.blocks[layer].attn.W_O.detach().double()  # [head, d_head, d_model]
+        v = _fetch(cache, f"blocks.{layer}.attn.hook_v").repeat_interleave(cfg.n_groups, dim=2)
+        value_norm = torch.einsum("bphd,hdm->bphm", v, W_O).norm(dim=-1)  # [batch, pos, head]
+        z = _fetch(cache, f"blocks.{layer}.attn.hook_z")
+        out_norm = torch.einsum("bphd,hdm->bphm", z, W_O).norm(dim=-1)  # [batch, pos, head]
+
+        def over_later(x: Tensor, later: Tensor = later) -> Tensor:  # x [batch, pos - 1, head] → [head]
+            return (x * later[..., None]).sum(dim=(0, 1)) / later.sum()
+
+        to_first = over_later(pattern[:, :, 1:, 0].transpose(1, 2))
+        typical_value = over_later(value_norm[:, 1:])
+        value_ratio = value_norm[:, 0].mean(0) / typical_value
+        output_ratio = over_later(out_norm[:, 1:]) / typical_value
+        if cfg.is_gated:
+            gate = _fetch(cache, f"blocks.{layer}.attn.hook_gate").mean(-1)  # [batch, pos, head]
+            mean_gate = over_later(gate[:, 1:])
+        else:
+            mean_gate = torch.ones(cfg.n_heads, dtype=torch.float64)
+        for head in range(cfg.n_heads):
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "label": f"L{layer}H{head}",
+                    "first_token_attention": to_first[head].item(),
+                    "value_norm_ratio": value_ratio[head].item(),
+                    "mean_gate": mean_gate[head].item(),
+                    "output_ratio": output_ratio[head].item(),
+                }
+            )
+    table = pd.DataFrame(rows)
+    sink = (table.first_token_attention >= sink_attention) & (table.value_norm_ratio <= sink_value)
+    closed = table.mean_gate <= closed_gate
+    quiet = table.output_ratio < quiet_below
+    label = pd.Series("quiet (other)", index=table.index)
+    label[sink & closed] = "sink+gate"
+    label[sink & ~closed] = "sink"
+    label[~sink & closed] = "gate"
+    label[~quiet] = "active"
+    table["quiet"] = pd.Categorical(label, categories=QUIET_CLASSES)
+    table.attrs.update(
+        quiet_below=quiet_below, sink_attention=sink_attention, sink_value=sink_value, closed_gate=closed_gate
+    )
+    return table
