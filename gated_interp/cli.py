@@ -252,7 +252,7 @@ def run_demo(args: argparse.Namespace) -> int:
         path, first_token[variant.name], largest[variant.name] = demo_variant(model, variant.name, args.prompt, out)
         written.append(path)
         _release(model)
-    written += comparison_figures(first_token, largest, out)
+    written += comparison_figures(first_token, largest, out, demo_data(args.prompt))
     for path in written:
         print(path)
     return 0
@@ -274,7 +274,13 @@ def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, A
     if len(str_tokens) < 2:
         raise UsageError(f"--prompt {prompt!r} is a single token; first-token attention needs at least two")
     maps = analysis.head_averaged_patterns(cache, layers)
-    fig = plotting.attention_maps(maps, str_tokens, layers=layers, title=f"{name}: head-averaged attention")
+    fig = plotting.attention_maps(
+        maps,
+        str_tokens,
+        layers=layers,
+        title=f"{name}: head-averaged attention",
+        data=demo_data(prompt, len(str_tokens)),
+    )
     path = plotting.save_demo_figure(fig, out, name)
     plt.close(fig)
     by_layer = analysis.first_token_attention_by_layer(cache).cpu()
@@ -282,11 +288,17 @@ def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, A
     return path, by_layer, largest
 
 
+def demo_data(prompt: str, n_tokens: int | None = None) -> str:
+    """What the demo figures were measured on, for their titles."""
+    count = f"{n_tokens} tokens, " if n_tokens is not None else ""
+    return f"prompt {prompt!r} ({count}1 sequence)"
+
+
 def _demo_hooks(name: str) -> bool:
     return name.endswith(("hook_pattern", "hook_resid_post"))
 
 
-def comparison_figures(first_token: dict[str, Any], largest: dict[str, Any], out: Path) -> list[Path]:
+def comparison_figures(first_token: dict[str, Any], largest: dict[str, Any], out: Path, data: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from gated_interp import plotting
@@ -297,7 +309,7 @@ def comparison_figures(first_token: dict[str, Any], largest: dict[str, Any], out
     )
     paths = []
     for file_name, values, ylabel, title, log_scale in figures:
-        fig = plotting.plot_by_layer(values, ylabel=ylabel, title=title, log_scale=log_scale)
+        fig = plotting.plot_by_layer(values, ylabel=ylabel, title=title, log_scale=log_scale, data=data)
         fig.savefig(out / file_name, dpi=150, bbox_inches="tight")
         plt.close(fig)
         paths.append(out / file_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,41 @@ def test_learning_rate_warms_up_then_decays():
 def test_missing_corpus_is_a_clear_error(tmp_path, capsys):
     assert train_main(["--corpus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "train.txt" in capsys.readouterr().err
+
+
+def test_training_never_writes_into_the_bundled_models(tmp_path, capsys):
+    from gated_interp.loading.bundled import TINY_DIR
+    from gated_interp.train.__main__ import parse_args
+
+    assert parse_args(["--corpus", str(tmp_path)]).out == Path("runs/tiny")
+    before = sorted(p.name for p in TINY_DIR.iterdir())
+    for out in (TINY_DIR, TINY_DIR / "gate_headwise"):
+        assert train_main(["--corpus", str(tmp_path), "--out", str(out)]) == 2
+        assert "bundled models' folder" in capsys.readouterr().err
+    assert sorted(p.name for p in TINY_DIR.iterdir()) == before
+
+
+def test_help_and_hints_name_no_workspace_paths(capsys):
+    from gated_interp.train import data
+    from gated_interp.train.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out + data._CORPUS_HINT
+    assert "CORPUS.md" in text and "shared" not in text and "/work" not in text
+
+
+def test_bundle_names_its_books_and_no_local_paths():
+    from gated_interp.loading.bundled import TINY_DIR
+
+    for name in ("metrics.json", "README.md", "CORPUS.md"):
+        text = (TINY_DIR / name).read_text()
+        assert "/work" not in text and "shared/corpus" not in text, f"{name} names a local path"
+    books = [line for line in (TINY_DIR / "CORPUS.md").read_text().splitlines() if line.startswith("| train")]
+    held_out = [line for line in (TINY_DIR / "CORPUS.md").read_text().splitlines() if line.startswith("| valid")]
+    assert (len(books), len(held_out)) == (170, 8)
+    assert "public domain" in (TINY_DIR / "CORPUS.md").read_text()
+    assert all("gutenberg.org/ebooks/" in line for line in books + held_out)
+    card = " ".join((TINY_DIR / "README.md").read_text().split())
+    assert "seed-to-seed spread of these numbers was not measured" in card
+    assert "does not show the contrast still growing" in card

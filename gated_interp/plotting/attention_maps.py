@@ -1,8 +1,9 @@
 """The authors' demo figure: head-averaged attention maps of four layers in a 2x2 grid.
 
 Compute the maps with `gated_interp.analysis.head_averaged_patterns(cache, layers)`; this module
-only draws them. Layers are 0-based in data and shown 1-based ("Layer 28" is index 27), as in
-the paper.
+only draws them. Layers are numbered from 0 everywhere, as in hook names and TransformerLens:
+the paper's "Layer 1, 7, 21, 28" of the 28-layer models are layers 0, 6, 20, 27 here
+(`PAPER_DEMO_LAYERS`).
 """
 
 from __future__ import annotations
@@ -17,24 +18,25 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from gated_interp.plotting._common import to_numpy, token_labels
+from gated_interp.plotting._common import shared_scale, thin_ticks, to_numpy, token_labels, with_data
 
-PAPER_DEMO_LAYERS = (1, 7, 21, 28)  # 1-based, for the released 28-layer models
+PAPER_DEMO_LAYERS = (0, 6, 20, 27)  # the paper's "Layer 1, 7, 21, 28" of the 28-layer models, 0-based
 
 
-def demo_layers(n_layers: int, zero_based: bool = False) -> tuple[int, ...]:
-    """Four layers to show, 1-based unless `zero_based`: the paper's (1, 7, 21, 28) for a 28-layer
-    model; otherwise the same quarter points (1, n/4, 3n/4, n, rounded half up, kept distinct,
-    e.g. 6 layers → 1, 2, 5, 6); all layers when there are at most four."""
+def demo_layers(n_layers: int, zero_based: bool = True) -> tuple[int, ...]:
+    """Four 0-based layer indices to show: `PAPER_DEMO_LAYERS` (0, 6, 20, 27) for a 28-layer
+    model, otherwise the same quarter points of the depth (e.g. 6 layers → 0, 1, 4, 5); every
+    layer when there are at most four. `zero_based=False` returns the paper's 1-based numbers
+    (1, 7, 21, 28), only for citing the paper; every figure and table here is 0-based."""
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     if n_layers <= 4:
-        chosen = tuple(range(1, n_layers + 1))
+        chosen = tuple(range(n_layers))
     else:
         quarter = max(2, int(n_layers / 4 + 0.5))
         three_quarters = min(n_layers - 1, max(quarter + 1, int(3 * n_layers / 4 + 0.5)))
-        chosen = (1, quarter, three_quarters, n_layers)
-    return tuple(layer - 1 for layer in chosen) if zero_based else chosen
+        chosen = (0, quarter - 1, three_quarters - 1, n_layers - 1)
+    return chosen if zero_based else tuple(layer + 1 for layer in chosen)
 
 
 def attention_maps(
@@ -44,13 +46,16 @@ def attention_maps(
     title: str | None = None,
     cmap: str = "viridis",
     ncols: int = 2,
+    data: str | None = None,
 ) -> Figure:
     """Heat maps of head-averaged attention, one subplot per layer (2x2 for four), titled
-    "Layer N" (1-based), queries down and keys across, token labels on both axes (x rotated 90°),
-    a colour bar each.
+    "layer N" (0-based), queries down and keys across, token labels on both axes (x rotated 90°,
+    thinned when there are many), all on one colour scale (0 to the largest weight of any
+    panel) with one colour bar.
 
-    `patterns`: `{layer index (0-based): [q, k]}`, or a `[n, q, k]` tensor whose rows are the
-    0-based `layers` (default 0..n-1). `str_tokens`: one label per position.
+    `patterns`: `{layer index: [q, k]}`, or a `[n, q, k]` tensor whose rows are the `layers`
+    (default 0..n-1). `str_tokens`: one label per position. `data`: what was run, for the title
+    (default: the prompt, from the tokens).
     """
     if isinstance(patterns, Mapping):
         layer_ids, maps = list(patterns), [to_numpy(m) for m in patterns.values()]
@@ -68,26 +73,27 @@ def attention_maps(
                 f"layer {layer}: map of shape {matrix.shape} does not match {len(labels)} tokens; pass a "
                 "[q, k] head-averaged map per layer (head_averaged_patterns, cropped with attention_mask)"
             )
+    if data is None:
+        data = f"prompt {''.join(str_tokens)!r} ({len(labels)} tokens, 1 sequence)"
+    _, vmax, _, _ = shared_scale(maps)  # attention is >= 0: 0 .. the largest weight in any panel
     ncols = min(ncols, len(maps))
     nrows = math.ceil(len(maps) / ncols)
-    size = max(4.0, 0.35 * len(labels) + 2)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols * 1.15, size * nrows), squeeze=False)
+    size = min(12.0, max(4.0, 0.35 * len(labels) + 2))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols * 1.1, size * nrows + 0.8), squeeze=False)
+    image = None
     for ax, layer, matrix in zip(axes.flat, layer_ids, maps):
-        image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=max(float(matrix.max()), 1e-12), aspect="equal")
-        ax.set_title(f"Layer {layer + 1}")
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=90)
-        ax.set_yticks(range(len(labels)))
-        ax.set_yticklabels(labels)
+        image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=vmax, aspect="equal")
+        ax.set_title(f"layer {layer}")
+        thin_ticks(ax, "x", labels, rotation=90)
+        thin_ticks(ax, "y", labels)
         ax.set_xlabel("Key token")
         ax.set_ylabel("Query token")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention")
     for ax in list(axes.flat)[len(maps) :]:
         ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    # Leave room above the subplot titles for the figure title.
-    fig.tight_layout(rect=(0, 0, 1, 0.95) if title else None)
+    fig.suptitle(with_data(title or "Head-averaged attention", data))
+    fig.tight_layout(rect=(0, 0, 0.9, 0.94))
+    colorbar_ax = fig.add_axes((0.92, 0.15, 0.02, 0.7))
+    fig.colorbar(image, cax=colorbar_ax, label="attention (one scale for all panels)")
     return fig
 
 

@@ -11,7 +11,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from gated_interp.plotting._common import to_numpy
+from gated_interp.plotting._common import annotate_cells, thin_ticks, to_numpy, variant_style, with_data
 
 ALL_LAYERS = "all"
 
@@ -42,31 +42,36 @@ def gate_histograms(
     bins: int = 50,
     title: str = "Gate score distribution",
     log_count: bool = False,
+    data: str | None = None,
 ) -> Figure:
     """Histograms of gate scores in [0, 1], one row per variant and one column per layer.
 
     `values`: `{variant: {layer (0-based): flat gate values}}` (from `gate_values(cache, layer)`),
     `{variant: flat values}` for all layers pooled, or a long DataFrame with columns variant, gate
-    and optionally layer. Subplots are titled "{variant}, layer N" (1-based) or "{variant}, all layers".
+    and optionally layer. Subplots are titled "{variant}, layer N" (0-based) or "{variant}, all layers";
+    all share the x axis (0..1) and the y axis, so bar heights compare across panels. `data`: what
+    the gates were measured on (e.g. "16 held-out windows of 128 tokens"), for the title.
     """
     nested = _nested(values)
     if not nested:
         raise ValueError("no gate values to plot: pass {variant: {layer: values}}")
     n_cols = max(len(per) for per in nested.values())
-    fig, axes = plt.subplots(len(nested), n_cols, figsize=(3.2 * n_cols, 2.6 * len(nested)), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(nested), n_cols, figsize=(3.2 * n_cols, 2.6 * len(nested) + 0.6), squeeze=False, sharex=True, sharey=True
+    )
     edges = np.linspace(0.0, 1.0, bins + 1)
     for row, (variant, per) in enumerate(nested.items()):
-        for col, (layer, data) in enumerate(per.items()):
+        for col, (layer, gates) in enumerate(per.items()):
             ax = axes[row, col]
-            ax.hist(data, bins=edges, color=f"C{row}", log=log_count)
-            where = "all layers" if layer == ALL_LAYERS else f"layer {int(layer) + 1}"
+            ax.hist(gates, bins=edges, color=variant_style(str(variant), row)["color"], log=log_count)
+            where = "all layers" if layer == ALL_LAYERS else f"layer {int(layer)}"
             ax.set_title(f"{variant}, {where}")
             ax.set_xlabel("Gate score")
             ax.set_ylabel("Count")
         for ax in axes[row, len(per) :]:
             ax.set_visible(False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(with_data(title, data))
+    fig.tight_layout()
     return fig
 
 
@@ -74,22 +79,26 @@ def gate_heatmap(
     mean_gate: Float[Tensor, "layer head"],
     title: str = "Mean gate score per head",
     cmap: str = "viridis",
+    data: str | None = None,
+    annotate: bool | None = None,
 ) -> Figure:
-    """Layer x head heat map of mean gate scores (`mean_gate_by_head`), colour scale 0..1,
-    layers shown 1-based, heads 0-based (TransformerLens' L{l}H{h} naming)."""
+    """Layer x head heat map of mean gate scores (`mean_gate_by_head`), sequential colour scale
+    0..1, layers and heads 0-based (TransformerLens' L{l}H{h} naming). `annotate` writes each
+    value in its cell (default: for grids of at most 64 cells); `data`: what the gates were
+    measured on, for the title."""
     matrix = to_numpy(mean_gate)
     if matrix.ndim != 2:
         raise ValueError(f"expected a [layer, head] matrix, got shape {matrix.shape}")
     n_layers, n_heads = matrix.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * n_heads + 2.5), max(3.0, 0.3 * n_layers + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * n_heads + 2.5), max(3.0, 0.3 * n_layers + 1.8)))
     image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(n_heads))
-    ax.set_xticklabels([str(h) for h in range(n_heads)])
-    ax.set_yticks(range(n_layers))
-    ax.set_yticklabels([str(layer + 1) for layer in range(n_layers)])
+    thin_ticks(ax, "x", [str(h) for h in range(n_heads)])
+    thin_ticks(ax, "y", [str(layer) for layer in range(n_layers)])
     ax.set_xlabel("Head")
     ax.set_ylabel("Layer")
-    ax.set_title(title)
+    ax.set_title(with_data(title, data))
+    if annotate if annotate is not None else matrix.size <= 64:
+        annotate_cells(ax, matrix, image, fmt="{:.2f}")
     fig.colorbar(image, ax=ax, label="mean gate score")
     fig.tight_layout()
     return fig

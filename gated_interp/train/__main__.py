@@ -1,8 +1,13 @@
-"""`python -m gated_interp.train`: train the bundled tiny variants from a corpus folder.
+"""`python -m gated_interp.train`: train the tiny variants (baseline, gate_headwise, gate_elementwise).
 
-    python -m gated_interp.train --corpus CORPUS_DIR --out gated_interp/checkpoints/tiny
+    python -m gated_interp.train --corpus CORPUS_DIR                  # writes runs/tiny
+    python -m gated_interp.train.card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
 
-The corpus folder holds `train.txt` and `valid.txt` (documents separated by one blank line).
+CORPUS_DIR holds `train.txt` and `valid.txt`: plain UTF-8 text, documents separated by one blank
+line. The books the bundled models were trained on are listed in
+`gated_interp/checkpoints/tiny/CORPUS.md`. Training never writes into the bundled models' folder
+(`gated_interp/checkpoints/tiny`); `gated_interp.train.card` copies a finished run there only when
+told to with `--out`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from gated_interp.loading.bundled import TINY_DIR
 from gated_interp.train.data import evaluation_windows, make_windows, read_documents, tokenize_documents
 from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
 from gated_interp.train.trainer import VARIANT_GATES, TrainConfig, train_variants
@@ -44,7 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m gated_interp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--corpus", type=Path, required=True, help="folder with train.txt and valid.txt")
-    parser.add_argument("--out", type=Path, required=True, help="output folder; one sub-folder per variant")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/tiny"),
+        help="output folder, one sub-folder per variant; default: runs/tiny (never the bundled models' folder)",
+    )
     parser.add_argument("--variants", nargs="+", default=list(defaults.variants), choices=list(VARIANT_GATES))
     parser.add_argument("--tokens", type=float, default=defaults.total_tokens, help="training tokens per variant")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
@@ -60,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out.resolve() == TINY_DIR.resolve() or TINY_DIR.resolve() in args.out.resolve().parents:
+        print(
+            f"error: --out {args.out} is inside the bundled models' folder; train into another folder "
+            "(default runs/tiny) and copy a finished run with python -m gated_interp.train.card",
+            file=sys.stderr,
+        )
+        return 2
     train_path, valid_path = args.corpus / "train.txt", args.corpus / "valid.txt"
     for path in (train_path, valid_path):
         if not path.is_file():
@@ -89,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in train.variants:
         save_tokenizer(tokenizer, args.out / variant)
     corpus_info = {
-        "corpus": args.corpus.name,  # the folder's name only: no path of the training machine
+        "corpus": args.corpus.name,  # the folder's name only: the card must not carry local paths
         "train_bytes": train_path.stat().st_size,
         "training_windows": int(train_windows.shape[0]),
         "eval_windows": int(eval_windows.shape[0]),

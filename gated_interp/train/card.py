@@ -1,11 +1,14 @@
 """`python -m gated_interp.train.card`: measure trained variants and write the bundle + model card.
 
-    python -m gated_interp.train.card --run RUN_DIR --corpus CORPUS_DIR --out gated_interp/checkpoints/tiny
+    python -m gated_interp.train.card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
+    python -m gated_interp.train.card --from-bundle gated_interp/checkpoints/tiny   # re-render text + plot
 
 Copies each variant's checkpoint from the training run, fixes the held-out windows the card is
 measured on (shipped as `heldout_tokens.safetensors`), measures every variant on them through the
 same `load_hooked` path users take (so the card's figures are those of the bf16 files shipped), and
-writes `metrics.json`, `training_log.csv`, `training_emergence.png` and `README.md` (the card).
+writes `metrics.json`, `training_log.csv`, `training_emergence.png`, `CORPUS.md` (the books, from
+the corpus folder's `manifest.tsv`) and `README.md` (the card). `--from-bundle` re-renders the
+card and the plot from a bundle's `metrics.json` and `training_log.csv` without measuring again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from safetensors.torch import save_file  # noqa: E402
 from gated_interp.analysis.streaming import measure as measure_model  # noqa: E402
 from gated_interp.loading import load_hooked  # noqa: E402
 from gated_interp.loading.bundled import HELDOUT_FILE, METRICS_FILE  # noqa: E402
+from gated_interp.plotting import variant_style  # noqa: E402
 from gated_interp.train.data import evaluation_windows  # noqa: E402
 
 CHECKPOINT_FILES = (
@@ -45,35 +49,94 @@ def measure(model, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]
     return measure_model(model, tokens, batch_size=batch_size, progress=False).as_dict()
 
 
-def emergence_figure(log: pd.DataFrame, layer: int) -> plt.Figure:
-    """First-token attention in `layer` and held-out loss against training tokens, per variant."""
-    fig, (ax_sink, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for variant, rows in log.groupby("variant", sort=False):
-        ax_sink.plot(rows["tokens"] / 1e6, rows[f"first_token_attention_L{layer}"], marker=".", label=variant)
-        ax_loss.plot(rows["tokens"] / 1e6, rows["val_loss"], marker=".", label=variant)
-    ax_sink.set(
-        xlabel="training tokens (millions)",
-        ylabel="mean attention to position 0",
-        title=f"First-token attention during training, layer {layer + 1}",
-    )
-    ax_loss.set(
-        xlabel="training tokens (millions)", ylabel="held-out loss (nats/token)", title="Held-out loss during training"
-    )
-    for ax in (ax_sink, ax_loss):
+def emergence_figure(log: pd.DataFrame, layer: int, n_windows: int | None = None) -> plt.Figure:
+    """Training curves per variant: first-token attention and max |residual| in `layer`
+    (0-based), and each gated variant's held-out loss minus the baseline's (the three loss curves
+    lie within a few hundredths of a nat of each other, so their difference is what can be read)."""
+    fig, (ax_sink, ax_resid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.2))
+    has_baseline = "baseline" in set(log["variant"])
+    base = log[log["variant"] == "baseline"].set_index("step")["val_loss"] if has_baseline else None
+    for index, (variant, rows) in enumerate(log.groupby("variant", sort=False)):
+        style = variant_style(str(variant), index)
+        tokens = rows["tokens"] / 1e6
+        ax_sink.plot(tokens, rows[f"first_token_attention_L{layer}"], marker=".", label=variant, **style)
+        ax_resid.plot(tokens, rows[f"max_abs_resid_L{layer}"], marker=".", label=variant, **style)
+        if base is not None:
+            difference = rows.set_index("step")["val_loss"] - base
+            ax_loss.plot(tokens, difference.to_numpy(), marker=".", label=variant, **style)
+    ax_sink.set(ylabel="mean attention to position 0", title=f"First-token attention, layer {layer}")
+    ax_resid.set(ylabel="max |residual stream|", title=f"Max |residual| after block {layer}")
+    ax_loss.set(ylabel="held-out loss minus the baseline's (nats)", title="Held-out loss, relative to the baseline")
+    for ax in (ax_sink, ax_resid, ax_loss):
+        ax.set_xlabel("training tokens (millions)")
         ax.grid(alpha=0.3)
-        ax.legend()
+    ax_loss.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    windows = f"{n_windows} held-out windows" if n_windows else "the run's held-out windows"
+    fig.suptitle(f"Training curves of the bundled tiny models, measured on {windows} at every evaluation")
     fig.tight_layout()
     return fig
 
 
+def log_trends(log: pd.DataFrame, layer: int, variant: str = "baseline") -> dict[str, Any]:
+    """What the training log shows for `variant` in `layer`: first-token attention at the last
+    two evaluations, and where max |residual| peaked and where it ended (the largest layer)."""
+    rows = log[log["variant"] == variant].sort_values("step")
+    resid_columns = [c for c in rows.columns if c.startswith("max_abs_resid_L")]
+    largest = rows[resid_columns].max(axis=1)
+    peak = int(largest.to_numpy().argmax())
+    peak_layer = int(rows[resid_columns].iloc[peak].to_numpy().argmax())
+    return {
+        "attn_previous": float(rows[f"first_token_attention_L{layer}"].iloc[-2]),
+        "attn_last": float(rows[f"first_token_attention_L{layer}"].iloc[-1]),
+        "resid_peak": float(largest.iloc[peak]),
+        "resid_peak_layer": peak_layer,
+        "resid_peak_tokens": int(rows["tokens"].iloc[peak]),
+        "resid_last": float(rows[f"max_abs_resid_L{peak_layer}"].iloc[-1]),
+        "resid_peak_is_last": peak == len(rows) - 1,
+    }
+
+
+def write_corpus_list(manifest: Path, out: Path) -> Path:
+    """`CORPUS.md`: the books of the corpus (title, author, Project Gutenberg number, split) from
+    the corpus folder's `manifest.tsv`, with the licence line; the text itself is not copied."""
+    books = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    lines = [
+        "# The books the bundled tiny models were trained on",
+        "",
+        f"{len(books)} public-domain children's books from Project Gutenberg, as picked from the GitHub",
+        "repository `rcdm-uga/Gutenberg_Text` (commit a0b16d35a9851168ce9ac649851c17b7ab08d48e) and",
+        f"de-duplicated: {int((books['split'] == 'train').sum())} for training (`train.txt`), "
+        f"{int((books['split'] != 'train').sum())} held out (`valid.txt`).",
+        "",
+        "**Licence:** all texts are in the public domain in the United States (every work was first",
+        "published before 1927). Project Gutenberg's headers, footers, licence text and producer credits",
+        "were removed, so the Project Gutenberg License and trademark terms do not apply to the text",
+        "used; readers outside the US should check individual titles under local law. The corpus text",
+        "is not part of this package. The texts are of their time and contain dated and offensive",
+        "racial and ethnic language; paragraphs with racial slurs were removed before training.",
+        "",
+        "| split | title | author | Project Gutenberg ebook no. |",
+        "|---|---|---|---|",
+    ]
+    for book in books.itertuples():
+        title = str(book.title).replace("|", "\\|")
+        lines.append(
+            f"| {book.split} | {title} | {book.author} | [{book.gutenberg_ebook_no}]"
+            f"(https://www.gutenberg.org/ebooks/{book.gutenberg_ebook_no}) |"
+        )
+    path = out / "CORPUS.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _per_layer_table(title: str, metrics: dict[str, Any], key: str, fmt: str) -> list[str]:
-    """Markdown lines: a titled table with one row per variant and one column per (1-based) layer."""
+    """Markdown lines: a titled table with one row per variant and one column per (0-based) layer."""
     n_layers = len(next(iter(metrics.values()))[key])
     lines = [
         "",
         title,
         "",
-        "| variant | " + " | ".join(f"layer {i + 1}" for i in range(n_layers)) + " |",
+        "| variant | " + " | ".join(f"layer {i}" for i in range(n_layers)) + " |",
         "|---" * (n_layers + 1) + "|",
     ]
     for variant, m in metrics.items():
@@ -82,7 +145,12 @@ def _per_layer_table(title: str, metrics: dict[str, Any], key: str, fmt: str) ->
 
 
 def write_card(
-    out: Path, metrics: dict[str, Any], summary: dict[str, Any], corpus_info: dict[str, Any], strongest_layer: int
+    out: Path,
+    metrics: dict[str, Any],
+    summary: dict[str, Any],
+    corpus_info: dict[str, Any],
+    strongest_layer: int,
+    log: pd.DataFrame | None = None,
 ) -> None:
     cfg = summary["train_config"]
     variants = list(metrics)
@@ -101,9 +169,10 @@ def write_card(
         "Public-domain children's books from Project Gutenberg (178 books by Baum, Lang, Alcott, Nesbit,",
         "Andersen, Burnett, Grimm, Kipling, Carroll, ...; the picks came from the GitHub repository",
         "`rcdm-uga/Gutenberg_Text`, with Project Gutenberg headers removed, de-duplicated and split by whole",
-        "books: 170 for training, 8 held out). The corpus is not part of this package; rebuild it as its",
-        "README describes, then run the training command below with `--corpus` pointing at the folder",
-        "holding `train.txt` and `valid.txt`.",
+        "books: 170 for training, 8 held out). `CORPUS.md` lists every book (title, author, Project",
+        "Gutenberg number) with the licence. The corpus text is not part of this package; to train again,",
+        "put the books' text in a folder as `train.txt` and `valid.txt` (documents separated by one blank",
+        "line) and pass that folder as `--corpus` to the training command below.",
         f"Training text: {corpus_info['train_bytes'] / 1e6:.1f} MB, {corpus_info['training_windows']:,} windows "
         f"of {cfg['seq_len']} tokens, each led by the document token `<|doc|>`.",
         "Tokenizer: byte-level BPE with 4,096 entries trained on the training text (`tokenizer.json`).",
@@ -120,21 +189,23 @@ def write_card(
         f"wall time for all three together: {summary['wall_time_s'] / 60:.0f} minutes on "
         f"{summary.get('hardware', 'a 2-core CPU')} with {summary['torch_threads']} torch thread(s).",
         "- Learning curves: `training_log.csv` (held-out loss, first-token attention and max |residual|",
-        "  per layer, every evaluation step, on the run's own held-out windows); plotted below.",
+        f"  per layer, every {cfg['eval_interval']} steps, on {cfg['eval_windows']} windows of the held-out books);"
+        " plotted below, with each gated variant's loss drawn relative to the baseline's.",
         "",
-        "![First-token attention and held-out loss during training](training_emergence.png)",
+        "![First-token attention, max |residual| and held-out loss during training](training_emergence.png)",
         "",
         "Command:",
         "",
         "```bash",
         summary.get("command", "python -m gated_interp.train --corpus CORPUS_DIR --out RUN_DIR"),
-        "python -m gated_interp.train.card --run RUN_DIR --corpus CORPUS_DIR --out gated_interp/checkpoints/tiny",
+        "python -m gated_interp.train.card --run RUN_DIR --corpus CORPUS_DIR --out OUT_DIR",
         "```",
         "",
         "## Measured on held-out text",
         "",
         f"{metrics[variants[0]]['n_heldout_windows']} windows of {cfg['seq_len']} tokens from the held-out",
-        "books (`heldout_tokens.safetensors`), each led by the document token; layers are 1-based.",
+        "books (`heldout_tokens.safetensors`), each led by the document token; layers are numbered from 0,",
+        "as in hook names and TransformerLens.",
         "",
         "| variant | held-out loss | F-Attn (all layers) | sink rate (eps 0.3) | M-Act | mean gate |",
         "|---|---|---|---|---|---|",
@@ -156,19 +227,50 @@ def write_card(
     base = metrics.get("baseline")
     if base is not None:
         layer = strongest_layer
-        lines += ["", f"In the baseline's strongest sink layer (layer {layer + 1}) first-token attention is "]
+        lines += ["", f"In the baseline's strongest sink layer (layer {layer}) first-token attention is "]
         by_layer = {v: metrics[v]["first_token_attention_by_layer"][layer] for v in variants}
         ratios = [f"{by_layer['baseline'] / by_layer[v]:.1f}x that of {v}" for v in variants if v != "baseline"]
         lines[-1] += ", ".join(ratios) + "."
+        resid_ratios = [
+            b / g
+            for v in variants
+            if v != "baseline"
+            for b, g in zip(base["max_abs_resid_by_layer"], metrics[v]["max_abs_resid_by_layer"])
+        ]
+        lines += [
+            f"The baseline's max |residual| is {min(resid_ratios):.1f}-{max(resid_ratios):.1f}x the gated models' "
+            "in every layer; relative to each layer's median |activation| the elementwise model comes close",
+            "to the baseline (see `notebooks/02_attention_sinks.ipynb`), so only the headwise gate clearly",
+            "removes the large first-token activation at this scale.",
+        ]
         weakest = min(by_layer["baseline"] / by_layer[v] for v in variants if v != "baseline")
         if weakest < 3:
             lines += [
                 "",
                 f"Our goal for these models was a ratio of at least 3 in that layer; with {summary['tokens_seen']:,} "
-                f"training tokens the smallest is {weakest:.1f}. The baseline's first-token attention and",
-                "max |residual| were still growing when training stopped (see the plot above), so more training",
-                "tokens (a longer CPU run, or a GPU) should widen the contrast.",
+                f"training tokens the smallest is {weakest:.1f}.",
             ]
+        if log is not None:
+            trend = log_trends(log, layer)
+            resid_text = (
+                f"was still at its largest ({trend['resid_peak']:.1f}, layer {trend['resid_peak_layer']}) "
+                "at the last evaluation"
+                if trend["resid_peak_is_last"]
+                else f"peaked at {trend['resid_peak_tokens'] / 1e6:.1f}M tokens ({trend['resid_peak']:.1f} in layer "
+                f"{trend['resid_peak_layer']}) and fell to {trend['resid_last']:.1f} by the end"
+            )
+            lines += [
+                "The training log does not show the contrast still growing when training stopped: the",
+                f"baseline's first-token attention in layer {layer} went {trend['attn_previous']:.4f} -> "
+                f"{trend['attn_last']:.4f} over the last two evaluations, and its max |residual| {resid_text}.",
+                "Whether more training tokens would widen the contrast is not known.",
+            ]
+    lines += [
+        "",
+        "Each variant was trained once, from seed 0; the seed-to-seed spread of these numbers was not",
+        "measured, so loss differences of a few hundredths of a nat between the variants may not",
+        "survive another seed.",
+    ]
     lines += [
         "",
         "These are small models trained on a CPU for a few million tokens. Sinks need many training",
@@ -187,25 +289,56 @@ def write_card(
     (out / "README.md").write_text("\n".join(lines))
 
 
+def strongest_sink_layer(metrics: dict[str, Any]) -> int:
+    """The (0-based) layer where the baseline's first-token attention is largest; 0 without a baseline."""
+    if "baseline" not in metrics:
+        return 0
+    by_layer = metrics["baseline"]["first_token_attention_by_layer"]
+    return max(range(len(by_layer)), key=by_layer.__getitem__)
+
+
+def render(out: Path) -> None:
+    """Draw `training_emergence.png` and write `README.md` from a bundle's `metrics.json` and
+    `training_log.csv`."""
+    saved = json.loads((out / METRICS_FILE).read_text())
+    metrics, summary, corpus_info = saved["variants"], saved["training"], saved["corpus"]
+    strongest = strongest_sink_layer(metrics)
+    log = pd.read_csv(out / "training_log.csv")
+    fig = emergence_figure(log, strongest, summary["train_config"].get("eval_windows"))
+    fig.savefig(out / "training_emergence.png", dpi=120)
+    plt.close(fig)
+    write_card(out, metrics, summary, corpus_info, strongest, log)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gated_interp.train.card",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", type=Path, required=True, help="output folder of python -m gated_interp.train")
-    parser.add_argument("--corpus", type=Path, required=True, help="folder with valid.txt")
-    parser.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. gated_interp/checkpoints/tiny")
+    parser.add_argument("--run", type=Path, help="output folder of python -m gated_interp.train")
+    parser.add_argument("--corpus", type=Path, help="folder with valid.txt (and manifest.tsv, the list of books)")
+    parser.add_argument("--out", type=Path, help="bundle folder to write")
+    parser.add_argument(
+        "--from-bundle", type=Path, metavar="BUNDLE", help="only re-render BUNDLE's card and plot from its metrics.json"
+    )
     parser.add_argument("--heldout-windows", type=int, default=64)
     parser.add_argument("--hardware", default="a 2-core x86-64 CPU (no GPU)")
     parser.add_argument("--command", default=None, help="the training command, for the card")
     args = parser.parse_args(argv)
+    if args.from_bundle is not None:
+        render(args.from_bundle)
+        print(f"wrote {args.from_bundle / 'README.md'} and {args.from_bundle / 'training_emergence.png'}")
+        return 0
+    if args.run is None or args.corpus is None or args.out is None:
+        parser.error("--run, --corpus and --out are needed (or --from-bundle BUNDLE to re-render a card)")
 
     summary = json.loads((args.run / "training_summary.json").read_text())
     summary["hardware"] = args.hardware
     if args.command:
         summary["command"] = args.command
     corpus_info = json.loads((args.run / "corpus_info.json").read_text())
+    corpus_info["corpus"] = Path(corpus_info.get("corpus", args.corpus)).name  # no local paths in the bundle
     variants = summary["train_config"]["variants"]
     args.out.mkdir(parents=True, exist_ok=True)
     for variant in variants:
@@ -213,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in CHECKPOINT_FILES:
             shutil.copy2(args.run / variant / name, args.out / variant / name)
     shutil.copy2(args.run / "training_log.csv", args.out / "training_log.csv")
+    if (args.corpus / "manifest.tsv").is_file():
+        write_corpus_list(args.corpus / "manifest.tsv", args.out)
 
     model = load_hooked(args.out / variants[0], progress=False)
     seq_len = summary["train_config"]["seq_len"]
@@ -230,15 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(variant, {k: v for k, v in metrics[variant].items() if not isinstance(v, (list, str))})
     metrics_meta = {"training": summary, "corpus": corpus_info}
     (args.out / METRICS_FILE).write_text(json.dumps({"variants": metrics, **metrics_meta}, indent=2) + "\n")
-
-    strongest = 0
-    if "baseline" in metrics:
-        by_layer = metrics["baseline"]["first_token_attention_by_layer"]
-        strongest = max(range(len(by_layer)), key=by_layer.__getitem__)
-    log = pd.read_csv(args.out / "training_log.csv")
-    fig = emergence_figure(log, strongest)
-    fig.savefig(args.out / "training_emergence.png", dpi=120)
-    write_card(args.out, metrics, summary, corpus_info, strongest)
+    render(args.out)
     print(f"wrote {args.out}")
     return 0
 

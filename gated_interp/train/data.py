@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerBase
 _ENCODE_BATCH_LINES = 4096
 
 _CORPUS_HINT = (
-    "Pass the corpus folder with --corpus: train.txt and valid.txt, documents separated by one "
-    "blank line (the bundled models' card, gated_interp/checkpoints/tiny/README.md, describes "
-    "the corpus they were trained on)."
+    "Pass the corpus folder with --corpus: it holds train.txt and valid.txt, plain UTF-8 text with "
+    "documents separated by one blank line. The books the bundled models were trained on are listed, "
+    "with their Project Gutenberg numbers, in gated_interp/checkpoints/tiny/CORPUS.md."
 )
 
 
