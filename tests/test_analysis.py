@@ -317,3 +317,14 @@ def test_compare_variants_with_string_prompts(two_variants, tmp_path):
     assert frame.loc["headwise", "loss"] == pytest.approx(loss)
     _, cache = model.run_with_cache(tokens, attention_mask=mask)
     assert frame.loc["headwise", "mean_gate"] == pytest.approx(mean_gate_score(cache, mask), rel=1e-5)
+
+
+def test_measure_variant_is_a_row_of_compare_variants(two_variants):
+    from gated_interp.analysis import measure_variant
+
+    tokens = random_tokens(two_variants["baseline"], 2, 6)
+    frame = compare_variants(two_variants, tokens, progress=False)
+    for name, model in two_variants.items():
+        row = measure_variant(model, tokens, progress=False)
+        assert list(row) == list(frame.columns)  # deprecated copies f_attn, m_act included
+        assert row == pytest.approx(frame.loc[name].to_dict(), nan_ok=True)

@@ -30,10 +30,13 @@ def measure_variant(
 ) -> dict[str, float]:
     """First-token attention, sink rate, max |resid_post| (M-Act), mean gate score (NaN if
     ungated) and loss of one model on the prompts, pooled over batches exactly as one big batch
-    would give them. A thin wrapper of `streaming.measure(...).summary()`."""
-    return measure(
+    would give them: `streaming.measure(...).summary()`, plus the deprecated keys f_attn and m_act
+    (copies, as in `compare_variants`' table)."""
+    row = measure(
         model, prompts, attention_mask, batch_size, eps, method=method, progress=progress or None, desc=desc
     ).summary()
+    row.update({old: row[new] for old, new in DEPRECATED_COLUMNS.items()})
+    return row
 
 
 def compare_variants(
