@@ -12,7 +12,7 @@ import torch
 
 import gated_interp
 from gated_interp.train.__main__ import main as train_main
-from gated_interp.train.trainer import TrainConfig, build_models, lr_at
+from gated_interp.train.trainer import TrainConfig, build_models, default_architecture, lr_at
 
 WORDS = "the a little girl boy cat dog ran saw big small red house tree and then said she he it was".split()
 
@@ -94,7 +94,7 @@ def test_short_training_run_writes_loadable_checkpoints(corpus, tmp_path):
 
 
 def test_variants_start_from_the_same_shared_weights():
-    train = TrainConfig(d_model=16, n_layers=2, n_heads=2, n_key_value_heads=1, d_head=8, d_mlp=32)
+    train = TrainConfig(model=default_architecture(d_model=16, n_layers=2, n_heads=2, n_key_value_heads=1, d_head=8, d_mlp=32))
     models = build_models(train, vocab_size=50, tokenizer=None)
     baseline = dict(models["baseline"].named_parameters())
     for variant in ("gate_headwise", "gate_elementwise"):
@@ -154,3 +154,52 @@ def test_bundle_names_its_books_and_no_local_paths():
     card = " ".join((TINY_DIR / "README.md").read_text().split())
     assert "seed-to-seed spread of these numbers was not measured" in card
     assert "does not show the contrast still growing" in card
+
+
+def test_train_config_holds_the_model_config_once():
+    train = TrainConfig(seq_len=64, model=default_architecture(d_model=48, n_layers=3, d_head=16, rope_theta=500.0))
+    models = build_models(train, vocab_size=40, tokenizer=None)
+    for variant, model in models.items():
+        assert (model.cfg.d_model, model.cfg.n_layers, model.cfg.d_head, model.cfg.rope_theta) == (48, 3, 16, 500.0)
+        assert (model.cfg.d_vocab, model.cfg.n_ctx) == (40, 64)
+        assert model.cfg.gate == gated_interp.config.VARIANT_GATES[variant]
+    saved = json.loads(json.dumps(train.to_dict()))
+    assert {"d_model", "n_layers", "rope_theta"} <= set(saved["model"]) and "d_model" not in saved
+    assert TrainConfig.from_dict(saved) == train
+
+
+def test_old_flat_train_config_still_loads():
+    """Summaries written before the config embedded the model's (the bundled metrics.json among them)."""
+    from gated_interp.loading.bundled import bundled_metrics
+
+    flat = bundled_metrics()["training"]["train_config"]
+    assert "d_model" in flat and "model" not in flat
+    train = TrainConfig.from_dict(flat)
+    assert (train.model.d_model, train.model.n_layers, train.model.n_heads) == (128, 4, 4)
+    assert (train.model.n_key_value_heads, train.model.d_head, train.model.d_mlp) == (2, 32, 384)
+    assert train.model.rope_theta == 10_000.0 and train.seq_len == 128 and train.betas == (0.9, 0.95)
+    with pytest.raises(ValueError, match="flat architecture keys"):
+        TrainConfig.from_dict({"seq_len": 8})
+    with pytest.raises(ValueError, match="unknown train config keys"):
+        TrainConfig.from_dict({**flat, "learning_rate": 1.0})
+
+
+def test_card_renders_the_bundle_from_its_old_flat_metrics(tmp_path):
+    import shutil
+
+    from gated_interp.loading.bundled import TINY_DIR
+    from gated_interp.train.card import render
+
+    for name in ("metrics.json", "training_log.csv"):
+        shutil.copy(TINY_DIR / name, tmp_path / name)
+    render(tmp_path)
+    assert (tmp_path / "README.md").read_text() == (TINY_DIR / "README.md").read_text()
+
+
+def test_cli_flags_keep_their_names_and_defaults(tmp_path):
+    from gated_interp.train.__main__ import parse_args
+
+    args = parse_args(["--corpus", str(tmp_path)])
+    expected = dict(d_model=128, n_layers=4, n_heads=4, n_key_value_heads=2, d_head=32, d_mlp=384, rope_theta=10_000.0)
+    assert {name: getattr(args, name) for name in expected} == expected
+    assert (args.seq_len, args.batch_size, args.lr, args.weight_decay) == (256, 32, 3e-3, 0.1)

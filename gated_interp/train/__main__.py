@@ -13,6 +13,7 @@ told to with `--out`.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import sys
 import time
@@ -23,16 +24,13 @@ import torch
 from gated_interp.loading.bundled import TINY_DIR
 from gated_interp.train.data import evaluation_windows, make_windows, read_documents, tokenize_documents
 from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
-from gated_interp.train.trainer import VARIANT_GATES, TrainConfig, train_variants
+from gated_interp.train.trainer import VARIANT_GATES, TrainConfig, default_architecture, train_variants
 
-# TrainConfig fields settable from the command line (as --d-model, --lr, ...).
+# Fields settable from the command line (as --d-model, --lr, ...): the architecture's go into
+# TrainConfig.model (a GatedQwen3Config), the others into TrainConfig itself.
+MODEL_INT_OPTIONS = ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head", "d_mlp")
+MODEL_FLOAT_OPTIONS = ("rope_theta",)
 INT_OPTIONS = (
-    "d_model",
-    "n_layers",
-    "n_heads",
-    "n_key_value_heads",
-    "d_head",
-    "d_mlp",
     "seq_len",
     "batch_size",
     "warmup_steps",
@@ -41,7 +39,7 @@ INT_OPTIONS = (
     "save_interval",
     "seed",
 )
-FLOAT_OPTIONS = ("lr", "weight_decay", "rope_theta")
+FLOAT_OPTIONS = ("lr", "weight_decay")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--max-corpus-bytes", type=int, default=None, help="use only the start of train.txt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    for name in MODEL_INT_OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults.model, name))
     for name in INT_OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in MODEL_FLOAT_OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults.model, name))
     for name in FLOAT_OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     return parser.parse_args(argv)
@@ -85,13 +87,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    architecture = default_architecture(
+        d_vocab=args.vocab_size,
+        n_ctx=args.seq_len,
+        **{name: getattr(args, name) for name in MODEL_INT_OPTIONS + MODEL_FLOAT_OPTIONS},
+    )
     train = TrainConfig(
         variants=tuple(args.variants),
+        model=architecture,
         total_tokens=int(args.tokens),
         **{name: getattr(args, name) for name in INT_OPTIONS + FLOAT_OPTIONS},
     )
     started = time.time()
     tokenizer = train_bpe_tokenizer(train_path, vocab_size=args.vocab_size, max_bytes=args.max_corpus_bytes)
+    train.model = replace(train.model, d_vocab=len(tokenizer))  # BPE may stop short of --vocab-size
     documents = read_documents(train_path)
     if args.max_corpus_bytes:
         documents = _truncate(documents, args.max_corpus_bytes)

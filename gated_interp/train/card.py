@@ -32,6 +32,7 @@ from gated_interp.loading import load_hooked  # noqa: E402
 from gated_interp.loading.bundled import HELDOUT_FILE, METRICS_FILE  # noqa: E402
 from gated_interp.plotting import variant_style  # noqa: E402
 from gated_interp.train.data import evaluation_windows  # noqa: E402
+from gated_interp.train.trainer import TrainConfig  # noqa: E402
 
 CHECKPOINT_FILES = (
     "config.json",
@@ -152,7 +153,8 @@ def write_card(
     strongest_layer: int,
     log: pd.DataFrame | None = None,
 ) -> None:
-    cfg = summary["train_config"]
+    train = TrainConfig.from_dict(summary["train_config"])  # also the old flat layout of metrics.json
+    cfg, arch = vars(train), train.model
     variants = list(metrics)
     lines = [
         "# Bundled tiny gated-attention models",
@@ -179,9 +181,9 @@ def write_card(
         "",
         "## Architecture and training",
         "",
-        f"- {cfg['n_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} query heads over "
-        f"{cfg['n_key_value_heads']} key-value heads, d_head {cfg['d_head']}, SwiGLU d_mlp {cfg['d_mlp']}, "
-        f"RMSNorm, q/k norm, RoPE (theta {cfg['rope_theta']:g}), untied embeddings, context {cfg['seq_len']}.",
+        f"- {arch.n_layers} layers, d_model {arch.d_model}, {arch.n_heads} query heads over "
+        f"{arch.n_key_value_heads} key-value heads, d_head {arch.d_head}, SwiGLU d_mlp {arch.d_mlp}, "
+        f"RMSNorm, q/k norm, RoPE (theta {arch.rope_theta:g}), untied embeddings, context {cfg['seq_len']}.",
         f"- AdamW, lr {cfg['lr']:g} (warm-up {cfg['warmup_steps']} steps, cosine to {cfg['min_lr_ratio']:g}x), "
         f"weight decay {cfg['weight_decay']}, betas {tuple(cfg['betas'])}, batch {cfg['batch_size']} x "
         f"{cfg['seq_len']} tokens, gradient clipping {cfg['grad_clip']}, seed {cfg['seed']}, fp32.",

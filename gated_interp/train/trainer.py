@@ -13,9 +13,9 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from jaxtyping import Int
@@ -28,15 +28,37 @@ from gated_interp.loading import save_hf
 from gated_interp.model import HookedGatedQwen3
 
 
+def default_architecture(**overrides) -> GatedQwen3Config:
+    """The tiny models' architecture: a `GatedQwen3Config` whose per-run fields (`d_vocab` from the
+    tokenizer, `n_ctx` from `seq_len`, `gate` from the variant) are filled in when the models are built."""
+    fields_ = dict(
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_key_value_heads=2,
+        d_head=32,
+        d_mlp=384,
+        d_vocab=4096,
+        n_ctx=256,
+        rope_theta=10_000.0,  # not Qwen3's 1e6: contexts here are a few hundred tokens
+        device="cpu",
+    )
+    fields_.update(overrides)
+    return GatedQwen3Config(**fields_)
+
+
+# The architecture keys of the old flat `train_config` layout (training summaries and the bundled
+# `metrics.json` written before the config embedded the model's).
+_FLAT_MODEL_KEYS = ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head", "d_mlp", "rope_theta")
+
+
 @dataclass
 class TrainConfig:
+    """Everything a training run depends on. The architecture is the model's own config (`model`),
+    shared by every variant; each variant sets only its gate (`VARIANT_GATES`)."""
+
     variants: tuple[str, ...] = tuple(VARIANT_GATES)
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_key_value_heads: int = 2
-    d_head: int = 32
-    d_mlp: int = 384
+    model: GatedQwen3Config = field(default_factory=default_architecture)
     seq_len: int = 256
     batch_size: int = 32
     total_tokens: int = 12_000_000
@@ -50,7 +72,6 @@ class TrainConfig:
     eval_interval: int = 100
     eval_windows: int = 64
     save_interval: int = 500
-    rope_theta: float = 10_000.0
     save_dtype: str = "bfloat16"
     extra: dict = field(default_factory=dict)
 
@@ -62,21 +83,60 @@ class TrainConfig:
     def n_steps(self) -> int:
         return max(1, self.total_tokens // self.tokens_per_step)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the model config is written as its fields that differ from
+        `GatedQwen3Config`'s defaults (plus the required ones)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        out["variants"], out["betas"] = list(self.variants), list(self.betas)
+        model: dict[str, Any] = {}
+        for f in fields(GatedQwen3Config):
+            value = getattr(self.model, f.name)
+            if f.default is MISSING and f.default_factory is MISSING or value != _default_of(f):
+                model[f.name] = str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
+        return {"variants": out.pop("variants"), "model": model, **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of `to_dict`; also reads the old flat layout, where the architecture fields
+        (d_model, n_layers, ..., rope_theta) sat next to the training ones."""
+        data = dict(data)
+        if "model" in data:
+            model = dict(data.pop("model"))
+            if isinstance(model.get("dtype"), str):
+                model["dtype"] = getattr(torch, model["dtype"])
+            architecture = GatedQwen3Config(**model)
+        else:
+            missing = [key for key in _FLAT_MODEL_KEYS if key not in data]
+            if missing:
+                raise ValueError(
+                    f"train config has neither a 'model' entry nor the flat architecture keys {missing}; "
+                    "it was not written by gated_interp.train"
+                )
+            architecture = default_architecture(**{key: data.pop(key) for key in _FLAT_MODEL_KEYS})
+            if "seq_len" in data:
+                architecture = replace(architecture, n_ctx=data["seq_len"])
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown train config keys {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        if "variants" in data:
+            data["variants"] = tuple(data["variants"])
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(model=architecture, **data)
+
+
+def _default_of(f) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()
+
 
 def model_config(train: TrainConfig, variant: str, vocab_size: int) -> GatedQwen3Config:
-    return GatedQwen3Config(
-        d_model=train.d_model,
-        n_layers=train.n_layers,
-        n_heads=train.n_heads,
-        n_key_value_heads=train.n_key_value_heads,
-        d_head=train.d_head,
-        d_mlp=train.d_mlp,
+    """`train.model` with this run's vocabulary, context and the variant's gate."""
+    return replace(
+        train.model,
         d_vocab=vocab_size,
         n_ctx=train.seq_len,
         gate=VARIANT_GATES[variant],
-        rope_theta=train.rope_theta,
         model_name=f"tiny_{variant}",
-        device="cpu",
     )
 
 
@@ -197,7 +257,7 @@ def train_variants(
             break
     save_all()
     summary = {
-        "train_config": asdict(train),
+        "train_config": train.to_dict(),
         "steps_done": step + 1,
         "tokens_seen": (step + 1) * train.tokens_per_step,
         "wall_time_s": round(time.time() - started, 1),
