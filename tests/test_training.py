@@ -94,7 +94,9 @@ def test_short_training_run_writes_loadable_checkpoints(corpus, tmp_path):
 
 
 def test_variants_start_from_the_same_shared_weights():
-    train = TrainConfig(model=default_architecture(d_model=16, n_layers=2, n_heads=2, n_key_value_heads=1, d_head=8, d_mlp=32))
+    train = TrainConfig(
+        model=default_architecture(d_model=16, n_layers=2, n_heads=2, n_key_value_heads=1, d_head=8, d_mlp=32)
+    )
     models = build_models(train, vocab_size=50, tokenizer=None)
     baseline = dict(models["baseline"].named_parameters())
     for variant in ("gate_headwise", "gate_elementwise"):

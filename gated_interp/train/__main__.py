@@ -13,10 +13,10 @@ told to with `--out`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
