@@ -205,3 +205,62 @@ def test_cli_flags_keep_their_names_and_defaults(tmp_path):
     expected = dict(d_model=128, n_layers=4, n_heads=4, n_key_value_heads=2, d_head=32, d_mlp=384, rope_theta=10_000.0)
     assert {name: getattr(args, name) for name in expected} == expected
     assert (args.seq_len, args.batch_size, args.lr, args.weight_decay) == (256, 32, 3e-3, 0.1)
+
+
+TINY_ARGS = [
+    "--vocab-size", "300", "--d-model", "32", "--n-layers", "2", "--n-heads", "4", "--n-key-value-heads", "2",
+    "--d-head", "8", "--d-mlp", "64", "--seq-len", "32", "--batch-size", "8", "--warmup-steps", "2",
+    "--eval-windows", "2", "--threads", "1",
+]  # fmt: skip
+
+
+def _state(run):
+    from gated_interp.train.trainer import load_train_state
+
+    return load_train_state(run)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
+    """8 steps in one go == 4 steps, stop, --resume for the other 4: weights, AdamW state, log."""
+    common = ["--corpus", str(corpus), "--tokens", "2048", "--eval-interval", "2", "--save-interval", "2"]
+    common += TINY_ARGS + ["--variants", "baseline", "gate_headwise"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_main(common + ["--out", str(whole)]) == 0
+    assert train_main(common + ["--out", str(parts), "--stop-after-steps", "4"]) == 0
+    stopped = json.loads((parts / "training_summary.json").read_text())
+    assert stopped["steps_done"] == 4 and "--resume" in stopped["stopped_early"]
+    # Flags that shape the run are read from the run folder on resume, not from the command line.
+    assert train_main(["--corpus", str(corpus), "--resume", str(parts), "--lr", "1.0", "--threads", "1"]) == 0
+
+    a, b = _state(whole), _state(parts)
+    assert a["step"] == b["step"] == 8
+    for variant in ("baseline", "gate_headwise"):
+        for name, tensor in a["models"][variant].items():
+            torch.testing.assert_close(b["models"][variant][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        for index, slot in a["optimizers"][variant]["state"].items():
+            other = b["optimizers"][variant]["state"][index]
+            assert other["step"] == slot["step"]
+            torch.testing.assert_close(other["exp_avg_sq"], slot["exp_avg_sq"], rtol=1e-4, atol=1e-10)
+
+    def rows(run):
+        with open(run / "training_log.csv") as file:
+            return list(csv.DictReader(file))
+
+    whole_rows, part_rows = rows(whole), rows(parts)
+    assert [(r["step"], r["tokens"], r["variant"]) for r in part_rows] == [
+        (r["step"], r["tokens"], r["variant"]) for r in whole_rows
+    ]
+    assert [int(r["tokens"]) for r in part_rows][-1] == 2048  # the log counts the tokens of both parts
+    for x, y in zip(whole_rows, part_rows):
+        assert float(y["val_loss"]) == pytest.approx(float(x["val_loss"]), rel=1e-5)
+        assert float(y["train_loss"]) == pytest.approx(float(x["train_loss"]), rel=1e-5, nan_ok=True)
+    summary = json.loads((parts / "training_summary.json").read_text())
+    assert summary["tokens_seen"] == 2048 and summary["steps_done"] == 8 and "stopped_early" not in summary
+    model = gated_interp.load_hooked(parts / "gate_headwise", progress=False)
+    assert model.cfg.gate == "headwise" and model.tokenizer.bos_token == "<|doc|>"
+
+
+def test_resume_needs_an_earlier_run(corpus, tmp_path, capsys):
+    assert train_main(["--corpus", str(corpus), "--resume", str(tmp_path / "empty")]) == 2
+    assert "--resume" in capsys.readouterr().err
