@@ -264,3 +264,30 @@ def test_a_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
 def test_resume_needs_an_earlier_run(corpus, tmp_path, capsys):
     assert train_main(["--corpus", str(corpus), "--resume", str(tmp_path / "empty")]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_card_combines_variants_trained_in_separate_processes(corpus, tmp_path):
+    """One process per variant gives the weights of one process training both, and the card takes both folders."""
+    from gated_interp.train.card import main as card_main
+
+    common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
+    both, a, b = tmp_path / "both", tmp_path / "a", tmp_path / "b"
+    assert train_main(common + ["--out", str(both), "--variants", "baseline", "gate_headwise"]) == 0
+    assert train_main(common + ["--out", str(a), "--variants", "baseline"]) == 0
+    assert train_main(common + ["--out", str(b), "--variants", "gate_headwise"]) == 0
+    card = ["--corpus", str(corpus), "--heldout-windows", "2"]
+    assert card_main(card + ["--run", str(both), "--out", str(tmp_path / "card1")]) == 0
+    assert card_main(card + ["--run", str(b), str(a), "--out", str(tmp_path / "card2")]) == 0
+
+    one, two = (json.loads((tmp_path / c / "metrics.json").read_text()) for c in ("card1", "card2"))
+    assert list(two["variants"]) == ["baseline", "gate_headwise"]
+    assert two["training"]["processes"] == 2 and two["training"]["tokens_seen"] == 1024
+    for variant in ("baseline", "gate_headwise"):
+        assert two["variants"][variant]["loss"] == pytest.approx(one["variants"][variant]["loss"], rel=1e-5)
+    logs = [(tmp_path / c / "training_log.csv").read_text().splitlines() for c in ("card1", "card2")]
+    assert [line.split(",")[:3] for line in logs[0]] == [line.split(",")[:3] for line in logs[1]]
+    assert "2 parallel processes" in (tmp_path / "card2" / "README.md").read_text()
+
+    with pytest.raises(SystemExit):  # a variant given twice
+        card_main(card + ["--run", str(a), str(both), "--out", str(tmp_path / "card3")])
