@@ -12,7 +12,7 @@ import torch
 
 import gated_interp
 from gated_interp.train.__main__ import main as train_main
-from gated_interp.train.trainer import TrainConfig, build_models, lr_at
+from gated_interp.train.trainer import TrainConfig, build_models, default_architecture, lr_at
 
 WORDS = "the a little girl boy cat dog ran saw big small red house tree and then said she he it was".split()
 
@@ -94,7 +94,9 @@ def test_short_training_run_writes_loadable_checkpoints(corpus, tmp_path):
 
 
 def test_variants_start_from_the_same_shared_weights():
-    train = TrainConfig(d_model=16, n_layers=2, n_heads=2, n_key_value_heads=1, d_head=8, d_mlp=32)
+    train = TrainConfig(
+        model=default_architecture(d_model=16, n_layers=2, n_heads=2, n_key_value_heads=1, d_head=8, d_mlp=32)
+    )
     models = build_models(train, vocab_size=50, tokenizer=None)
     baseline = dict(models["baseline"].named_parameters())
     for variant in ("gate_headwise", "gate_elementwise"):
@@ -154,3 +156,138 @@ def test_bundle_names_its_books_and_no_local_paths():
     card = " ".join((TINY_DIR / "README.md").read_text().split())
     assert "seed-to-seed spread of these numbers was not measured" in card
     assert "does not show the contrast still growing" in card
+
+
+def test_train_config_holds_the_model_config_once():
+    train = TrainConfig(seq_len=64, model=default_architecture(d_model=48, n_layers=3, d_head=16, rope_theta=500.0))
+    models = build_models(train, vocab_size=40, tokenizer=None)
+    for variant, model in models.items():
+        assert (model.cfg.d_model, model.cfg.n_layers, model.cfg.d_head, model.cfg.rope_theta) == (48, 3, 16, 500.0)
+        assert (model.cfg.d_vocab, model.cfg.n_ctx) == (40, 64)
+        assert model.cfg.gate == gated_interp.config.VARIANT_GATES[variant]
+    saved = json.loads(json.dumps(train.to_dict()))
+    assert {"d_model", "n_layers", "rope_theta"} <= set(saved["model"]) and "d_model" not in saved
+    assert TrainConfig.from_dict(saved) == train
+
+
+def test_old_flat_train_config_still_loads():
+    """Summaries written before the config embedded the model's (the bundled metrics.json among them)."""
+    from gated_interp.loading.bundled import bundled_metrics
+
+    flat = bundled_metrics()["training"]["train_config"]
+    assert "d_model" in flat and "model" not in flat
+    train = TrainConfig.from_dict(flat)
+    assert (train.model.d_model, train.model.n_layers, train.model.n_heads) == (128, 4, 4)
+    assert (train.model.n_key_value_heads, train.model.d_head, train.model.d_mlp) == (2, 32, 384)
+    assert train.model.rope_theta == 10_000.0 and train.seq_len == 128 and train.betas == (0.9, 0.95)
+    with pytest.raises(ValueError, match="flat architecture keys"):
+        TrainConfig.from_dict({"seq_len": 8})
+    with pytest.raises(ValueError, match="unknown train config keys"):
+        TrainConfig.from_dict({**flat, "learning_rate": 1.0})
+
+
+def test_card_renders_the_bundle_from_its_old_flat_metrics(tmp_path):
+    import shutil
+
+    from gated_interp.loading.bundled import TINY_DIR
+    from gated_interp.train.card import render
+
+    for name in ("metrics.json", "training_log.csv"):
+        shutil.copy(TINY_DIR / name, tmp_path / name)
+    render(tmp_path)
+    assert (tmp_path / "README.md").read_text() == (TINY_DIR / "README.md").read_text()
+
+
+def test_cli_flags_keep_their_names_and_defaults(tmp_path):
+    from gated_interp.train.__main__ import parse_args
+
+    args = parse_args(["--corpus", str(tmp_path)])
+    expected = dict(d_model=128, n_layers=4, n_heads=4, n_key_value_heads=2, d_head=32, d_mlp=384, rope_theta=10_000.0)
+    assert {name: getattr(args, name) for name in expected} == expected
+    assert (args.seq_len, args.batch_size, args.lr, args.weight_decay) == (256, 32, 3e-3, 0.1)
+
+
+TINY_ARGS = [
+    "--vocab-size", "300", "--d-model", "32", "--n-layers", "2", "--n-heads", "4", "--n-key-value-heads", "2",
+    "--d-head", "8", "--d-mlp", "64", "--seq-len", "32", "--batch-size", "8", "--warmup-steps", "2",
+    "--eval-windows", "2", "--threads", "1",
+]  # fmt: skip
+
+
+def _state(run):
+    from gated_interp.train.trainer import load_train_state
+
+    return load_train_state(run)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
+    """8 steps in one go == 4 steps, stop, --resume for the other 4: weights, AdamW state, log."""
+    common = ["--corpus", str(corpus), "--tokens", "2048", "--eval-interval", "2", "--save-interval", "2"]
+    common += TINY_ARGS + ["--variants", "baseline", "gate_headwise"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_main(common + ["--out", str(whole)]) == 0
+    assert train_main(common + ["--out", str(parts), "--stop-after-steps", "4"]) == 0
+    stopped = json.loads((parts / "training_summary.json").read_text())
+    assert stopped["steps_done"] == 4 and "--resume" in stopped["stopped_early"]
+    # Flags that shape the run are read from the run folder on resume, not from the command line.
+    assert train_main(["--corpus", str(corpus), "--resume", str(parts), "--lr", "1.0", "--threads", "1"]) == 0
+
+    a, b = _state(whole), _state(parts)
+    assert a["step"] == b["step"] == 8
+    for variant in ("baseline", "gate_headwise"):
+        for name, tensor in a["models"][variant].items():
+            torch.testing.assert_close(b["models"][variant][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        for index, slot in a["optimizers"][variant]["state"].items():
+            other = b["optimizers"][variant]["state"][index]
+            assert other["step"] == slot["step"]
+            torch.testing.assert_close(other["exp_avg_sq"], slot["exp_avg_sq"], rtol=1e-4, atol=1e-10)
+
+    def rows(run):
+        with open(run / "training_log.csv") as file:
+            return list(csv.DictReader(file))
+
+    whole_rows, part_rows = rows(whole), rows(parts)
+    assert [(r["step"], r["tokens"], r["variant"]) for r in part_rows] == [
+        (r["step"], r["tokens"], r["variant"]) for r in whole_rows
+    ]
+    assert [int(r["tokens"]) for r in part_rows][-1] == 2048  # the log counts the tokens of both parts
+    for x, y in zip(whole_rows, part_rows):
+        assert float(y["val_loss"]) == pytest.approx(float(x["val_loss"]), rel=1e-5)
+        assert float(y["train_loss"]) == pytest.approx(float(x["train_loss"]), rel=1e-5, nan_ok=True)
+    summary = json.loads((parts / "training_summary.json").read_text())
+    assert summary["tokens_seen"] == 2048 and summary["steps_done"] == 8 and "stopped_early" not in summary
+    model = gated_interp.load_hooked(parts / "gate_headwise", progress=False)
+    assert model.cfg.gate == "headwise" and model.tokenizer.bos_token == "<|doc|>"
+
+
+def test_resume_needs_an_earlier_run(corpus, tmp_path, capsys):
+    assert train_main(["--corpus", str(corpus), "--resume", str(tmp_path / "empty")]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_card_combines_variants_trained_in_separate_processes(corpus, tmp_path):
+    """One process per variant gives the weights of one process training both, and the card takes both folders."""
+    from gated_interp.train.card import main as card_main
+
+    common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
+    both, a, b = tmp_path / "both", tmp_path / "a", tmp_path / "b"
+    assert train_main(common + ["--out", str(both), "--variants", "baseline", "gate_headwise"]) == 0
+    assert train_main(common + ["--out", str(a), "--variants", "baseline"]) == 0
+    assert train_main(common + ["--out", str(b), "--variants", "gate_headwise"]) == 0
+    card = ["--corpus", str(corpus), "--heldout-windows", "2"]
+    assert card_main(card + ["--run", str(both), "--out", str(tmp_path / "card1")]) == 0
+    assert card_main(card + ["--run", str(b), str(a), "--out", str(tmp_path / "card2")]) == 0
+
+    one, two = (json.loads((tmp_path / c / "metrics.json").read_text()) for c in ("card1", "card2"))
+    assert list(two["variants"]) == ["baseline", "gate_headwise"]
+    assert two["training"]["processes"] == 2 and two["training"]["tokens_seen"] == 1024
+    for variant in ("baseline", "gate_headwise"):
+        assert two["variants"][variant]["loss"] == pytest.approx(one["variants"][variant]["loss"], rel=1e-5)
+    logs = [(tmp_path / c / "training_log.csv").read_text().splitlines() for c in ("card1", "card2")]
+    assert [line.split(",")[:3] for line in logs[0]] == [line.split(",")[:3] for line in logs[1]]
+    assert "2 parallel processes" in (tmp_path / "card2" / "README.md").read_text()
+
+    with pytest.raises(SystemExit):  # a variant given twice
+        card_main(card + ["--run", str(a), str(both), "--out", str(tmp_path / "card3")])

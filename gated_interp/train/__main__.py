@@ -3,6 +3,25 @@
     python -m gated_interp.train --corpus CORPUS_DIR                  # writes runs/tiny
     python -m gated_interp.train.card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
 
+Stopping and resuming: a run stopped by --max-minutes, --stop-after-steps or an interruption
+continues from its last checkpoint (every --save-interval steps) with
+
+    python -m gated_interp.train --corpus CORPUS_DIR --resume runs/tiny
+
+which restores the weights, AdamW state, step (and so the position in the data order), RNG state
+and log of every variant, and reads all other settings from the run folder (the flags that shape
+the run are ignored). The log, the summary and the card count all tokens since step 0.
+
+Using several cores: the variants share only their data and seed, so each can train in its own
+process, e.g. on two cores
+
+    python -m gated_interp.train --corpus C --threads 1 --variants baseline --out runs/a &
+    python -m gated_interp.train --corpus C --threads 1 --variants gate_headwise gate_elementwise --out runs/b
+    python -m gated_interp.train.card --run runs/a runs/b --corpus C --out OUT_DIR
+
+Same flags in every process give the same tokenizer, data order and initial weights as one
+process training all variants; the card combines the run folders (and checks that they agree).
+
 CORPUS_DIR holds `train.txt` and `valid.txt`: plain UTF-8 text, documents separated by one blank
 line. The books the bundled models were trained on are listed in
 `gated_interp/checkpoints/tiny/CORPUS.md`. Training never writes into the bundled models' folder
@@ -16,23 +35,29 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from gated_interp.loading.bundled import TINY_DIR
 from gated_interp.train.data import evaluation_windows, make_windows, read_documents, tokenize_documents
 from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
-from gated_interp.train.trainer import VARIANT_GATES, TrainConfig, train_variants
+from gated_interp.train.trainer import (
+    CONFIG_FILE,
+    STATE_FILE,
+    VARIANT_GATES,
+    TrainConfig,
+    default_architecture,
+    train_variants,
+)
 
-# TrainConfig fields settable from the command line (as --d-model, --lr, ...).
+# Fields settable from the command line (as --d-model, --lr, ...): the architecture's go into
+# TrainConfig.model (a GatedQwen3Config), the others into TrainConfig itself.
+MODEL_INT_OPTIONS = ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head", "d_mlp")
+MODEL_FLOAT_OPTIONS = ("rope_theta",)
 INT_OPTIONS = (
-    "d_model",
-    "n_layers",
-    "n_heads",
-    "n_key_value_heads",
-    "d_head",
-    "d_mlp",
     "seq_len",
     "batch_size",
     "warmup_steps",
@@ -41,7 +66,7 @@ INT_OPTIONS = (
     "save_interval",
     "seed",
 )
-FLOAT_OPTIONS = ("lr", "weight_decay", "rope_theta")
+FLOAT_OPTIONS = ("lr", "weight_decay")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +87,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--max-corpus-bytes", type=int, default=None, help="use only the start of train.txt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (its own settings; --out is RUN_DIR)",
+    )
+    parser.add_argument(
+        "--stop-after-steps", type=int, default=None, metavar="N", help="stop after N steps in all (resumable)"
+    )
+    for name in MODEL_INT_OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults.model, name))
     for name in INT_OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in MODEL_FLOAT_OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults.model, name))
     for name in FLOAT_OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     return parser.parse_args(argv)
@@ -71,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.resume is not None:
+        args.out = args.resume
     if args.out.resolve() == TINY_DIR.resolve() or TINY_DIR.resolve() in args.out.resolve().parents:
         print(
             f"error: --out {args.out} is inside the bundled models' folder; train into another folder "
@@ -85,16 +126,37 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    train = TrainConfig(
-        variants=tuple(args.variants),
-        total_tokens=int(args.tokens),
-        **{name: getattr(args, name) for name in INT_OPTIONS + FLOAT_OPTIONS},
-    )
     started = time.time()
-    tokenizer = train_bpe_tokenizer(train_path, vocab_size=args.vocab_size, max_bytes=args.max_corpus_bytes)
+    if args.resume is not None:
+        config_path = args.resume / CONFIG_FILE
+        if not (config_path.is_file() and (args.resume / STATE_FILE).is_file()):
+            print(
+                f"error: --resume {args.resume}: no {CONFIG_FILE} and {STATE_FILE} there; give the folder of an "
+                "earlier run that saved at least one checkpoint",
+                file=sys.stderr,
+            )
+            return 2
+        train = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(args.resume / "_tokenizer")
+    else:
+        architecture = default_architecture(
+            d_vocab=args.vocab_size,
+            n_ctx=args.seq_len,
+            **{name: getattr(args, name) for name in MODEL_INT_OPTIONS + MODEL_FLOAT_OPTIONS},
+        )
+        train = TrainConfig(
+            variants=tuple(args.variants),
+            model=architecture,
+            total_tokens=int(args.tokens),
+            extra={"max_corpus_bytes": args.max_corpus_bytes},
+            **{name: getattr(args, name) for name in INT_OPTIONS + FLOAT_OPTIONS},
+        )
+        tokenizer = train_bpe_tokenizer(train_path, vocab_size=args.vocab_size, max_bytes=args.max_corpus_bytes)
+        train.model = replace(train.model, d_vocab=len(tokenizer))  # BPE may stop short of --vocab-size
+    max_corpus_bytes = train.extra.get("max_corpus_bytes")
     documents = read_documents(train_path)
-    if args.max_corpus_bytes:
-        documents = _truncate(documents, args.max_corpus_bytes)
+    if max_corpus_bytes:
+        documents = _truncate(documents, max_corpus_bytes)
     train_windows = make_windows(tokenize_documents(tokenizer, documents), tokenizer.bos_token_id, train.seq_len)
     eval_windows = evaluation_windows(tokenizer, valid_path, train.seq_len, train.eval_windows)
     print(
@@ -102,8 +164,22 @@ def main(argv: list[str] | None = None) -> int:
         f"of {train.seq_len} tokens, {eval_windows.shape[0]} held-out windows; {train.n_steps} steps planned"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    save_tokenizer(tokenizer, args.out / "_tokenizer")
-    train_variants(train, train_windows, eval_windows, tokenizer, args.out, max_minutes=args.max_minutes)
+    if args.resume is None:
+        save_tokenizer(tokenizer, args.out / "_tokenizer")
+    try:
+        train_variants(
+            train,
+            train_windows,
+            eval_windows,
+            tokenizer,
+            args.out,
+            max_minutes=args.max_minutes,
+            max_steps=args.stop_after_steps,
+            resume=args.resume is not None,
+        )
+    except ValueError as error:  # a resumed run whose corpus or config does not match
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for variant in train.variants:
         save_tokenizer(tokenizer, args.out / variant)
     corpus_info = {

@@ -1,6 +1,7 @@
 """`python -m gated_interp.train.card`: measure trained variants and write the bundle + model card.
 
     python -m gated_interp.train.card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
+    python -m gated_interp.train.card --run runs/a runs/b --corpus CORPUS_DIR --out OUT_DIR  # one process per variant
     python -m gated_interp.train.card --from-bundle gated_interp/checkpoints/tiny   # re-render text + plot
 
 Copies each variant's checkpoint from the training run, fixes the held-out windows the card is
@@ -32,6 +33,7 @@ from gated_interp.loading import load_hooked  # noqa: E402
 from gated_interp.loading.bundled import HELDOUT_FILE, METRICS_FILE  # noqa: E402
 from gated_interp.plotting import variant_style  # noqa: E402
 from gated_interp.train.data import evaluation_windows  # noqa: E402
+from gated_interp.train.trainer import VARIANT_GATES, TrainConfig  # noqa: E402
 
 CHECKPOINT_FILES = (
     "config.json",
@@ -152,7 +154,8 @@ def write_card(
     strongest_layer: int,
     log: pd.DataFrame | None = None,
 ) -> None:
-    cfg = summary["train_config"]
+    train = TrainConfig.from_dict(summary["train_config"])  # also the old flat layout of metrics.json
+    cfg, arch = vars(train), train.model
     variants = list(metrics)
     lines = [
         "# Bundled tiny gated-attention models",
@@ -179,15 +182,20 @@ def write_card(
         "",
         "## Architecture and training",
         "",
-        f"- {cfg['n_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} query heads over "
-        f"{cfg['n_key_value_heads']} key-value heads, d_head {cfg['d_head']}, SwiGLU d_mlp {cfg['d_mlp']}, "
-        f"RMSNorm, q/k norm, RoPE (theta {cfg['rope_theta']:g}), untied embeddings, context {cfg['seq_len']}.",
+        f"- {arch.n_layers} layers, d_model {arch.d_model}, {arch.n_heads} query heads over "
+        f"{arch.n_key_value_heads} key-value heads, d_head {arch.d_head}, SwiGLU d_mlp {arch.d_mlp}, "
+        f"RMSNorm, q/k norm, RoPE (theta {arch.rope_theta:g}), untied embeddings, context {cfg['seq_len']}.",
         f"- AdamW, lr {cfg['lr']:g} (warm-up {cfg['warmup_steps']} steps, cosine to {cfg['min_lr_ratio']:g}x), "
         f"weight decay {cfg['weight_decay']}, betas {tuple(cfg['betas'])}, batch {cfg['batch_size']} x "
         f"{cfg['seq_len']} tokens, gradient clipping {cfg['grad_clip']}, seed {cfg['seed']}, fp32.",
         f"- Tokens seen per variant: {summary['tokens_seen']:,} ({summary['steps_done']} steps); "
-        f"wall time for all three together: {summary['wall_time_s'] / 60:.0f} minutes on "
-        f"{summary.get('hardware', 'a 2-core CPU')} with {summary['torch_threads']} torch thread(s).",
+        + (
+            f"wall time for all three together: {summary['wall_time_s'] / 60:.0f} minutes on "
+            if summary.get("processes", 1) == 1
+            else f"wall time {summary['wall_time_s'] / 60:.0f} minutes, in {summary['processes']} parallel "
+            "processes, on "
+        )
+        + f"{summary.get('hardware', 'a 2-core CPU')} with {summary['torch_threads']} torch thread(s).",
         "- Learning curves: `training_log.csv` (held-out loss, first-token attention and max |residual|",
         f"  per layer, every {cfg['eval_interval']} steps, on {cfg['eval_windows']} windows of the held-out books);"
         " plotted below, with each gated variant's loss drawn relative to the baseline's.",
@@ -310,13 +318,72 @@ def render(out: Path) -> None:
     write_card(out, metrics, summary, corpus_info, strongest, log)
 
 
+def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Path], pd.DataFrame]:
+    """One training summary, corpus info, variant → run folder and training log from one run folder,
+    or from several that trained different variants with otherwise identical settings (one process
+    per variant). Refuses runs that differ in anything but their variants."""
+    summaries = [json.loads((run / "training_summary.json").read_text()) for run in runs]
+    corpora = [json.loads((run / "corpus_info.json").read_text()) for run in runs]
+    run_of: dict[str, Path] = {}
+    for run, summary in zip(runs, summaries):
+        for variant in summary["train_config"]["variants"]:
+            if variant in run_of:
+                raise ValueError(f"variant {variant!r} is in both {run_of[variant]} and {run}; give each variant once")
+            run_of[variant] = run
+    first = runs[0]
+    for run, summary, corpus in zip(runs[1:], summaries[1:], corpora[1:]):
+        mismatch = [
+            what
+            for what, a, b in [
+                (
+                    "train config",
+                    _without_variants(summaries[0]["train_config"]),
+                    _without_variants(summary["train_config"]),
+                ),
+                ("steps done", summaries[0]["steps_done"], summary["steps_done"]),
+                ("corpus", corpora[0], corpus),
+                ("tokenizer", _tokenizer_text(first), _tokenizer_text(run)),
+            ]
+            if a != b
+        ]
+        if mismatch:
+            raise ValueError(
+                f"{run} and {first} differ in {', '.join(mismatch)}: only runs with the same flags apart from "
+                "--variants and --out (and trained as far) can share a card"
+            )
+    order = [v for v in VARIANT_GATES if v in run_of] + [v for v in run_of if v not in VARIANT_GATES]
+    summary = dict(summaries[0])
+    summary["train_config"] = {**summary["train_config"], "variants": order}
+    if len(runs) > 1:
+        summary["wall_time_s"] = max(s["wall_time_s"] for s in summaries)
+        summary["processes"] = len(runs)
+    log = pd.concat([pd.read_csv(run / "training_log.csv") for run in runs], ignore_index=True)
+    log["_order"] = log["variant"].map(order.index)
+    log = log.sort_values(["step", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    return summary, corpora[0], run_of, log
+
+
+def _without_variants(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key != "variants"}
+
+
+def _tokenizer_text(run: Path) -> str:
+    return (run / "_tokenizer" / "tokenizer.json").read_text()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gated_interp.train.card",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--run", type=Path, help="output folder of python -m gated_interp.train")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        nargs="+",
+        help="output folder of python -m gated_interp.train; several when the variants were trained in "
+        "separate processes (same flags apart from --variants and --out)",
+    )
     parser.add_argument("--corpus", type=Path, help="folder with valid.txt (and manifest.tsv, the list of books)")
     parser.add_argument("--out", type=Path, help="bundle folder to write")
     parser.add_argument(
@@ -333,19 +400,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is None or args.corpus is None or args.out is None:
         parser.error("--run, --corpus and --out are needed (or --from-bundle BUNDLE to re-render a card)")
 
-    summary = json.loads((args.run / "training_summary.json").read_text())
+    try:
+        summary, corpus_info, run_of, log = combine_runs(args.run)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     summary["hardware"] = args.hardware
     if args.command:
         summary["command"] = args.command
-    corpus_info = json.loads((args.run / "corpus_info.json").read_text())
     corpus_info["corpus"] = Path(corpus_info.get("corpus", args.corpus)).name  # no local paths in the bundle
     variants = summary["train_config"]["variants"]
     args.out.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         (args.out / variant).mkdir(exist_ok=True)
         for name in CHECKPOINT_FILES:
-            shutil.copy2(args.run / variant / name, args.out / variant / name)
-    shutil.copy2(args.run / "training_log.csv", args.out / "training_log.csv")
+            shutil.copy2(run_of[variant] / variant / name, args.out / variant / name)
+    if len(args.run) == 1:
+        shutil.copy2(args.run[0] / "training_log.csv", args.out / "training_log.csv")
+    else:
+        log.to_csv(args.out / "training_log.csv", index=False)
     if (args.corpus / "manifest.tsv").is_file():
         write_corpus_list(args.corpus / "manifest.tsv", args.out)
 

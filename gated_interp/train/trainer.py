@@ -10,12 +10,13 @@ recorded as it happens. Checkpoints are written with `save_hf` in the released f
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from jaxtyping import Int
@@ -28,15 +29,37 @@ from gated_interp.loading import save_hf
 from gated_interp.model import HookedGatedQwen3
 
 
+def default_architecture(**overrides) -> GatedQwen3Config:
+    """The tiny models' architecture: a `GatedQwen3Config` whose per-run fields (`d_vocab` from the
+    tokenizer, `n_ctx` from `seq_len`, `gate` from the variant) are filled in when the models are built."""
+    fields_ = dict(
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_key_value_heads=2,
+        d_head=32,
+        d_mlp=384,
+        d_vocab=4096,
+        n_ctx=256,
+        rope_theta=10_000.0,  # not Qwen3's 1e6: contexts here are a few hundred tokens
+        device="cpu",
+    )
+    fields_.update(overrides)
+    return GatedQwen3Config(**fields_)
+
+
+# The architecture keys of the old flat `train_config` layout (training summaries and the bundled
+# `metrics.json` written before the config embedded the model's).
+_FLAT_MODEL_KEYS = ("d_model", "n_layers", "n_heads", "n_key_value_heads", "d_head", "d_mlp", "rope_theta")
+
+
 @dataclass
 class TrainConfig:
+    """Everything a training run depends on. The architecture is the model's own config (`model`),
+    shared by every variant; each variant sets only its gate (`VARIANT_GATES`)."""
+
     variants: tuple[str, ...] = tuple(VARIANT_GATES)
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_key_value_heads: int = 2
-    d_head: int = 32
-    d_mlp: int = 384
+    model: GatedQwen3Config = field(default_factory=default_architecture)
     seq_len: int = 256
     batch_size: int = 32
     total_tokens: int = 12_000_000
@@ -50,7 +73,6 @@ class TrainConfig:
     eval_interval: int = 100
     eval_windows: int = 64
     save_interval: int = 500
-    rope_theta: float = 10_000.0
     save_dtype: str = "bfloat16"
     extra: dict = field(default_factory=dict)
 
@@ -62,21 +84,60 @@ class TrainConfig:
     def n_steps(self) -> int:
         return max(1, self.total_tokens // self.tokens_per_step)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the model config is written as its fields that differ from
+        `GatedQwen3Config`'s defaults (plus the required ones)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        out["variants"], out["betas"] = list(self.variants), list(self.betas)
+        model: dict[str, Any] = {}
+        for f in fields(GatedQwen3Config):
+            value = getattr(self.model, f.name)
+            if f.default is MISSING and f.default_factory is MISSING or value != _default_of(f):
+                model[f.name] = str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
+        return {"variants": out.pop("variants"), "model": model, **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of `to_dict`; also reads the old flat layout, where the architecture fields
+        (d_model, n_layers, ..., rope_theta) sat next to the training ones."""
+        data = dict(data)
+        if "model" in data:
+            model = dict(data.pop("model"))
+            if isinstance(model.get("dtype"), str):
+                model["dtype"] = getattr(torch, model["dtype"])
+            architecture = GatedQwen3Config(**model)
+        else:
+            missing = [key for key in _FLAT_MODEL_KEYS if key not in data]
+            if missing:
+                raise ValueError(
+                    f"train config has neither a 'model' entry nor the flat architecture keys {missing}; "
+                    "it was not written by gated_interp.train"
+                )
+            architecture = default_architecture(**{key: data.pop(key) for key in _FLAT_MODEL_KEYS})
+            if "seq_len" in data:
+                architecture = replace(architecture, n_ctx=data["seq_len"])
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown train config keys {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        if "variants" in data:
+            data["variants"] = tuple(data["variants"])
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(model=architecture, **data)
+
+
+def _default_of(f) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()
+
 
 def model_config(train: TrainConfig, variant: str, vocab_size: int) -> GatedQwen3Config:
-    return GatedQwen3Config(
-        d_model=train.d_model,
-        n_layers=train.n_layers,
-        n_heads=train.n_heads,
-        n_key_value_heads=train.n_key_value_heads,
-        d_head=train.d_head,
-        d_mlp=train.d_mlp,
+    """`train.model` with this run's vocabulary, context and the variant's gate."""
+    return replace(
+        train.model,
         d_vocab=vocab_size,
         n_ctx=train.seq_len,
         gate=VARIANT_GATES[variant],
-        rope_theta=train.rope_theta,
         model_name=f"tiny_{variant}",
-        device="cpu",
     )
 
 
@@ -122,6 +183,10 @@ def evaluate(model: HookedGatedQwen3, windows: Int[Tensor, "window pos"], batch_
     return row
 
 
+STATE_FILE = "_train_state.pt"  # what `--resume` continues from; written with every checkpoint
+CONFIG_FILE = "train_config.json"  # the run's TrainConfig, written when it starts
+
+
 def train_variants(
     train: TrainConfig,
     train_windows: Int[Tensor, "window pos"],
@@ -130,9 +195,19 @@ def train_variants(
     out_dir: Path,
     max_minutes: Optional[float] = None,
     progress: bool = True,
+    max_steps: Optional[int] = None,
+    resume: bool = False,
 ) -> dict[str, HookedGatedQwen3]:
     """Train every variant in `train.variants` on the same batches; write checkpoints to
-    `out_dir/<variant>`, the learning curves to `out_dir/training_log.csv`."""
+    `out_dir/<variant>`, the learning curves to `out_dir/training_log.csv`.
+
+    With every checkpoint, `out_dir/_train_state.pt` records what a later run needs to continue
+    exactly: the fp32 weights and AdamW state of every variant, the step (which fixes the position
+    in the data order, `WindowSampler`), the running train loss, torch's RNG state, the log rows and
+    the elapsed time. `resume=True` continues from it (same `train`, same windows); the learning-rate
+    schedule, the log and the token counts run on as if training had never stopped.
+    `max_steps` stops after that many steps in all (a run can then be resumed).
+    """
     from gated_interp.train.data import WindowSampler
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,8 +217,30 @@ def train_variants(
     sampler = WindowSampler(train_windows, train.batch_size, train.seed)
     log_path = out_dir / "training_log.csv"
     log_rows: list[dict] = []
-    started = time.time()
+    running_loss: dict[str, float] = {}
     save_dtype = getattr(torch, train.save_dtype)
+    windows_digest = _digest(train_windows)
+    start_step, elapsed_before = 0, 0.0
+    if resume:
+        state = load_train_state(out_dir)
+        if state["train_config"] != train.to_dict():
+            raise ValueError(
+                f"{out_dir / STATE_FILE} was written with another train config; resume with the run's own "
+                f"config (TrainConfig.from_dict(state['train_config'])).\n saved: {state['train_config']}\n "
+                f"given: {train.to_dict()}"
+            )
+        if state["windows_digest"] != windows_digest:
+            raise ValueError(
+                f"the training windows differ from those {out_dir} was trained on: resume with the same "
+                "corpus, tokenizer and --max-corpus-bytes"
+            )
+        for variant, model in models.items():
+            model.load_state_dict(state["models"][variant])
+            optimizers[variant].load_state_dict(state["optimizers"][variant])
+        start_step, elapsed_before = state["step"], state["elapsed_s"]
+        running_loss, log_rows = dict(state["running_loss"]), list(state["log_rows"])
+        torch.set_rng_state(state["rng_state"])
+    started = time.time() - elapsed_before
 
     def log_eval(step: int) -> None:
         for variant, model in models.items():
@@ -160,14 +257,29 @@ def train_variants(
             model.train()
         _write_csv(log_path, log_rows)
 
-    def save_all() -> None:
+    def save_all(done: int) -> None:
         for variant, model in models.items():
             save_hf(model, out_dir / variant, dtype=save_dtype)
+        state = {
+            "train_config": train.to_dict(),
+            "step": done,
+            "models": {v: m.state_dict() for v, m in models.items()},
+            "optimizers": {v: o.state_dict() for v, o in optimizers.items()},
+            "running_loss": dict(running_loss),
+            "rng_state": torch.get_rng_state(),
+            "log_rows": list(log_rows),
+            "elapsed_s": time.time() - started,
+            "windows_digest": windows_digest,
+        }
+        torch.save(state, out_dir / (STATE_FILE + ".tmp"))
+        (out_dir / (STATE_FILE + ".tmp")).replace(out_dir / STATE_FILE)  # never a half-written state
 
-    running_loss: dict[str, float] = {}
-    log_eval(0)
-    bar = tqdm(range(train.n_steps), desc="training", disable=not progress)
-    step = 0
+    if not resume:
+        (out_dir / CONFIG_FILE).write_text(json.dumps(train.to_dict(), indent=2) + "\n")
+        log_eval(0)
+    last = train.n_steps if max_steps is None else min(train.n_steps, max_steps)
+    bar = tqdm(range(start_step, last), desc="training", initial=start_step, total=last, disable=not progress)
+    done = start_step
     for step in bar:
         batch = sampler.batch(step)
         lr = lr_at(step, train)
@@ -186,25 +298,46 @@ def train_variants(
             running_loss[variant] = 0.98 * previous + 0.02 * value
         bar.set_postfix({v[:9]: f"{running_loss[v]:.3f}" for v in models})
         done = step + 1
-        if done % train.eval_interval == 0 or done == train.n_steps:
+        evaluated = done % train.eval_interval == 0 or done == train.n_steps
+        if evaluated:
             log_eval(done)
         if done % train.save_interval == 0:
-            save_all()
-        if max_minutes is not None and time.time() - started > 60 * max_minutes:
+            save_all(done)
+        if max_minutes is not None and time.time() - started - elapsed_before > 60 * max_minutes:
             tqdm.write(f"stopping after {done} steps: the {max_minutes}-minute budget is spent")
-            if done % train.eval_interval != 0:
+            if not evaluated:
                 log_eval(done)
             break
-    save_all()
+    else:
+        if done < train.n_steps and done % train.eval_interval != 0 and done > start_step:
+            log_eval(done)  # stopped by max_steps between evaluations
+    save_all(done)
     summary = {
-        "train_config": asdict(train),
-        "steps_done": step + 1,
-        "tokens_seen": (step + 1) * train.tokens_per_step,
+        "train_config": train.to_dict(),
+        "steps_done": done,
+        "tokens_seen": done * train.tokens_per_step,
         "wall_time_s": round(time.time() - started, 1),
         "torch_threads": torch.get_num_threads(),
     }
+    if done < train.n_steps:
+        summary["stopped_early"] = f"{done} of {train.n_steps} steps; continue with --resume"
     (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return models
+
+
+def load_train_state(run_dir: Path) -> dict[str, Any]:
+    """The state `train_variants` saved in `run_dir` (see there); a clear error if there is none."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --resume needs the folder of an earlier run of python -m gated_interp.train "
+            "(runs written before resuming existed cannot be continued)"
+        )
+    return torch.load(path, weights_only=True)
+
+
+def _digest(windows: Tensor) -> str:
+    return hashlib.sha256(windows.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
