@@ -35,6 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis._cache import _as_dict
+from gated_interp.hooks import hook_name
 
 __all__ = ["gate_attribution", "gate_attribution_stack", "top_gate_contributors"]
 
@@ -108,13 +109,13 @@ def gate_attribution_stack(
     components, labels = [at(embed)], ["embed"]
     for source in range(layer):
         attn = model.blocks[source].attn
-        z = at(_get(cache, f"blocks.{source}.attn.hook_z", what))  # [batch, pos, head, d_head]
+        z = at(_get(cache, hook_name("z", source), what))  # [batch, pos, head, d_head]
         per_head = torch.einsum("bphd,hdm->hbpm", z, attn.W_O.detach().to(f64))
         components += list(per_head)
         labels += [f"L{source}H{h}" for h in range(cfg.n_heads)]
         components.append(attn.b_O.detach().to(f64).expand_as(components[0]))
         labels.append(f"L{source} b_O")
-        components.append(at(_get(cache, f"blocks.{source}.hook_mlp_out", what)))
+        components.append(at(_get(cache, hook_name("mlp_out", source), what)))
         labels.append(f"L{source} mlp_out")
     stack = torch.stack(components)  # [component, batch, pos, d_model]
 
@@ -122,7 +123,7 @@ def gate_attribution_stack(
     W_G = attn.W_G.detach()[head].to(f64)  # [d_model, gate]
     b_G = attn.b_G.detach()[head].to(f64)  # [gate]
     if apply_ln:
-        scale = at(_get(cache, f"blocks.{layer}.ln1.hook_scale", what))  # [batch, pos, 1]
+        scale = at(_get(cache, hook_name("scale", layer, "ln1"), what))  # [batch, pos, 1]
         stack = stack / scale * model.blocks[layer].ln1.w.detach().to(f64)
     out = stack @ W_G  # [component, batch, pos, gate]
     out = torch.cat([out, b_G.expand_as(out[:1])])

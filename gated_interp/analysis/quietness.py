@@ -22,6 +22,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from gated_interp.analysis._cache import _as_dict, real_positions
+from gated_interp.hooks import hook_name
 
 __all__ = ["QUIET_CLASSES", "head_quietness"]
 
@@ -72,7 +73,7 @@ def head_quietness(
     cfg = model.cfg
     rows = []
     for layer in range(cfg.n_layers):
-        pattern = _fetch(cache, f"blocks.{layer}.attn.hook_pattern")  # [batch, head, q, k]
+        pattern = _fetch(cache, hook_name("pattern", layer))  # [batch, head, q, k]
         batch, _, n_q, n_k = pattern.shape
         if n_q != n_k or n_q < 2:
             raise ValueError("head_quietness needs a full forward pass of at least 2 tokens (queries = keys)")
@@ -81,9 +82,9 @@ def head_quietness(
         if later.sum() == 0:
             raise ValueError("no real position >= 1: every sequence in the batch is a single token")
         W_O = model.blocks[layer].attn.W_O.detach().double()  # [head, d_head, d_model]
-        v = _fetch(cache, f"blocks.{layer}.attn.hook_v").repeat_interleave(cfg.n_groups, dim=2)
+        v = _fetch(cache, hook_name("v", layer)).repeat_interleave(cfg.n_groups, dim=2)
         value_norm = torch.einsum("bphd,hdm->bphm", v, W_O).norm(dim=-1)  # [batch, pos, head]
-        z = _fetch(cache, f"blocks.{layer}.attn.hook_z")
+        z = _fetch(cache, hook_name("z", layer))
         out_norm = torch.einsum("bphd,hdm->bphm", z, W_O).norm(dim=-1)  # [batch, pos, head]
 
         def over_later(x: Tensor, later: Tensor = later) -> Tensor:  # x [batch, pos - 1, head] → [head]
@@ -94,7 +95,7 @@ def head_quietness(
         value_ratio = value_norm[:, 0].mean(0) / typical_value
         output_ratio = over_later(out_norm[:, 1:]) / typical_value
         if cfg.is_gated:
-            gate = _fetch(cache, f"blocks.{layer}.attn.hook_gate").mean(-1)  # [batch, pos, head]
+            gate = _fetch(cache, hook_name("gate", layer)).mean(-1)  # [batch, pos, head]
             mean_gate = over_later(gate[:, 1:])
         else:
             mean_gate = torch.ones(cfg.n_heads, dtype=torch.float64)

@@ -45,6 +45,7 @@ from gated_interp.analysis._inputs import Prompts, as_batches, n_sequences
 from gated_interp.analysis.bootstrap import bootstrap_samples
 from gated_interp.analysis.gates import gate_stats as _cache_gate_stats
 from gated_interp.analysis.massive import massive_activations as _cache_massive_activations
+from gated_interp.hooks import hook_name
 
 QUANTITIES = ("first_token_attention", "sink_rate", "max_abs_resid", "mean_gate", "loss")
 # Sequences at least this long get a per-layer progress bar when `progress` is left at None.
@@ -321,15 +322,14 @@ class _Reducer:
     def hooks(self) -> list[tuple[str, Callable]]:
         hooks = []
         for layer in range(self.model.cfg.n_layers):
-            prefix = f"blocks.{layer}"
             if self.method == "stream":
-                hooks.append((f"{prefix}.attn.hook_rot_q", self._keep_queries(layer)))
-                hooks.append((f"{prefix}.attn.hook_rot_k", self._from_keys(layer)))
+                hooks.append((hook_name("rot_q", layer), self._keep_queries(layer)))
+                hooks.append((hook_name("rot_k", layer), self._from_keys(layer)))
             else:
-                hooks.append((f"{prefix}.attn.hook_pattern", self._from_pattern(layer)))
+                hooks.append((hook_name("pattern", layer), self._from_pattern(layer)))
             if self.model.cfg.is_gated:
-                hooks.append((f"{prefix}.attn.hook_gate", self._gate(layer)))
-            hooks.append((f"{prefix}.hook_resid_post", self._resid(layer)))
+                hooks.append((hook_name("gate", layer), self._gate(layer)))
+            hooks.append((hook_name("resid_post", layer), self._resid(layer)))
         return hooks
 
     def _keep_queries(self, layer: int) -> Callable:
@@ -558,7 +558,6 @@ def _per_layer_frames(
     tokens: Prompts,
     attention_mask: Tensor | None,
     hook: str,
-    key: str,
     table: Callable[[dict[str, Tensor], Tensor], pd.DataFrame],
     progress: bool | None,
 ) -> pd.DataFrame:
@@ -568,7 +567,7 @@ def _per_layer_frames(
     for batch_tokens, mask in as_batches(model, tokens, None, attention_mask):  # one batch: all sequences
 
         def collect(layer: int, value: Tensor, mask: Tensor = mask) -> None:
-            frames.append(table({key.format(layer=layer): value}, mask))
+            frames.append(table({hook_name(hook, layer): value}, mask))
 
         measure(model, batch_tokens, mask, None, progress=progress, _layer_hooks={hook: [collect]})
     return pd.concat(frames, ignore_index=True)
@@ -589,7 +588,6 @@ def massive_activations(
         tokens,
         attention_mask,
         "resid_post",
-        "blocks.{layer}.hook_resid_post",
         lambda cache, mask: _cache_massive_activations(cache, mask, threshold, ratio),
         progress,
     )
@@ -607,6 +605,4 @@ def gate_stats(
             "gate_stats needs gate scores, but this is an ungated (baseline, gate='none') model: "
             "use a headwise or elementwise gated model"
         )
-    return _per_layer_frames(
-        model, tokens, attention_mask, "gate", "blocks.{layer}.attn.hook_gate", _cache_gate_stats, progress
-    )
+    return _per_layer_frames(model, tokens, attention_mask, "gate", _cache_gate_stats, progress)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.cache import CacheLike
+from gated_interp.hooks import hook_name, names_filter
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.metrics import Metric
 from gated_interp.patching.sites import RESID_ACTIVATIONS, Site, site
@@ -234,12 +235,12 @@ def _corrupted_states(
     model: HookedGatedQwen3, tokens: Int[Tensor, "n pos"], attention_mask: Int[Tensor, "n pos"] | None
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """The corrupted run's resid_pre, resid_mid and z of each block (hooks off: the unpatched run)."""
-    wanted = ("hook_resid_pre", "hook_resid_mid", "attn.hook_z")
+    wanted = ("resid_pre", "resid_mid", "z")
     _, cache = model.run_with_cache(
-        tokens, attention_mask=attention_mask, return_type=None, names_filter=lambda name: name.endswith(wanted)
+        tokens, attention_mask=attention_mask, return_type=None, names_filter=names_filter(*wanted)
     )
     layers = range(model.cfg.n_layers)
-    return tuple([cache[f"blocks.{layer}.{name}"] for layer in layers] for name in wanted)
+    return tuple([cache[hook_name(name, layer)] for layer in layers] for name in wanted)
 
 
 @torch.no_grad()
@@ -251,9 +252,9 @@ def _corrupted_resid_pre(
         tokens,
         attention_mask=attention_mask,
         return_type=None,
-        names_filter=lambda name: name.endswith("hook_resid_pre"),
+        names_filter=names_filter("resid_pre"),
     )
-    return [cache[f"blocks.{layer}.hook_resid_pre"] for layer in range(model.cfg.n_layers)]
+    return [cache[hook_name("resid_pre", layer)] for layer in range(model.cfg.n_layers)]
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from gated_interp.hooks import hook_name
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.activation import _result_dtype, _scalar
 from gated_interp.patching.metrics import Metric
@@ -91,7 +92,7 @@ def atp_star(
         )
     clean_names, corrupted_names = _needed(activations)
     n_layers = model.cfg.n_layers
-    clean_keys = {f"blocks.{layer}.attn.hook_{n}" for n in clean_names for layer in range(n_layers)}
+    clean_keys = {hook_name(n, layer) for n in clean_names for layer in range(n_layers)}
     with torch.no_grad():
         _, clean = model.run_with_cache(
             clean_tokens, attention_mask=attention_mask, names_filter=lambda name: name in clean_keys
@@ -140,13 +141,13 @@ def _corrupted_with_grads(
     def block_grad(act: Tensor, hook: object) -> Tensor:
         return act.detach()  # same value forward, no gradient back through this block's output
 
-    hooks = [("hook_embed", as_leaf)]
+    hooks = [(hook_name("embed"), as_leaf)]
     for layer in range(model.cfg.n_layers):
         for name in short_names:
             key = f"{name}.{layer}"
-            hooks.append((f"blocks.{layer}.attn.hook_{name}", lambda a, hook, key=key: keep(a, hook, key)))
+            hooks.append((hook_name(name, layer), lambda a, hook, key=key: keep(a, hook, key)))
     if drop is not None:
-        hooks += [(f"blocks.{drop}.hook_attn_out", block_grad), (f"blocks.{drop}.hook_mlp_out", block_grad)]
+        hooks += [(hook_name("attn_out", drop), block_grad), (hook_name("mlp_out", drop), block_grad)]
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, attention_mask=attention_mask, fwd_hooks=hooks)
         value = _scalar(metric(logits))
@@ -168,7 +169,7 @@ def _estimate(
     per_position: bool,
 ) -> Float[Tensor, "head"] | Float[Tensor, "head pos"]:
     def c(name: str) -> Tensor:
-        return clean[f"blocks.{layer}.attn.hook_{name}"].double()
+        return clean[hook_name(name, layer)].double()
 
     def x(name: str) -> Tensor:
         return acts[f"{name}.{layer}"].double()
