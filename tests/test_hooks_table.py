@@ -115,3 +115,21 @@ def test_readme_hook_table_is_the_generated_one():
     assert hooks.markdown_table() in README.read_text(encoding="utf-8"), (
         "README's hook table differs from gated_interp.hooks.HOOKS: paste gated_interp.hooks.markdown_table()"
     )
+
+
+def test_no_module_builds_hook_names_by_hand():
+    """Hook names come from `hooks.hook_name` / `names_filter`; an f-string such as
+    `f"blocks.{layer}.attn.hook_z"` outside `hooks.py` is a second copy of the table."""
+    import re
+
+    package = Path(hooks.__file__).resolve().parent
+    by_hand = re.compile(r"""f["'][^"']*(blocks\.\{[^}]*\}[^"']*hook_|hook_\{)""")
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "hooks.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if by_hand.search(line)
+    ]
+    assert by_hand.search('x = f"blocks.{layer}.attn.hook_z"')  # the pattern catches the habit
+    assert found == [], "\n".join(found)
