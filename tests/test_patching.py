@@ -227,3 +227,23 @@ def test_patching_heatmap():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["0", "1"]
     with without_shape_checks(), pytest.raises(ValueError, match="2-D"):
         patching_heatmap(result[0])
+
+
+def test_modules_use_public_helpers_of_other_modules():
+    """No module imports another public module's private (`_name`) helpers: `patching/attribution.py`,
+    `screen.py` and `atp_star.py` use `activation.py`'s public ones (private `_module`s are fine)."""
+    import re
+    from pathlib import Path
+
+    import gated_interp
+
+    package = Path(gated_interp.__file__).resolve().parent
+    private = re.compile(r"^from gated_interp\.(?:\w+\.)*(?!_)\w+ import (.*)$")
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            m = private.match(line)
+            if m and any(n.strip().startswith("_") for n in m.group(1).split(",")):
+                found.append(f"{path.relative_to(package)}:{number}: {line}")
+    assert private.match("from gated_interp.patching.activation import _scalar")  # the pattern sees the habit
+    assert found == [], "\n".join(found)

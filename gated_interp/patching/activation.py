@@ -157,7 +157,7 @@ def _sweep(
     if tokens.ndim == 1:
         tokens = tokens[None]
     n_prompts, n_pos = tokens.shape
-    clean = [where.canonical(_checked_clean(clean_cache, where, layer, tokens.shape)) for layer in axes[0]]
+    clean = [where.canonical(checked_clean(clean_cache, where, layer, tokens.shape)) for layer in axes[0]]
 
     patches = torch.tensor(list(itertools.product(*axes)), dtype=torch.long)  # [n_patches, n_axes]
     if batch_size is None:
@@ -174,8 +174,8 @@ def _sweep(
     if via_w_o:
         corrupted_resid, corrupted_mid, corrupted_z = _corrupted_states(model, tokens, attention_mask)
     else:
-        corrupted_resid = _corrupted_resid_pre(model, tokens, attention_mask)
-    values = torch.empty(len(patches), dtype=_result_dtype(model))
+        corrupted_resid = corrupted_resid_pre(model, tokens, attention_mask)
+    values = torch.empty(len(patches), dtype=result_dtype(model))
     per_prompt = torch.empty(len(patches), n_prompts, dtype=torch.float64) if n_boot else None
     bar = tqdm(total=len(patches), desc=f"patching {where.activation}", disable=not progress)
     for layer in axes[0]:
@@ -195,7 +195,7 @@ def _sweep(
                     bool(n_boot),
                 )
             else:
-                out = _run_chunk(
+                out = run_patch_chunk(
                     model,
                     corrupted_resid[layer],
                     attention_mask,
@@ -219,7 +219,8 @@ def _sweep(
     return values.reshape(shape), lo.to(values.dtype).reshape(shape), hi.to(values.dtype).reshape(shape)
 
 
-def _checked_clean(clean_cache: CacheLike, where: Site, layer: int, shape: torch.Size) -> Tensor:
+def checked_clean(clean_cache: CacheLike, where: Site, layer: int, shape: torch.Size) -> Tensor:
+    """The clean activation of `where` at `layer`, checked to match the corrupted `[batch, pos]`."""
     act = _clean(clean_cache, where, layer)
     if act.shape[0] != shape[0] or act.shape[where.pos_axis] != shape[1]:
         raise ValueError(
@@ -244,7 +245,7 @@ def _corrupted_states(
 
 
 @torch.no_grad()
-def _corrupted_resid_pre(
+def corrupted_resid_pre(
     model: HookedGatedQwen3, tokens: Int[Tensor, "n pos"], attention_mask: Int[Tensor, "n pos"] | None
 ) -> list[Float[Tensor, "n pos d_model"]]:
     """The corrupted run's residual stream entering each block (hooks off: it is the unpatched run)."""
@@ -258,7 +259,7 @@ def _corrupted_resid_pre(
 
 
 @torch.no_grad()
-def _run_chunk(
+def run_patch_chunk(
     model: HookedGatedQwen3,
     resid_pre: Float[Tensor, "n pos d_model"],
     attention_mask: Int[Tensor, "n pos"] | None,
@@ -294,7 +295,7 @@ def _run_z_chunk(
     layer: int,
     per_prompt: bool = False,
 ) -> Float[Tensor, "k"] | tuple[Float[Tensor, "k"], Float[Tensor, "k n"]]:
-    """`_run_chunk` for z patches: each copy starts at block `layer`'s resid_mid, with the patched
+    """`run_patch_chunk` for z patches: each copy starts at block `layer`'s resid_mid, with the patched
     head's change written through W_O, then runs that block's MLP and the later blocks."""
     k, n = len(chunk), resid_mid.shape[0]
     heads = chunk[:, 1].to(resid_mid.device)
@@ -317,7 +318,7 @@ def _copy_metrics(
 ) -> Float[Tensor, "k"] | tuple[Float[Tensor, "k"], Float[Tensor, "k n"]]:
     """The metric of each copy (and, with `per_prompt`, of each prompt of each copy)."""
     if not per_prompt:
-        return torch.stack([_scalar(metric(copy_logits)) for copy_logits in copies_logits]).cpu()
+        return torch.stack([metric_scalar(metric(copy_logits)) for copy_logits in copies_logits]).cpu()
     whole, each = zip(*(_per_prompt(metric, copy_logits) for copy_logits in copies_logits))
     return torch.stack(whole).cpu(), torch.stack(each).cpu()
 
@@ -329,9 +330,9 @@ def _per_prompt(metric: Metric, logits: Float[Tensor, "n pos d_vocab"]) -> tuple
     n = logits.shape[0]
     if value.ndim == 1 and value.numel() == n:
         return value.mean(), value.double()
-    whole = _scalar(value)
+    whole = metric_scalar(value)
     try:
-        each = torch.stack([_scalar(metric(logits[i : i + 1])).detach() for i in range(n)])
+        each = torch.stack([metric_scalar(metric(logits[i : i + 1])).detach() for i in range(n)])
     except Exception as error:
         raise ValueError(
             "n_boot needs the metric per prompt, and calling it on one prompt (logits[i:i+1]) failed: "
@@ -351,12 +352,13 @@ def _patch_hook(act: Tensor, hook: object, where: Site, n: int, copies: Tensor, 
     return act
 
 
-def _result_dtype(model: HookedGatedQwen3) -> torch.dtype:
-    # float32 like TransformerLens, but keep float64 models' precision (used by exactness checks).
+def result_dtype(model: HookedGatedQwen3) -> torch.dtype:
+    """Dtype of patching results: float32 like TransformerLens, float64 for float64 models (exactness checks)."""
     return torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
 
 
-def _scalar(value: Tensor | float) -> Tensor:
+def metric_scalar(value: Tensor | float) -> Tensor:
+    """A metric's value as a 0-d tensor; a per-prompt (non-scalar) value is an error."""
     value = torch.as_tensor(value)
     if value.numel() != 1:
         raise ValueError(

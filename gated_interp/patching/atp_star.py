@@ -32,7 +32,7 @@ from torch import Tensor
 
 from gated_interp.hooks import hook_name
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import _result_dtype, _scalar
+from gated_interp.patching.activation import metric_scalar, result_dtype
 from gated_interp.patching.metrics import Metric
 
 ATP_STAR_ACTIVATIONS = ("z", "gate_logits", "q", "k")
@@ -112,7 +112,7 @@ def atp_star(
                 est = est.abs()
             total[activation] = total.get(activation, 0) + est
     scale = 1 / (n_layers - 1) if drops[0] is not None else 1.0
-    return {a: (total[a] * scale).to(_result_dtype(model)).cpu() for a in activations}
+    return {a: (total[a] * scale).to(result_dtype(model)).cpu() for a in activations}
 
 
 def _batch(model: HookedGatedQwen3, tokens: Tensor) -> Tensor:
@@ -150,7 +150,7 @@ def _corrupted_with_grads(
         hooks += [(hook_name("attn_out", drop), block_grad), (hook_name("mlp_out", drop), block_grad)]
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, attention_mask=attention_mask, fwd_hooks=hooks)
-        value = _scalar(metric(logits))
+        value = metric_scalar(metric(logits))
         if not value.requires_grad:
             raise ValueError("the metric's value does not depend on the logits through autograd (was it detached?)")
         wanted = [k for k in acts if k.split(".")[0] in ("z", "pattern")]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from gated_interp.cache import CacheLike
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import _checked_clean, _result_dtype, _scalar
+from gated_interp.patching.activation import checked_clean, metric_scalar, result_dtype
 from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.metrics import Metric
 from gated_interp.patching.sites import GATE_ACTIVATIONS, site
@@ -99,7 +99,7 @@ def attribution_patching_from_cache(
         per_layer = []
         for layer in range(model.cfg.n_layers):
             name = where.hook_name(layer)
-            clean = _checked_clean(clean_cache, where, layer, tokens.shape).to(acts[name])
+            clean = checked_clean(clean_cache, where, layer, tokens.shape).to(acts[name])
             # [head?, pos, batch, rest...]: sum batch and features; then positions unless kept.
             product = where.canonical((clean - acts[name]) * grads[name])
             lead = 1 if where.head_axis is None else 2
@@ -107,7 +107,7 @@ def attribution_patching_from_cache(
             if where.head_axis is not None and not per_position:
                 summed = summed.sum(-1)
             per_layer.append(summed)
-        results[where.activation] = torch.stack(per_layer).to(_result_dtype(model)).cpu()
+        results[where.activation] = torch.stack(per_layer).to(result_dtype(model)).cpu()
     return results
 
 
@@ -132,7 +132,7 @@ def _corrupted_with_grads(
     hooks = [("hook_embed", as_leaf)] + [(name, keep) for name in names]
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, attention_mask=attention_mask, fwd_hooks=hooks)
-        value = _scalar(metric(logits))
+        value = metric_scalar(metric(logits))
         if not value.requires_grad:
             raise ValueError("the metric's value does not depend on the logits through autograd (was it detached?)")
         found = torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import _corrupted_resid_pre, _result_dtype, _run_chunk, _scalar
+from gated_interp.patching.activation import corrupted_resid_pre, metric_scalar, result_dtype, run_patch_chunk
 from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.metrics import Metric
 from gated_interp.patching.sites import site
@@ -92,19 +92,19 @@ def screen_and_verify(
         clean_logits, clean_cache = model.run_with_cache(
             clean, attention_mask=attention_mask, names_filter=lambda name: name in names
         )
-        clean_value = float(_scalar(metric(clean_logits)))
-        corrupted_value = float(_scalar(metric(model(tokens, attention_mask=attention_mask))))
+        clean_value = float(metric_scalar(metric(clean_logits)))
+        corrupted_value = float(metric_scalar(metric(model(tokens, attention_mask=attention_mask))))
     canonical = [where.canonical(clean_cache[where.hook_name(layer)]) for layer in range(n_layers)]
-    resid = _corrupted_resid_pre(model, tokens, attention_mask)
+    resid = corrupted_resid_pre(model, tokens, attention_mask)
     if batch_size is None:
         batch_size = max(1, 8192 // tokens.numel())
-    exact = torch.empty(len(patches), dtype=_result_dtype(model))
+    exact = torch.empty(len(patches), dtype=result_dtype(model))
     bar = tqdm(total=len(patches), desc=f"verifying {activation}", disable=not progress)
     for layer in patches[:, 0].unique().tolist():
         rows = (patches[:, 0] == layer).nonzero()[:, 0]
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            exact[chunk] = _run_chunk(
+            exact[chunk] = run_patch_chunk(
                 model, resid[layer], attention_mask, canonical, where, patches[chunk], metric, layer
             ).to(exact.dtype)
             bar.update(len(chunk))
