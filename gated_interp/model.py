@@ -656,9 +656,49 @@ class HookedGatedQwen3(HookedRootModule):
         `names_filter` and `pos_slice` know every hook of `gated_interp.hooks` (see
         `get_caching_hooks`)."""
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if not cache_dict:
+            self._warn_empty_cache(kwargs.get("names_filter"))
         if return_cache_object:
             return out, GatedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
+
+    def _warn_empty_cache(self, names_filter: Any) -> None:
+        """An empty cache because of a habit that works in TransformerLens' own vocabulary: a
+        filter that compares with an alias (`get_act_name("gate", 0)` is `blocks.0.hook_gate`; the
+        hook sits at `blocks.0.attn.hook_gate`), or names whose `use_*` switch is off."""
+        if names_filter is None:
+            return
+        real = list(self.hook_dict)
+        if callable(names_filter):
+            accepted = [
+                f"{alias.format(layer=layer)} (the hook is {spec.name(layer)})"
+                for name in real
+                if (found := hooks.lookup(name)) is not None
+                for spec, layer in [found]
+                for alias in spec.aliases
+                if names_filter(alias.format(layer=layer))
+            ]
+            if accepted:
+                warnings.warn(
+                    f"names_filter kept no hook: it accepts only other spellings of real hook names, e.g. "
+                    f"{accepted[0]}; a callable filter sees the real names, so compare with "
+                    "gated_interp.hooks.resolve(name) or pass the names as a list",
+                    stacklevel=3,
+                )
+            return
+        names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+        resolved = [hooks.resolve(name) for name in names]
+        off = [name for name in resolved if name in real and not self._switched_on(name)]
+        unknown = [name for name, full in zip(names, resolved) if full not in real]
+        if unknown:
+            warnings.warn(
+                f"names_filter kept no hook: {unknown} are not hook names of this model (a list or string "
+                "names_filter takes full names, e.g. get_act_name('gate', 0); see gated_interp.hooks.HOOKS)",
+                stacklevel=3,
+            )
+        elif off:
+            switch = hooks.lookup(off[0])[0].switch
+            warnings.warn(f"names_filter kept no hook: {off} only fire after model.set_{switch}(True)", stacklevel=3)
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()

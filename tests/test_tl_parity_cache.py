@@ -301,3 +301,29 @@ def test_pos_slice_applies_to_gradients_too(load):
     for name, value in full.items():
         dim = _expected_pos_dim(name.removesuffix("_grad"))
         assert torch.equal(sliced[name], value[(slice(None),) * dim + (slice(1, 3),)]), name
+
+
+def test_names_filter_that_keeps_nothing_says_why(load):
+    """TransformerLens returns an empty cache silently; here the three habits that keep nothing by
+    accident warn: a callable comparing with `get_act_name`'s alias, an unknown short key, a hook
+    whose switch is off. A filter that keeps something, or a plain miss, stays silent."""
+    import warnings
+
+    model = load("gate_headwise")
+    tokens = _tokens(model)
+    alias = get_act_name("gate", 0)  # blocks.0.hook_gate; the hook is blocks.0.attn.hook_gate
+    with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == alias)
+    assert len(cache) == 0
+    with pytest.warns(UserWarning, match="not hook names"):
+        model.run_with_cache(tokens, names_filter="gate0")
+    with pytest.warns(UserWarning, match=r"set_use_split_qkv_input\(True\)"):
+        model.run_with_cache(tokens, names_filter=[get_act_name("q_input", 0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, cache = model.run_with_cache(tokens, names_filter=[alias])
+        assert list(cache.keys()) == ["blocks.0.attn.hook_gate"]
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_gate"))
+        assert len(cache) == model.cfg.n_layers
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: False)
+        assert len(cache) == 0
