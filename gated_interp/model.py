@@ -220,6 +220,13 @@ class HookedGatedQwen3(HookedRootModule):
             raise KeyError(_unknown_hook_message(self, name))
         super()._enable_hook_with_name(hooks.resolve(name), hook, dir)
 
+    def _enable_hooks_for_points(self, hook_points: Any, enabled: Callable, hook: Callable, dir: Any) -> None:
+        # `run_with_hooks` / `hooks()` with a name filter: warn when it matches no hook that fires.
+        hook_points = list(hook_points)
+        if not any(self._switched_on(name) and enabled(name) for name, _ in hook_points):
+            self._warn_filter_matches_nothing(enabled, "a hook's name filter", stacklevel=6)
+        super()._enable_hooks_for_points(hook_points, enabled, hook, dir)
+
     def add_hook(self, name: str | Callable[[str], bool], hook: Callable, *args: Any, **kwargs: Any) -> None:
         """`HookedRootModule.add_hook`; a name may be any spelling `gated_interp.hooks` resolves.
         A named hook that could never run (switch off) or would be ignored (ln1 under split inputs)
@@ -232,6 +239,8 @@ class HookedGatedQwen3(HookedRootModule):
             name = hooks.resolve(name)
         else:
             name_filter = name
+            if not any(self._switched_on(n) and name_filter(n) for n in self.hook_dict):
+                self._warn_filter_matches_nothing(name_filter, "a hook's name filter", stacklevel=3)
 
             def name(hook_name: str) -> bool:
                 return self._switched_on(hook_name) and name_filter(hook_name)
@@ -662,6 +671,33 @@ class HookedGatedQwen3(HookedRootModule):
             return out, GatedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
 
+    def _warn_filter_matches_nothing(self, name_filter: Callable[[str], bool], what: str, stacklevel: int = 5) -> None:
+        """A callable filter that matched no hook that fires: say so when it accepts an alias of a
+        real hook (`get_act_name("gate", 0)` is `blocks.0.hook_gate`; callables see the real
+        name `blocks.0.attn.hook_gate`) or a hook whose `use_*` switch is off."""
+        aliases = [
+            f"{alias.format(layer=layer)} (the hook is {spec.name(layer)})"
+            for name in self.hook_dict
+            if (found := hooks.lookup(name)) is not None
+            for spec, layer in [found]
+            for alias in spec.aliases
+            if name_filter(alias.format(layer=layer))
+        ]
+        off = [name for name in self.hook_dict if not self._switched_on(name) and name_filter(name)]
+        if aliases:
+            warnings.warn(
+                f"{what} matches no hook: it accepts only other spellings of real hook names, e.g. "
+                f"{aliases[0]}; a callable filter sees the real names, so compare with "
+                "gated_interp.hooks.resolve(name) or pass the names themselves",
+                stacklevel=stacklevel,
+            )
+        elif off:
+            switch = hooks.lookup(off[0])[0].switch
+            warnings.warn(
+                f"{what} matches no hook that fires: {off[0]} (and the like) only fire after model.set_{switch}(True)",
+                stacklevel=stacklevel,
+            )
+
     def _warn_empty_cache(self, names_filter: Any) -> None:
         """An empty cache because of a habit that works in TransformerLens' own vocabulary: a
         filter that compares with an alias (`get_act_name("gate", 0)` is `blocks.0.hook_gate`; the
@@ -670,21 +706,7 @@ class HookedGatedQwen3(HookedRootModule):
             return
         real = list(self.hook_dict)
         if callable(names_filter):
-            accepted = [
-                f"{alias.format(layer=layer)} (the hook is {spec.name(layer)})"
-                for name in real
-                if (found := hooks.lookup(name)) is not None
-                for spec, layer in [found]
-                for alias in spec.aliases
-                if names_filter(alias.format(layer=layer))
-            ]
-            if accepted:
-                warnings.warn(
-                    f"names_filter kept no hook: it accepts only other spellings of real hook names, e.g. "
-                    f"{accepted[0]}; a callable filter sees the real names, so compare with "
-                    "gated_interp.hooks.resolve(name) or pass the names as a list",
-                    stacklevel=3,
-                )
+            self._warn_filter_matches_nothing(names_filter, "names_filter", stacklevel=4)
             return
         names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
         resolved = [hooks.resolve(name) for name in names]

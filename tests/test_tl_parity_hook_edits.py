@@ -159,3 +159,33 @@ def test_filters_pass_over_switched_off_hooks(load):
     model(tokens)
     model.reset_hooks()
     assert seen == [f"blocks.{layer}.attn.hook_q_input" for layer in range(model.cfg.n_layers)]
+
+
+def test_hook_name_filter_that_matches_nothing_warns():
+    """A callable name filter on `run_with_hooks` / `hooks()` / `add_hook` that matches no hook that
+    fires warns (TransformerLens silently adds nothing): one comparing with `get_act_name`'s alias
+    of a gate hook, one whose hooks are switched off. One that matches stays silent."""
+    import warnings
+
+    from transformer_lens.utilities import get_act_name
+
+    import gated_interp
+
+    model = gated_interp.load_hooked("gate_headwise", size="tiny", progress=False)
+    tokens = model.to_tokens("The cat sat")
+
+    def zero(x, hook):
+        return x * 0
+
+    alias = get_act_name("gate", 0)
+    with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
+        model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name == alias, zero)])
+    with pytest.warns(UserWarning, match=r"set_use_attn_result\(True\)"):
+        model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name.endswith("hook_result"), zero)])
+    with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
+        model.add_hook(lambda name: name == alias, zero)
+    model.reset_hooks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edited = model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name.endswith("hook_gate"), zero)])
+    assert not torch.allclose(edited, model(tokens))  # it did match and edit
