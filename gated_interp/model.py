@@ -348,7 +348,11 @@ class HookedGatedQwen3(HookedRootModule):
         # to sample from the BOS alone.
         empty = [i for i, text in enumerate(texts) if text == ""]
         if empty:
-            raise ValueError(f"prompt(s) at index {empty} are empty: give at least one character of text")
+            raise ValueError(
+                f"prompt(s) at index {empty} are empty: give at least one character of text (TransformerLens "
+                "would return the BOS token alone; for that, pass torch.tensor([[model.tokenizer.bos_token_id]]), "
+                'or call generate("") to sample from it)'
+            )
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         ids = [([tokenizer.bos_token_id] if prepend_bos else []) + seq for seq in ids]
         too_long = [i for i, seq in enumerate(ids) if len(seq) > self.cfg.n_ctx]

@@ -103,6 +103,10 @@ def test_pos_and_head_axes():
 
 def test_variant_table():
     assert VARIANT_GATES == {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
+    # loading.resolve keeps its own tuple so that `gated-interp --help` imports no torch: same names, same order
+    from gated_interp.loading.resolve import VARIANTS
+
+    assert VARIANTS == tuple(VARIANT_GATES)
     for variant, gate in VARIANT_GATES.items():
         assert variant_of(gate) == variant and gate_of(variant) == gate
     with pytest.raises(ValueError, match="unknown variant"):

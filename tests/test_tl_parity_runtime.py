@@ -322,3 +322,18 @@ def test_default_prepend_bos_follows_the_tokenizer_unless_configured(load):
     assert model.cfg.default_prepend_bos is True and model.to_tokens("a dog")[0, 0] == tokenizer.bos_token_id
     fixed = type(model)(GatedQwen3Config(**{**model.cfg.to_dict(), "default_prepend_bos": False}), tokenizer)
     assert fixed.cfg.default_prepend_bos is False and fixed.to_tokens("a dog")[0, 0] != tokenizer.bos_token_id
+
+
+def test_empty_prompt_raises_naming_the_bos_only_input():
+    """TransformerLens gives the BOS token alone for ""; here an empty prompt is refused, and the
+    error names the BOS-only input, which does give TransformerLens' answer."""
+    import gated_interp
+
+    model = gated_interp.load_hooked("gate_headwise", size="tiny", progress=False)
+    for call in (model.to_tokens, model.to_str_tokens):
+        with pytest.raises(ValueError, match=r"bos_token_id") as err:
+            call("")
+        assert "index [0] are empty" in str(err.value)
+    bos_only = torch.tensor([[model.tokenizer.bos_token_id]])
+    assert model.to_str_tokens(bos_only) == [model.tokenizer.bos_token]
+    assert model(bos_only).shape == (1, 1, model.cfg.d_vocab)
