@@ -365,6 +365,7 @@ def measure(variants: list[Variant], prompts: Any, args: argparse.Namespace) -> 
     import pandas as pd
 
     from gated_interp.analysis import compare_variants
+    from gated_interp.analysis.compare import DEPRECATED_COLUMNS
 
     frames = []
     for variant in _progress(variants, "sinks", args.quiet):
@@ -373,7 +374,7 @@ def measure(variants: list[Variant], prompts: Any, args: argparse.Namespace) -> 
             raise CheckpointError(f"{variant.name}: the checkpoint has no tokenizer files, so it cannot read text")
         frames.append(
             compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet).drop(
-                columns=["f_attn", "m_act"]
+                columns=list(DEPRECATED_COLUMNS)
             )  # deprecated copies
         )
         _release(model)

@@ -32,9 +32,10 @@ def _has_batch_dim(cache: Any) -> bool:
     return getattr(cache, "has_batch_dim", True)
 
 
-def _cache_model_gate(cache: Any) -> str | None:
-    model = getattr(cache, "model", None)
-    return getattr(getattr(model, "cfg", None), "gate", None)
+def _cache_model_is_ungated(cache: Any) -> bool:
+    """True when the cache knows its model and that model has no gate (a plain dict knows no model)."""
+    cfg = getattr(getattr(cache, "model", None), "cfg", None)
+    return cfg is not None and not cfg.is_gated
 
 
 def layers_with(cache: Any, hook: str) -> list[int]:
@@ -67,7 +68,7 @@ def require_layers(cache: Any, hook: str, what: str) -> list[int]:
 
 def require_gated(cache: Any, what: str) -> None:
     """Raise a `ValueError` if the cache comes from an ungated (baseline) model."""
-    if _cache_model_gate(cache) == "none":
+    if _cache_model_is_ungated(cache):
         raise ValueError(
             f"{what} needs gate scores, but this cache comes from an ungated (baseline, gate='none') model: "
             "use a headwise or elementwise gated model, or report gate measurements as NaN for baselines"
