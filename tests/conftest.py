@@ -14,7 +14,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-from helpers import GATES, make_tiny  # noqa: E402
+from helpers import GATES, make_tiny, parity_folders, parity_model  # noqa: E402
 
 # The models here are tiny: one thread is fastest, and it avoids OpenMP threads spinning against
 # other jobs on a small shared machine (2 threads under load made a 9-token forward take 0.4 s).
@@ -48,3 +48,19 @@ def bpe_tokenizer(tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus") / "train.txt"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return train_bpe_tokenizer(corpus, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def parity_dirs(tmp_path_factory) -> dict:
+    """The RANDOM_WITH_BIASES checkpoints, written once per session: {kind: folder}."""
+    return parity_folders(tmp_path_factory)
+
+
+@pytest.fixture
+def load_parity(parity_dirs):
+    """`load_parity(kind, **load_kwargs)`: a bundled tiny model or a random model with biases, in eval mode."""
+
+    def _load(kind, **kwargs):
+        return parity_model(kind, parity_dirs, **kwargs).eval()
+
+    return _load

@@ -138,7 +138,8 @@ def constant_gates(model, score: float) -> None:
             block.attn.b_G.fill_(math.log(score / (1 - score)))
 
 
-def random_tokens(model, batch: int, pos: int, seed: int = 0) -> torch.Tensor:
+def random_tokens(model, batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
+    """Seeded random token ids in the model's vocabulary, `[batch, pos]`."""
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, parity_folders, parity_model
+from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, parity_model
 from transformer_lens.utilities import get_act_name
 
 from gated_interp import hooks
@@ -16,11 +16,6 @@ from gated_interp.config import GATE_KINDS, VARIANT_GATES, GatedQwen3Config, gat
 
 MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return parity_folders(tmp_path_factory)
 
 
 def _switch_everything_on(model) -> None:
@@ -32,8 +27,8 @@ def _switch_everything_on(model) -> None:
 
 @pytest.mark.parametrize("kind", MODELS)
 @torch.no_grad()
-def test_every_hook_point_is_in_the_table_with_its_shape(folders, kind):
-    model = parity_model(kind, folders)
+def test_every_hook_point_is_in_the_table_with_its_shape(parity_dirs, kind):
+    model = parity_model(kind, parity_dirs)
     cfg = model.cfg
     listed = {s.name(layer) for s in hooks.HOOKS if s.exists_in(cfg) for layer in range(cfg.n_layers)}
     assert set(model.hook_dict) == listed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, max_diff, parity_folders, parity_model
+from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, max_diff, random_tokens
 from transformer_lens import patching
 from transformer_lens.utilities import get_act_name
 
@@ -19,30 +19,11 @@ GATED = tuple(m for m in MODELS if m != "baseline")
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return parity_folders(tmp_path_factory)
-
-
-@pytest.fixture
-def load(folders):
-    def _load(kind, **kwargs):
-        model = parity_model(kind, folders, **kwargs)
-        model.eval()
-        return model
-
-    return _load
-
-
-def _tokens(model, batch=2, pos=6, seed=0):
-    return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.mark.parametrize("kind", GATED)
 @torch.no_grad()
-def test_gate_short_keys(load, kind):
-    model = load(kind)
-    _, cache = model.run_with_cache(_tokens(model))
+def test_gate_short_keys(load_parity, kind):
+    model = load_parity(kind)
+    _, cache = model.run_with_cache(random_tokens(model))
     assert isinstance(cache, GatedActivationCache)
     n = model.cfg.n_layers
     for short in ("gate", "gate_logits", "z_pre_gate", "q_normed", "k_normed"):
@@ -59,20 +40,20 @@ def test_gate_short_keys(load, kind):
 
 
 @torch.no_grad()
-def test_baseline_says_it_has_no_gate(load):
-    model = load("baseline")
-    _, cache = model.run_with_cache(_tokens(model))
+def test_baseline_says_it_has_no_gate(load_parity):
+    model = load_parity("baseline")
+    _, cache = model.run_with_cache(random_tokens(model))
     with pytest.raises(KeyError, match="gated-only"):
         cache["gate", 0]
     with pytest.raises(KeyError, match="only gated models"):
-        model.run_with_hooks(_tokens(model), fwd_hooks=[(get_act_name("gate", 0), lambda x, hook: x)])
+        model.run_with_hooks(random_tokens(model), fwd_hooks=[(get_act_name("gate", 0), lambda x, hook: x)])
 
 
 @pytest.mark.parametrize("kind", MODELS)
 @torch.no_grad()
-def test_apply_slice_to_batch_dim_keeps_the_gated_cache(load, kind):
-    model = load(kind)
-    _, cache = model.run_with_cache(_tokens(model, batch=3))
+def test_apply_slice_to_batch_dim_keeps_the_gated_cache(load_parity, kind):
+    model = load_parity(kind)
+    _, cache = model.run_with_cache(random_tokens(model, batch=3))
     one = cache.apply_slice_to_batch_dim(1)
     assert isinstance(one, GatedActivationCache) and not one.has_batch_dim
     assert torch.equal(one["z", 0], cache["z", 0][1])
@@ -92,13 +73,13 @@ def _expected_pos_dim(name: str) -> int:
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("pos_slice", [-1, (1, 4), [0, 2, 5]])
 @torch.no_grad()
-def test_pos_slice_slices_positions_of_every_hook(load, kind, pos_slice):
-    model = load(kind)
+def test_pos_slice_slices_positions_of_every_hook(load_parity, kind, pos_slice):
+    model = load_parity(kind)
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
     model.set_use_hook_tokens(True)
     model.set_use_hook_mlp_in(True)
-    tokens = _tokens(model)
+    tokens = random_tokens(model)
     _, full = model.run_with_cache(tokens)
     _, sliced = model.run_with_cache(tokens, pos_slice=pos_slice)
     # TransformerLens turns an int into a one-element list, so the position axis stays
@@ -118,9 +99,9 @@ def test_pos_slice_slices_positions_of_every_hook(load, kind, pos_slice):
 
 @pytest.mark.parametrize("kind", ["gate_headwise", "random_elementwise"])
 @torch.no_grad()
-def test_pos_slice_without_batch_dim(load, kind):
-    model = load(kind)
-    tokens = _tokens(model, batch=1)
+def test_pos_slice_without_batch_dim(load_parity, kind):
+    model = load_parity(kind)
+    tokens = random_tokens(model, batch=1)
     _, full = model.run_with_cache(tokens, remove_batch_dim=True)
     _, sliced = model.run_with_cache(tokens, remove_batch_dim=True, pos_slice=(2, 5))
     for name, value in full.items():
@@ -130,9 +111,9 @@ def test_pos_slice_without_batch_dim(load, kind):
 
 @pytest.mark.parametrize("kind", GATED)
 @torch.no_grad()
-def test_get_act_name_in_run_with_hooks_hook_dict_and_names_filter(load, kind):
-    model = load(kind)
-    tokens = _tokens(model)
+def test_get_act_name_in_run_with_hooks_hook_dict_and_names_filter(load_parity, kind):
+    model = load_parity(kind)
+    tokens = random_tokens(model)
     name = get_act_name("gate", 1)  # "blocks.1.hook_gate"
     assert model.hook_dict[name] is model.blocks[1].attn.hook_gate and name in model.hook_dict
     assert model.mod_dict[name] is model.blocks[1].attn.hook_gate
@@ -156,9 +137,9 @@ def test_get_act_name_in_run_with_hooks_hook_dict_and_names_filter(load, kind):
 
 
 @torch.no_grad()
-def test_a_hook_whose_switch_is_off_is_refused(load):
-    model = load("gate_headwise")
-    tokens = _tokens(model)
+def test_a_hook_whose_switch_is_off_is_refused(load_parity):
+    model = load_parity("gate_headwise")
+    tokens = random_tokens(model)
     for name, switch in [
         ("blocks.0.hook_mlp_in", "set_use_hook_mlp_in"),
         ("blocks.0.hook_q_input", "set_use_split_qkv_input"),
@@ -176,10 +157,10 @@ def test_a_hook_whose_switch_is_off_is_refused(load):
     "kind, per_position", [("gate_headwise", False), ("random_elementwise", True), ("random_headwise", True)]
 )
 @torch.no_grad()
-def test_generic_activation_patch_sweeps_the_gate(load, kind, per_position):
-    model = load(kind)
-    clean = _tokens(model, batch=2, pos=3, seed=1)
-    corrupted = _tokens(model, batch=2, pos=3, seed=2)
+def test_generic_activation_patch_sweeps_the_gate(load_parity, kind, per_position):
+    model = load_parity(kind)
+    clean = random_tokens(model, batch=2, pos=3, seed=1)
+    corrupted = random_tokens(model, batch=2, pos=3, seed=2)
     _, clean_cache = model.run_with_cache(clean)
     answer = 3
 
@@ -222,12 +203,12 @@ def _rms(x, w, eps):
                         ("random_mha_elementwise", "v"), ("baseline", "q")],
 )  # fmt: skip
 @torch.no_grad()
-def test_direct_path_patching(load, kind, component):
+def test_direct_path_patching(load_parity, kind, component):
     """TL's get_act_patch_direct_path against a by-hand edit: the source head's clean-minus-corrupted
     write reaches only head (l, h)'s query (and, for the query, that head's gate, which reads the
     same input) / key / value, through ln1 recomputed on the edited stream."""
-    model = load(kind)
-    clean, corrupted = _tokens(model, seed=3), _tokens(model, seed=4)
+    model = load_parity(kind)
+    clean, corrupted = random_tokens(model, seed=3), random_tokens(model, seed=4)
     _, clean_cache = model.run_with_cache(clean)
     _, corrupted_cache = model.run_with_cache(corrupted)
 
@@ -273,11 +254,11 @@ def _put(head, value):
 @pytest.mark.parametrize("kind", ["gate_elementwise", "random_headwise"])
 @pytest.mark.parametrize("fold_ln", [True, False])
 @torch.no_grad()
-def test_logit_lens(load, kind, fold_ln):
+def test_logit_lens(load_parity, kind, fold_ln):
     """TransformerLens 4.3's `cache.logit_lens()`: layer k's row is the unembedded, final-normed
     residual stream entering block k; the last row is the model's logits."""
-    model = load(kind, fold_ln=fold_ln)
-    tokens = _tokens(model)
+    model = load_parity(kind, fold_ln=fold_ln)
+    tokens = random_tokens(model)
     logits, cache = model.run_with_cache(tokens)
     values = cache.logit_lens().readout.values  # [n_layers + 1, batch, d_vocab], last position
     ln = model.ln_final
@@ -288,9 +269,9 @@ def test_logit_lens(load, kind, fold_ln):
     assert torch.equal(top, expected.topk(3, dim=-1).indices)
 
 
-def test_pos_slice_applies_to_gradients_too(load):
-    model = load("gate_headwise")
-    tokens = _tokens(model)
+def test_pos_slice_applies_to_gradients_too(load_parity):
+    model = load_parity("gate_headwise")
+    tokens = random_tokens(model)
 
     def keep(name):
         return "gate" in name or "pattern" in name
@@ -303,14 +284,14 @@ def test_pos_slice_applies_to_gradients_too(load):
         assert torch.equal(sliced[name], value[(slice(None),) * dim + (slice(1, 3),)]), name
 
 
-def test_names_filter_that_keeps_nothing_says_why(load):
+def test_names_filter_that_keeps_nothing_says_why(load_parity):
     """TransformerLens returns an empty cache silently; here the three habits that keep nothing by
     accident warn: a callable comparing with `get_act_name`'s alias, an unknown short key, a hook
     whose switch is off. A filter that keeps something, or a plain miss, stays silent."""
     import warnings
 
-    model = load("gate_headwise")
-    tokens = _tokens(model)
+    model = load_parity("gate_headwise")
+    tokens = random_tokens(model)
     alias = get_act_name("gate", 0)  # blocks.0.hook_gate; the hook is blocks.0.attn.hook_gate
     with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == alias)

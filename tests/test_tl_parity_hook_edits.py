@@ -7,27 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, max_diff, parity_folders, parity_model
+from helpers import PARITY_BUNDLED, RANDOM_WITH_BIASES, max_diff, random_tokens
 
 MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return parity_folders(tmp_path_factory)
-
-
-@pytest.fixture
-def load(folders):
-    def _load(kind, **kwargs):
-        return parity_model(kind, folders, **kwargs).eval()
-
-    return _load
-
-
-def _tokens(model, batch=2, pos=6, seed=0):
-    return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
 
 
 def _perturb(x, hook):
@@ -42,13 +25,13 @@ def _perturb(x, hook):
     + [("gate_elementwise", "set_use_attn_in"), ("random_headwise", "set_use_attn_in")],
 )
 @torch.no_grad()
-def test_every_hook_edit_reaches_the_logits(load, kind, fork):
-    model = load(kind)
+def test_every_hook_edit_reaches_the_logits(load_parity, kind, fork):
+    model = load_parity(kind)
     model.set_use_attn_result(True)
     model.set_use_hook_mlp_in(True)
     model.set_use_hook_tokens(True)
     getattr(model, fork)(True)
-    tokens = _tokens(model, batch=1, pos=4)
+    tokens = random_tokens(model, batch=1, pos=4)
     plain = model(tokens)
     model.hook_dict["hook_tokens"].ctx["vocab"] = model.cfg.d_vocab
     skip = "hook_attn_in" if fork == "set_use_split_qkv_input" else "_input"
@@ -72,9 +55,9 @@ def test_every_hook_edit_reaches_the_logits(load, kind, fork):
 
 @pytest.mark.parametrize("kind", [k for k in MODELS if k != "baseline"])
 @torch.no_grad()
-def test_gate_edit_scales_z(load, kind):
-    model = load(kind)
-    tokens = _tokens(model)
+def test_gate_edit_scales_z(load_parity, kind):
+    model = load_parity(kind)
+    tokens = random_tokens(model)
 
     def half(gate, hook):
         return torch.full_like(gate, 0.5)
@@ -90,9 +73,9 @@ def test_gate_edit_scales_z(load, kind):
 
 @pytest.mark.parametrize("kind", MODELS)
 @torch.no_grad()
-def test_score_and_pattern_edits(load, kind):
-    model = load(kind)
-    tokens = _tokens(model)
+def test_score_and_pattern_edits(load_parity, kind):
+    model = load_parity(kind)
+    tokens = random_tokens(model)
     plain = model(tokens)
     # softmax ignores a constant added to every score
     shifted = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_attn_scores", lambda s, hook: s + 7.0)])
@@ -115,9 +98,9 @@ def test_score_and_pattern_edits(load, kind):
 
 @pytest.mark.parametrize("kind", MODELS)
 @torch.no_grad()
-def test_norm_scale_and_result_edits(load, kind):
-    model = load(kind)
-    tokens = _tokens(model)
+def test_norm_scale_and_result_edits(load_parity, kind):
+    model = load_parity(kind)
+    tokens = random_tokens(model)
     _, cache = model.run_with_cache(tokens)
     with model.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", lambda s, hook: 2 * s)]):
         _, doubled = model.run_with_cache(tokens)
@@ -142,12 +125,12 @@ def test_norm_scale_and_result_edits(load, kind):
 
 
 @torch.no_grad()
-def test_filters_pass_over_switched_off_hooks(load):
+def test_filters_pass_over_switched_off_hooks(load_parity):
     """`add_hook` / `add_caching_hooks` with a filter (TransformerLens' cache_all path) cache what
     fires and skip the hooks whose switch is off; split inputs do not stop them observing ln1."""
-    model = load("gate_headwise")
+    model = load_parity("gate_headwise")
     model.set_use_split_qkv_input(True)
-    tokens = _tokens(model)
+    tokens = random_tokens(model)
     _, expected = model.run_with_cache(tokens)
     cache = model.add_caching_hooks(names_filter=lambda name: True)
     model(tokens)

@@ -14,8 +14,7 @@ from helpers import (
     RANDOM_WITH_BIASES,
     make_tiny,
     max_diff,
-    parity_folders,
-    parity_model,
+    random_tokens,
     without_shape_checks,
 )
 from transformer_lens import evals
@@ -26,23 +25,6 @@ from gated_interp.model import Output
 MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
 TOL = 1e-4
 PROMPTS = ["the little girl went to the garden", "a dog ran"]
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return parity_folders(tmp_path_factory)
-
-
-@pytest.fixture
-def load(folders):
-    def _load(kind, **kwargs):
-        return parity_model(kind, folders, **kwargs).eval()
-
-    return _load
-
-
-def _tokens(model, batch=2, pos=6, seed=0):
-    return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
 
 
 def _nll(logits, tokens):
@@ -57,9 +39,9 @@ def _nll(logits, tokens):
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("switch", ["set_use_split_qkv_input", "set_use_attn_in"])
 @torch.no_grad()
-def test_split_inputs_compute_the_same_function(load, kind, switch):
-    model = load(kind)
-    tokens = _tokens(model)
+def test_split_inputs_compute_the_same_function(load_parity, kind, switch):
+    model = load_parity(kind)
+    tokens = random_tokens(model)
     logits, cache = model.run_with_cache(tokens)
     getattr(model, switch)(True)
     split_logits, split_cache = model.run_with_cache(tokens)
@@ -81,10 +63,10 @@ def test_split_inputs_compute_the_same_function(load, kind, switch):
 
 @pytest.mark.parametrize("kind", ["gate_headwise", "random_elementwise"])
 @torch.no_grad()
-def test_editing_one_heads_query_input_moves_only_that_head(load, kind):
-    model = load(kind)
+def test_editing_one_heads_query_input_moves_only_that_head(load_parity, kind):
+    model = load_parity(kind)
     model.set_use_split_qkv_input(True)
-    tokens = _tokens(model)
+    tokens = random_tokens(model)
     _, cache = model.run_with_cache(tokens)
     head = 1
 
@@ -107,9 +89,9 @@ def test_editing_one_heads_query_input_moves_only_that_head(load, kind):
 
 @pytest.mark.parametrize("kind", MODELS)
 @torch.no_grad()
-def test_hook_mlp_in_and_hook_tokens(load, kind):
-    model = load(kind)
-    tokens = _tokens(model)
+def test_hook_mlp_in_and_hook_tokens(load_parity, kind):
+    model = load_parity(kind)
+    tokens = random_tokens(model)
     logits, cache = model.run_with_cache(tokens)
     model.set_use_hook_mlp_in(True)
     model.set_use_hook_tokens(True)
@@ -129,8 +111,8 @@ def test_hook_mlp_in_and_hook_tokens(load, kind):
     assert max_diff(edited["mlp_out", 0], torch.zeros_like(cache["mlp_out", 0]) + model.blocks[0].mlp.b_out) <= TOL
 
 
-def test_switches_that_cannot_hold_raise(load):
-    model = load("gate_headwise")
+def test_switches_that_cannot_hold_raise(load_parity):
+    model = load_parity("gate_headwise")
     model.set_use_split_qkv_input(True)
     with pytest.raises(ValueError, match="set_use_split_qkv_input\\(False\\)"):
         model.set_use_attn_in(True)
@@ -140,8 +122,8 @@ def test_switches_that_cannot_hold_raise(load):
         GatedQwen3Config(32, 1, 2, 8, 16, 11, n_devices=2, device="cpu")
 
 
-def test_config_fields_transformer_lens_reads(load):
-    cfg = load("gate_headwise").cfg
+def test_config_fields_transformer_lens_reads(load_parity):
+    cfg = load_parity("gate_headwise").cfg
     assert cfg.d_vocab_out == cfg.d_vocab and cfg.eps == cfg.rms_norm_eps
     assert cfg.rotary_base == cfg.rope_theta and cfg.rotary_dim == cfg.d_head
     assert cfg.positional_embedding_type == "rotary" and cfg.normalization_type == "RMSPre"
@@ -156,8 +138,8 @@ def test_config_fields_transformer_lens_reads(load):
 
 @pytest.mark.parametrize("kind", PARITY_BUNDLED)
 @torch.no_grad()
-def test_padding_sides(load, kind):
-    model = load(kind)
+def test_padding_sides(load_parity, kind):
+    model = load_parity(kind)
     pad = model.tokenizer.pad_token_id
     singles = [model.to_tokens(p)[0] for p in PROMPTS]
     right, right_mask = model.to_tokens(PROMPTS, return_attention_mask=True)
@@ -182,8 +164,8 @@ def test_padding_sides(load, kind):
 
 @pytest.mark.parametrize("kind", PARITY_BUNDLED)
 @torch.no_grad()
-def test_loss_on_padded_batches(load, kind):
-    model = load(kind)
+def test_loss_on_padded_batches(load_parity, kind):
+    model = load_parity(kind)
     tokens, mask = model.to_tokens(PROMPTS, return_attention_mask=True)
     logits = model(tokens, attention_mask=mask)
     nll = _nll(logits, tokens)
@@ -207,9 +189,9 @@ def test_loss_on_padded_batches(load, kind):
 
 @pytest.mark.parametrize("kind", MODELS)
 @torch.no_grad()
-def test_return_type_both_is_tl_output(load, kind):
-    model = load(kind)
-    tokens = _tokens(model)
+def test_return_type_both_is_tl_output(load_parity, kind):
+    model = load_parity(kind)
+    tokens = random_tokens(model)
     out = model(tokens, return_type="both")
     assert isinstance(out, Output) and isinstance(out, tuple)
     logits, loss = out
@@ -222,8 +204,8 @@ def test_return_type_both_is_tl_output(load, kind):
 # ---- tokens --------------------------------------------------------------------------------------
 
 
-def test_truncate_and_move_to_device(load):
-    model = load("baseline")
+def test_truncate_and_move_to_device(load_parity):
+    model = load_parity("baseline")
     long_text = "the cat " * model.cfg.n_ctx
     with pytest.warns(UserWarning, match="n_ctx"):
         tokens = model.to_tokens(long_text)
@@ -233,8 +215,8 @@ def test_truncate_and_move_to_device(load):
     assert model.to_tokens("hi", move_to_device=False).device.type == "cpu"
 
 
-def test_token_helpers(load):
-    model = load("gate_headwise")
+def test_token_helpers(load_parity):
+    model = load_parity("gate_headwise")
     text = "a girl saw the cat and the bird"
     tokens = model.to_tokens(text)
     the = model.to_single_token(" the")
@@ -259,8 +241,8 @@ def test_token_helpers(load):
 
 
 @torch.no_grad()
-def test_generate_options(load):
-    model = load("gate_headwise")
+def test_generate_options(load_parity):
+    model = load_parity("gate_headwise")
     greedy = model.generate("the little girl", max_new_tokens=6, do_sample=False, verbose=False)
     assert isinstance(greedy, str)
     assert model.generate(["the little girl"], max_new_tokens=6, do_sample=False, verbose=False) == greedy
@@ -288,9 +270,9 @@ def test_generate_options(load):
 
 
 @torch.no_grad()
-def test_embeddings_input_points_to_start_at_layer(load):
-    model = load("random_headwise")
-    tokens = _tokens(model)
+def test_embeddings_input_points_to_start_at_layer(load_parity):
+    model = load_parity("random_headwise")
+    tokens = random_tokens(model)
     embeddings = model.embed(tokens)
     with pytest.raises(ValueError, match="start_at_layer=0"), without_shape_checks():
         model(embeddings)
@@ -313,8 +295,8 @@ def test_induction_loss(tmp_path):
     assert max_diff(loss, expected) <= TOL
 
 
-def test_default_prepend_bos_follows_the_tokenizer_unless_configured(load):
-    model = load("baseline")
+def test_default_prepend_bos_follows_the_tokenizer_unless_configured(load_parity):
+    model = load_parity("baseline")
     tokenizer = model.tokenizer
     model.tokenizer = None
     assert model.cfg.default_prepend_bos is False
