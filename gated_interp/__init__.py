@@ -12,8 +12,9 @@ torch; each name below is imported from its module on first use. New top-level e
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gated_interp._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -68,16 +69,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from
     from gated_interp.model import HookedGatedQwen3
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _SUBPACKAGES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, _SUBPACKAGES)

@@ -9,8 +9,9 @@ Imports lazily (as the package does), so that the command line's `--help` needs 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gated_interp._lazy import lazy_attributes
 
 _LAZY = {
     "CheckpointError": "gated_interp.loading.errors",
@@ -52,12 +53,4 @@ if TYPE_CHECKING:
     from gated_interp.loading.save import save_hf
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, _SUBMODULES)
