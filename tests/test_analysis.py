@@ -26,12 +26,9 @@ from gated_interp.analysis import (
     mean_gate_by_head,
     mean_gate_score,
     sink_rate,
+    uniform_first_token_attention,
 )
-
-
-def uniform_first_token(length: int) -> float:
-    """Mean over queries 1..length-1 of 1/(i+1): uniform causal attention to token 0."""
-    return sum(1 / (i + 1) for i in range(1, length)) / (length - 1)
+from gated_interp.analysis.streaming import first_token_attention as streaming_first_token_attention
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +44,27 @@ def test_first_token_attention_uniform(uniform_model):
     _, cache = uniform_model.run_with_cache(tokens)
     result = first_token_attention(cache)
     assert result.shape == (2, 4)
-    torch.testing.assert_close(result, torch.full((2, 4), uniform_first_token(6)))
-    torch.testing.assert_close(first_token_attention_by_layer(cache), torch.full((2,), uniform_first_token(6)))
-    assert float(first_token_attention(cache, per="model")) == pytest.approx(uniform_first_token(6))
+    uniform = uniform_first_token_attention(6)
+    torch.testing.assert_close(result, torch.full((2, 4), uniform))
+    torch.testing.assert_close(first_token_attention_by_layer(cache), torch.full((2,), uniform))
+    assert float(first_token_attention(cache, per="model")) == pytest.approx(uniform)
+
+
+def test_uniform_level_is_what_a_uniform_model_measures(uniform_model):
+    # The reference level drawn on the training plot: a model whose queries are zero attends
+    # uniformly, and the streaming measurement of it must land on the closed form.
+    for length in (2, 7, 33):
+        tokens = random_tokens(uniform_model, 2, length)
+        measured = streaming_first_token_attention(uniform_model, tokens, per="model", progress=False)
+        assert float(measured) == pytest.approx(uniform_first_token_attention(length), rel=1e-5)
+    assert uniform_first_token_attention(2) == pytest.approx(0.5)
+    assert uniform_first_token_attention(256) == pytest.approx(0.0200955, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [1, 0, -3])
+def test_uniform_level_refuses_a_length_without_queries(bad):
+    with pytest.raises(ValueError, match="seq_len must be an int >= 2"):
+        uniform_first_token_attention(bad)
 
 
 def test_first_token_attention_excludes_padding(uniform_model):
@@ -57,7 +72,7 @@ def test_first_token_attention_excludes_padding(uniform_model):
     mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
     _, cache = uniform_model.run_with_cache(tokens, attention_mask=mask)
     # Pooled over the 5 + 2 real queries at positions >= 1.
-    expected = (5 * uniform_first_token(6) + 2 * uniform_first_token(3)) / 7
+    expected = (5 * uniform_first_token_attention(6) + 2 * uniform_first_token_attention(3)) / 7
     torch.testing.assert_close(first_token_attention(cache, mask), torch.full((2, 4), expected))
 
 

@@ -51,6 +51,7 @@ from gated_interp.analysis.sinks import (
     head_averaged_patterns,
     key_importance,
     sink_rate,
+    uniform_first_token_attention,
 )
 from gated_interp.analysis.streaming import Measurement, measure
 
@@ -87,5 +88,6 @@ __all__ = [
     "sink_rate",
     "streaming",
     "top_gate_contributors",
+    "uniform_first_token_attention",
     "zero_ablate_heads",
 ]

@@ -67,6 +67,19 @@ def first_token_attention_by_layer(
     return first_token_attention(cache, attention_mask, per="layer")
 
 
+def uniform_first_token_attention(seq_len: int) -> float:
+    """`first_token_attention` of a head that attends uniformly over its causal window, on
+    unpadded sequences of `seq_len` tokens: the level at which position 0 gets no special share.
+
+    Query i sees i + 1 keys, so it gives 1 / (i + 1) to position 0; the mean over queries
+    1 .. seq_len - 1 is (H(seq_len) - 1) / (seq_len - 1), with H the harmonic number. It falls
+    with length (0.035 at 128 tokens, 0.020 at 256), which is why a sink is judged against it.
+    """
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2:
+        raise ValueError(f"seq_len must be an int >= 2 (query 0 only sees itself), got {seq_len!r}")
+    return sum(1.0 / (i + 1) for i in range(1, seq_len)) / (seq_len - 1)
+
+
 def key_importance(
     cache: Any,
     key_position: int = 0,
