@@ -291,3 +291,36 @@ def test_card_combines_variants_trained_in_separate_processes(corpus, tmp_path):
 
     with pytest.raises(SystemExit):  # a variant given twice
         card_main(card + ["--run", str(a), str(both), "--out", str(tmp_path / "card3")])
+
+
+@pytest.mark.slow
+def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
+    """--seed-run: runs of other seeds are measured on the card's windows; the card gives the spread."""
+    from safetensors.torch import load_file
+
+    from gated_interp.train.card import main as card_main
+
+    common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
+    common += ["--variants", "baseline", "gate_headwise"]
+    for seed in (0, 1):
+        assert train_main(common + ["--out", str(tmp_path / f"s{seed}"), "--seed", str(seed)]) == 0
+    assert train_main(common + ["--out", str(tmp_path / "lr"), "--seed", "1", "--lr", "0.01"]) == 0
+    card = ["--corpus", str(corpus), "--heldout-windows", "2", "--run", str(tmp_path / "s0")]
+    assert card_main(card + ["--seed-run", str(tmp_path / "s1"), "--out", str(tmp_path / "card")]) == 0
+
+    saved = json.loads((tmp_path / "card" / "metrics.json").read_text())
+    assert list(saved["seeds"]) == ["1"] and list(saved["seeds"]["1"]) == ["baseline", "gate_headwise"]
+    seed_one = gated_interp.load_hooked(tmp_path / "s1" / "gate_headwise", progress=False)
+    windows = load_file(str(tmp_path / "card" / "heldout_tokens.safetensors"))["tokens"].long()
+    loss = seed_one(windows, return_type="loss").item()
+    assert saved["seeds"]["1"]["gate_headwise"]["loss"] == pytest.approx(loss, rel=1e-4)
+    assert saved["seeds"]["1"]["gate_headwise"]["loss"] != saved["variants"]["gate_headwise"]["loss"]
+    log = (tmp_path / "card" / "training_log.csv").read_text().splitlines()
+    assert log[0].split(",")[-1] == "seed" and {line.split(",")[-1] for line in log[1:]} == {"0", "1"}
+    text = (tmp_path / "card" / "README.md").read_text()
+    assert "## Seed-to-seed spread" in text and "| gate_headwise | 1 |" in text and "not measured" not in text
+
+    for bad, message in [(tmp_path / "lr", "differs from the bundled runs in train config"), (tmp_path / "s0", "seed")]:
+        with pytest.raises(SystemExit):
+            card_main(card + ["--seed-run", str(bad), "--out", str(tmp_path / "card_bad")])
+        assert message in capsys.readouterr().err

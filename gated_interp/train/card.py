@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from gated_interp.analysis.sinks import uniform_first_token_attention  # noqa: E402
 from gated_interp.analysis.streaming import measure as measure_model  # noqa: E402
 from gated_interp.loading import load_hooked  # noqa: E402
 from gated_interp.loading.bundled import HELDOUT_FILE, METRICS_FILE  # noqa: E402
@@ -51,38 +52,89 @@ def measure(model, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]
     return measure_model(model, tokens, batch_size=batch_size, progress=False).as_dict()
 
 
-def emergence_figure(log: pd.DataFrame, layer: int, n_windows: int | None = None) -> plt.Figure:
-    """Training curves per variant: first-token attention and max |residual| in `layer`
-    (0-based), and each gated variant's held-out loss minus the baseline's (the three loss curves
-    lie within a few hundredths of a nat of each other, so their difference is what can be read)."""
-    fig, (ax_sink, ax_resid, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.2))
-    has_baseline = "baseline" in set(log["variant"])
-    base = log[log["variant"] == "baseline"].set_index("step")["val_loss"] if has_baseline else None
-    for index, (variant, rows) in enumerate(log.groupby("variant", sort=False)):
-        style = variant_style(str(variant), index)
-        tokens = rows["tokens"] / 1e6
-        ax_sink.plot(tokens, rows[f"first_token_attention_L{layer}"], marker=".", label=variant, **style)
-        ax_resid.plot(tokens, rows[f"max_abs_resid_L{layer}"], marker=".", label=variant, **style)
-        if base is not None:
-            difference = rows.set_index("step")["val_loss"] - base
-            ax_loss.plot(tokens, difference.to_numpy(), marker=".", label=variant, **style)
-    ax_sink.set(ylabel="mean attention to position 0", title=f"First-token attention, layer {layer}")
-    ax_resid.set(ylabel="max |residual stream|", title=f"Max |residual| after block {layer}")
-    ax_loss.set(ylabel="held-out loss minus the baseline's (nats)", title="Held-out loss, relative to the baseline")
-    for ax in (ax_sink, ax_resid, ax_loss):
-        ax.set_xlabel("training tokens (millions)")
+def _layers(log: pd.DataFrame) -> list[int]:
+    return sorted(int(c.rsplit("_L", 1)[1]) for c in log.columns if c.startswith("first_token_attention_L"))
+
+
+def _bundled_seed_rows(log: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the bundled models' run: a log with a `seed` column also holds other seeds'."""
+    if "seed" not in log.columns:
+        return log
+    return log[log["seed"] == log["seed"].iloc[0]]
+
+
+def emergence_figure(log: pd.DataFrame, n_windows: int | None = None, seq_len: int | None = None) -> plt.Figure:
+    """Training curves per variant and layer (0-based): first-token attention (top row, with the
+    level of a uniform head over `seq_len` tokens dashed) and max |residual| after the block
+    (bottom row); the right column holds each gated variant's held-out loss minus the baseline's
+    (the loss curves lie within a few hundredths of a nat, so their difference is what can be
+    read). The bundled seed is drawn solid; other seeds in the log (a `seed` column) thin."""
+    layers = _layers(log)
+    fig, axes = plt.subplots(
+        2, len(layers) + 1, figsize=(3.3 * (len(layers) + 1), 6.4), sharex=True, squeeze=False, layout="constrained"
+    )
+    for row in (0, 1):
+        for ax in axes[row, 1 : len(layers)]:
+            ax.sharey(axes[row, 0])
+    ax_loss, ax_legend = axes[0, -1], axes[1, -1]
+    seeds = list(dict.fromkeys(log["seed"])) if "seed" in log.columns else [None]
+    for seed_index, seed in enumerate(seeds):
+        rows_of_seed = log if seed is None else log[log["seed"] == seed]
+        bundled = seed_index == 0
+        line = {
+            "marker": "." if bundled else None,
+            "linewidth": 1.6 if bundled else 0.9,
+            "alpha": 1.0 if bundled else 0.55,
+        }
+        has_baseline = "baseline" in set(rows_of_seed["variant"])
+        base = (
+            rows_of_seed[rows_of_seed["variant"] == "baseline"].set_index("step")["val_loss"] if has_baseline else None
+        )
+        for index, (variant, rows) in enumerate(rows_of_seed.groupby("variant", sort=False)):
+            style = variant_style(str(variant), index)
+            label = (f"{variant}" if seed is None else f"{variant}, seed {seed}") if bundled else f"seed {seed}"
+            label = label if bundled or index == 0 else None
+            tokens = rows["tokens"] / 1e6
+            for column, layer in enumerate(layers):
+                axes[0, column].plot(tokens, rows[f"first_token_attention_L{layer}"], label=label, **style, **line)
+                axes[1, column].plot(tokens, rows[f"max_abs_resid_L{layer}"], **style, **line)
+            if base is not None:
+                difference = rows.set_index("step")["val_loss"] - base
+                ax_loss.plot(tokens, difference.to_numpy(), **style, **line)
+    if seq_len is not None:
+        for ax in axes[0, : len(layers)]:
+            ax.axhline(
+                uniform_first_token_attention(seq_len), color="0.4", linestyle="--", linewidth=1,
+                label=f"uniform attention over {seq_len} tokens",
+            )  # fmt: skip
+    for column, layer in enumerate(layers):
+        axes[0, column].set_title(f"First-token attention, layer {layer}")
+        axes[1, column].set_title(f"Max |residual| after block {layer}")
+        axes[1, column].set_xlabel("training tokens (millions)")
+    axes[0, 0].set_ylabel("mean attention to position 0")
+    axes[1, 0].set_ylabel("max |residual stream|")
+    axes[0, 0].set_ylim(bottom=0)
+    axes[1, 0].set_ylim(bottom=0)
+    ax_loss.set(ylabel="nats", xlabel="training tokens (millions)", title="Held-out loss minus the baseline's")
+    ax_loss.tick_params(labelbottom=True)
+    ax_loss.axhline(0, color="0.4", linewidth=0.8)
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
-    ax_loss.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    ax_legend.axis("off")
+    ax_legend.legend(handles, labels, loc="center", frameon=False)
     windows = f"{n_windows} held-out windows" if n_windows else "the run's held-out windows"
-    fig.suptitle(f"Training curves of the bundled tiny models, measured on {windows} at every evaluation")
-    fig.tight_layout()
+    length = f" of {seq_len} tokens" if seq_len else ""
+    fig.suptitle(f"Training curves of the bundled tiny models, measured on {windows}{length} at every evaluation")
     return fig
 
 
 def log_trends(log: pd.DataFrame, layer: int, variant: str = "baseline") -> dict[str, Any]:
-    """What the training log shows for `variant` in `layer`: first-token attention at the last
-    two evaluations, and where max |residual| peaked and where it ended (the largest layer)."""
-    rows = log[log["variant"] == variant].sort_values("step")
+    """What the training log shows for `variant` (the bundled seed) in `layer`: first-token
+    attention at the last two evaluations, and where max |residual| peaked and where it ended
+    (the largest layer)."""
+    rows = _bundled_seed_rows(log)
+    rows = rows[rows["variant"] == variant].sort_values("step")
     resid_columns = [c for c in rows.columns if c.startswith("max_abs_resid_L")]
     largest = rows[resid_columns].max(axis=1)
     peak = int(largest.to_numpy().argmax())
@@ -153,7 +205,11 @@ def write_card(
     corpus_info: dict[str, Any],
     strongest_layer: int,
     log: pd.DataFrame | None = None,
+    other_seeds: dict[str, dict[str, Any]] | None = None,
 ) -> None:
+    """`README.md`, the model card. `other_seeds` maps each further seed of the same recipe to its
+    variants' headline figures (`SEED_FIGURES`), measured on the same windows; the card then
+    states the seed-to-seed spread."""
     train = TrainConfig.from_dict(summary["train_config"])  # also the old flat layout of metrics.json
     cfg, arch = vars(train), train.model
     variants = list(metrics)
@@ -225,60 +281,27 @@ def write_card(
             f"| {v} | {m['loss']:.4f} | {m['first_token_attention']:.4f} | {m['sink_rate']:.3f} "
             f"| {m['max_abs_resid']:.2f} | {gate} |"
         )
+    uniform = uniform_first_token_attention(cfg["seq_len"])
     lines += _per_layer_table(
-        "First-token attention per layer (mean attention that queries at positions >= 1 give to position 0):",
+        "First-token attention per layer (mean attention that queries at positions >= 1 give to position 0; "
+        f"a head that attends uniformly gives {uniform:.4f} on windows of {cfg['seq_len']} tokens):",
         metrics,
         "first_token_attention_by_layer",
         "{:.4f}",
     )
     lines += _per_layer_table("Max |residual stream| after each block:", metrics, "max_abs_resid_by_layer", "{:.1f}")
-    base = metrics.get("baseline")
-    if base is not None:
-        layer = strongest_layer
-        lines += ["", f"In the baseline's strongest sink layer (layer {layer}) first-token attention is "]
-        by_layer = {v: metrics[v]["first_token_attention_by_layer"][layer] for v in variants}
-        ratios = [f"{by_layer['baseline'] / by_layer[v]:.1f}x that of {v}" for v in variants if v != "baseline"]
-        lines[-1] += ", ".join(ratios) + "."
-        resid_ratios = [
-            b / g
-            for v in variants
-            if v != "baseline"
-            for b, g in zip(base["max_abs_resid_by_layer"], metrics[v]["max_abs_resid_by_layer"])
-        ]
+    if "baseline" in metrics:
+        lines += _contrast_lines(metrics, strongest_layer, log)
+    all_seeds = {str(cfg["seed"]): metrics, **(other_seeds or {})}
+    if len(all_seeds) > 1:
+        lines += _seed_lines(all_seeds, strongest_layer)
+    else:
         lines += [
-            f"The baseline's max |residual| is {min(resid_ratios):.1f}-{max(resid_ratios):.1f}x the gated models' "
-            "in every layer; relative to each layer's median |activation| the elementwise model comes close",
-            "to the baseline (see `notebooks/02_attention_sinks.ipynb`), so only the headwise gate clearly",
-            "removes the large first-token activation at this scale.",
+            "",
+            f"Each variant was trained once, from seed {cfg['seed']}; the seed-to-seed spread of these numbers was",
+            "not measured, so loss differences of a few hundredths of a nat between the variants may not",
+            "survive another seed.",
         ]
-        weakest = min(by_layer["baseline"] / by_layer[v] for v in variants if v != "baseline")
-        if weakest < 3:
-            lines += [
-                "",
-                f"Our goal for these models was a ratio of at least 3 in that layer; with {summary['tokens_seen']:,} "
-                f"training tokens the smallest is {weakest:.1f}.",
-            ]
-        if log is not None:
-            trend = log_trends(log, layer)
-            resid_text = (
-                f"was still at its largest ({trend['resid_peak']:.1f}, layer {trend['resid_peak_layer']}) "
-                "at the last evaluation"
-                if trend["resid_peak_is_last"]
-                else f"peaked at {trend['resid_peak_tokens'] / 1e6:.1f}M tokens ({trend['resid_peak']:.1f} in layer "
-                f"{trend['resid_peak_layer']}) and fell to {trend['resid_last']:.1f} by the end"
-            )
-            lines += [
-                "The training log does not show the contrast still growing when training stopped: the",
-                f"baseline's first-token attention in layer {layer} went {trend['attn_previous']:.4f} -> "
-                f"{trend['attn_last']:.4f} over the last two evaluations, and its max |residual| {resid_text}.",
-                "Whether more training tokens would widen the contrast is not known.",
-            ]
-    lines += [
-        "",
-        "Each variant was trained once, from seed 0; the seed-to-seed spread of these numbers was not",
-        "measured, so loss differences of a few hundredths of a nat between the variants may not",
-        "survive another seed.",
-    ]
     lines += [
         "",
         "These are small models trained on a CPU for a few million tokens. Sinks need many training",
@@ -297,6 +320,128 @@ def write_card(
     (out / "README.md").write_text("\n".join(lines))
 
 
+SEED_FIGURES = ("loss", "first_token_attention_by_layer", "max_abs_resid_by_layer")  # what a card keeps per seed
+
+
+def _goal_checks(metrics: dict[str, Any], layer: int) -> list[tuple[str, bool, str]]:
+    """The goals set for the bundled models (issue 12), each as (goal, met, the figure behind it)."""
+    base = metrics["baseline"]
+    gated = [v for v in metrics if v != "baseline"]
+    checks = []
+    if gated:
+        ratio = min(
+            base["first_token_attention_by_layer"][layer] / metrics[v]["first_token_attention_by_layer"][layer]
+            for v in gated
+        )
+        checks.append(
+            (
+                f"first-token attention in the baseline's strongest layer (layer {layer}) at least 3x each gated "
+                "variant's in that layer",
+                ratio >= 3,
+                f"smallest ratio {ratio:.1f}",
+            )
+        )
+    if "gate_headwise" in metrics:
+        resid = min(
+            b / h for b, h in zip(base["max_abs_resid_by_layer"], metrics["gate_headwise"]["max_abs_resid_by_layer"])
+        )
+        checks.append(
+            ("max |residual| of the baseline at least 5x gate_headwise's in every layer", resid >= 5,
+             f"smallest ratio {resid:.1f}")
+        )  # fmt: skip
+    if gated:
+        gaps = ", ".join(f"{v} {metrics[v]['loss'] - base['loss']:+.3f}" for v in gated)
+        met = all(metrics[v]["loss"] <= base["loss"] for v in gated)
+        checks.append(
+            ("held-out loss of every gated variant at most the baseline's", met, f"minus the baseline's: {gaps}")
+        )
+    return checks
+
+
+def _contrast_lines(metrics: dict[str, Any], layer: int, log: pd.DataFrame | None) -> list[str]:
+    """The card's paragraph on the sink contrast, and the goals, from the measured figures."""
+    base = metrics["baseline"]
+    gated = [v for v in metrics if v != "baseline"]
+    by_layer = {v: metrics[v]["first_token_attention_by_layer"][layer] for v in metrics}
+    ratios = ", ".join(f"{by_layer['baseline'] / by_layer[v]:.1f}x that of {v}" for v in gated)
+    resid = []
+    for v in gated:
+        layer_ratios = [b / g for b, g in zip(base["max_abs_resid_by_layer"], metrics[v]["max_abs_resid_by_layer"])]
+        resid.append(f"{min(layer_ratios):.1f}-{max(layer_ratios):.1f}x {v}'s")
+    lines = [
+        "",
+        f"In the baseline's strongest sink layer (layer {layer}) first-token attention is {ratios}.",
+        f"Layer by layer, the baseline's max |residual| is {' and '.join(resid)}.",
+        "",
+        "Goals we set for these models, on these windows:",
+        "",
+    ]
+    lines += [
+        f"- {goal}: {'met' if met else 'not met'} ({figure})." for goal, met, figure in _goal_checks(metrics, layer)
+    ]
+    if log is not None:
+        trend = log_trends(log, layer)
+        resid_text = (
+            f"was at its largest ({trend['resid_peak']:.1f}, layer {trend['resid_peak_layer']}) at the last evaluation"
+            if trend["resid_peak_is_last"]
+            else f"peaked at {trend['resid_peak_tokens'] / 1e6:.1f}M tokens ({trend['resid_peak']:.1f} in layer "
+            f"{trend['resid_peak_layer']}) and ended at {trend['resid_last']:.1f}"
+        )
+        direction = "still rising" if trend["attn_last"] > trend["attn_previous"] else "no longer rising"
+        lines += [
+            "",
+            f"When training stopped, the baseline's first-token attention in layer {layer} was {direction} "
+            f"({trend['attn_previous']:.4f} -> {trend['attn_last']:.4f} over the last two evaluations of the "
+            f"training log), and its max |residual| {resid_text}.",
+        ]
+    return lines
+
+
+def _seed_lines(all_seeds: dict[str, dict[str, Any]], layer: int) -> list[str]:
+    """A table of every seed's headline figures and the spread between seeds, per variant."""
+    seeds = list(all_seeds)
+    variants = list(all_seeds[seeds[0]])
+    lines = [
+        "",
+        "## Seed-to-seed spread",
+        "",
+        f"The same recipe was trained from {len(seeds)} seeds ({', '.join(seeds)}; the bundled models are seed "
+        f"{seeds[0]}, the others are not shipped) and measured on the same held-out windows. The seed sets the",
+        "initial weights and the data order; each seed's three variants share both.",
+        "",
+        f"| variant | seed | held-out loss | first-token attention, layer {layer} "
+        "| max \\|residual\\|, largest layer |",
+        "|---|---|---|---|---|",
+    ]
+    for v in variants:
+        for seed in seeds:
+            m = all_seeds[seed][v]
+            lines.append(
+                f"| {v} | {seed} | {m['loss']:.4f} | {m['first_token_attention_by_layer'][layer]:.4f} "
+                f"| {max(m['max_abs_resid_by_layer']):.2f} |"
+            )
+    lines += ["", "Spread between seeds (largest minus smallest):", ""]
+    for v in variants:
+        loss = [all_seeds[s][v]["loss"] for s in seeds]
+        attn = [all_seeds[s][v]["first_token_attention_by_layer"][layer] for s in seeds]
+        resid = [max(all_seeds[s][v]["max_abs_resid_by_layer"]) for s in seeds]
+        lines.append(
+            f"- {v}: loss {max(loss) - min(loss):.4f}, first-token attention (layer {layer}) "
+            f"{max(attn) - min(attn):.4f}, max |residual| {max(resid) - min(resid):.2f}."
+        )
+    if "baseline" in variants:
+        lines += ["", "The goals above, seed by seed (each seed's strongest baseline layer):", ""]
+        for seed in seeds:
+            seed_layer = strongest_sink_layer(all_seeds[seed])
+            checks = _goal_checks(all_seeds[seed], seed_layer)
+            lines.append(
+                f"- seed {seed}: "
+                + "; ".join(f"{'met' if met else 'not met'} ({figure})" for _, met, figure in checks)
+                + "."
+            )
+    return lines
+
+
 def strongest_sink_layer(metrics: dict[str, Any]) -> int:
     """The (0-based) layer where the baseline's first-token attention is largest; 0 without a baseline."""
     if "baseline" not in metrics:
@@ -312,10 +457,11 @@ def render(out: Path) -> None:
     metrics, summary, corpus_info = saved["variants"], saved["training"], saved["corpus"]
     strongest = strongest_sink_layer(metrics)
     log = pd.read_csv(out / "training_log.csv")
-    fig = emergence_figure(log, strongest, summary["train_config"].get("eval_windows"))
-    fig.savefig(out / "training_emergence.png", dpi=120)
+    config = summary["train_config"]
+    fig = emergence_figure(log, config.get("eval_windows"), config.get("seq_len"))
+    fig.savefig(out / "training_emergence.png", dpi=110)
     plt.close(fig)
-    write_card(out, metrics, summary, corpus_info, strongest, log)
+    write_card(out, metrics, summary, corpus_info, strongest, log, saved.get("seeds"))
 
 
 def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Path], pd.DataFrame]:
@@ -363,8 +509,39 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
     return summary, corpora[0], run_of, log
 
 
-def _without_variants(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key != "variants"}
+def _without_variants(config: dict[str, Any], also: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in ("variants", *also)}
+
+
+def group_seed_runs(runs: list[Path], summary: dict[str, Any], first_run: Path) -> dict[str, list[Path]]:
+    """`--seed-run` folders grouped by their seed, each group checked to be the bundled run's
+    recipe (same settings apart from the seed, same variants, trained as far, same tokenizer)."""
+    groups: dict[str, list[Path]] = {}
+    for run in runs:
+        other = json.loads((run / "training_summary.json").read_text())
+        seed = str(other["train_config"]["seed"])
+        if seed == str(summary["train_config"]["seed"]):
+            raise ValueError(f"{run} has the bundled runs' seed ({seed}); --seed-run takes runs of other seeds")
+        mismatch = [
+            what
+            for what, a, b in [
+                (
+                    "train config",
+                    _without_variants(summary["train_config"], ("seed",)),
+                    _without_variants(other["train_config"], ("seed",)),
+                ),
+                ("steps done", summary["steps_done"], other["steps_done"]),
+                ("tokenizer", _tokenizer_text(first_run), _tokenizer_text(run)),
+            ]
+            if a != b
+        ]
+        if mismatch:
+            raise ValueError(
+                f"--seed-run {run} differs from the bundled runs in {', '.join(mismatch)}: give runs of the same "
+                "recipe (the same flags apart from --seed, --variants and --out, trained as far)"
+            )
+        groups.setdefault(seed, []).append(run)
+    return groups
 
 
 def _tokenizer_text(run: Path) -> str:
@@ -384,6 +561,15 @@ def main(argv: list[str] | None = None) -> int:
         help="output folder of python -m gated_interp.train; several when the variants were trained in "
         "separate processes (same flags apart from --variants and --out)",
     )
+    parser.add_argument(
+        "--seed-run",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="RUN_DIR",
+        help="runs of the same recipe from other seeds (not shipped): measured on the same windows for the "
+        "card's seed-to-seed spread",
+    )
     parser.add_argument("--corpus", type=Path, help="folder with valid.txt (and manifest.tsv, the list of books)")
     parser.add_argument("--out", type=Path, help="bundle folder to write")
     parser.add_argument(
@@ -402,19 +588,28 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary, corpus_info, run_of, log = combine_runs(args.run)
+        seed_groups = group_seed_runs(args.seed_run, summary, args.run[0])
+        seed_runs = {seed: combine_runs(group) for seed, group in seed_groups.items()}
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+    variants = summary["train_config"]["variants"]
+    for seed, (_, _, seed_run_of, _) in seed_runs.items():
+        if sorted(seed_run_of) != sorted(run_of):
+            parser.error(f"the seed-{seed} runs hold {sorted(seed_run_of)}, the bundled runs {sorted(run_of)}")
     summary["hardware"] = args.hardware
     if args.command:
         summary["command"] = args.command
     corpus_info["corpus"] = Path(corpus_info.get("corpus", args.corpus)).name  # no local paths in the bundle
-    variants = summary["train_config"]["variants"]
     args.out.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         (args.out / variant).mkdir(exist_ok=True)
         for name in CHECKPOINT_FILES:
             shutil.copy2(run_of[variant] / variant / name, args.out / variant / name)
-    if len(args.run) == 1:
+    if seed_runs:  # one log for all seeds, the bundled seed's rows first
+        log["seed"] = summary["train_config"]["seed"]
+        for seed, (_, _, _, seed_log) in seed_runs.items():
+            log = pd.concat([log, seed_log.assign(seed=int(seed))], ignore_index=True)
+    if len(args.run) == 1 and not seed_runs:
         shutil.copy2(args.run[0] / "training_log.csv", args.out / "training_log.csv")
     else:
         log.to_csv(args.out / "training_log.csv", index=False)
@@ -435,7 +630,14 @@ def main(argv: list[str] | None = None) -> int:
             STORY_PROMPT, max_new_tokens=60, temperature=0.8, top_k=40, seed=0, verbose=False
         )
         print(variant, {k: v for k, v in metrics[variant].items() if not isinstance(v, (list, str))})
-    metrics_meta = {"training": summary, "corpus": corpus_info}
+    other_seeds: dict[str, dict[str, Any]] = {}
+    for seed, (_, _, seed_run_of, _) in seed_runs.items():
+        other_seeds[seed] = {}
+        for variant in variants:
+            measured = measure(load_hooked(seed_run_of[variant] / variant, progress=False), tokens)
+            other_seeds[seed][variant] = {key: measured[key] for key in SEED_FIGURES}
+        print(f"seed {seed}", {v: round(m["loss"], 4) for v, m in other_seeds[seed].items()})
+    metrics_meta = {"training": summary, "corpus": corpus_info, **({"seeds": other_seeds} if other_seeds else {})}
     (args.out / METRICS_FILE).write_text(json.dumps({"variants": metrics, **metrics_meta}, indent=2) + "\n")
     render(args.out)
     print(f"wrote {args.out}")
