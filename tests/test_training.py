@@ -154,8 +154,12 @@ def test_bundle_names_its_books_and_no_local_paths():
     assert "public domain" in (TINY_DIR / "CORPUS.md").read_text()
     assert all("gutenberg.org/ebooks/" in line for line in books + held_out)
     card = " ".join((TINY_DIR / "README.md").read_text().split())
-    assert "seed-to-seed spread of these numbers was not measured" in card
-    assert "does not show the contrast still growing" in card
+    seeds = json.loads((TINY_DIR / "metrics.json").read_text()).get("seeds")
+    if seeds:  # the card states the spread it measured, and says which seeds
+        assert "## Seed-to-seed spread" in card and "not measured" not in card
+        assert all(f"| baseline | {seed} |" in card for seed in seeds)
+    else:
+        assert "seed-to-seed spread of these numbers was not measured" in card
 
 
 def test_train_config_holds_the_model_config_once():
@@ -170,11 +174,20 @@ def test_train_config_holds_the_model_config_once():
     assert TrainConfig.from_dict(saved) == train
 
 
-def test_old_flat_train_config_still_loads():
-    """Summaries written before the config embedded the model's (the bundled metrics.json among them)."""
-    from gated_interp.loading.bundled import bundled_metrics
+# The train config of a summary written before TrainConfig embedded the model's (the first
+# bundled models' metrics.json, 2026-11).
+OLD_FLAT_TRAIN_CONFIG = {
+    "variants": ["baseline", "gate_headwise", "gate_elementwise"],
+    "d_model": 128, "n_layers": 4, "n_heads": 4, "n_key_value_heads": 2, "d_head": 32, "d_mlp": 384,
+    "seq_len": 128, "batch_size": 64, "total_tokens": 6000000, "lr": 0.003, "min_lr_ratio": 0.1,
+    "warmup_steps": 100, "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "seed": 0,
+    "eval_interval": 50, "eval_windows": 32, "save_interval": 50, "rope_theta": 10000.0,
+    "save_dtype": "bfloat16", "extra": {},
+}  # fmt: skip
 
-    flat = bundled_metrics()["training"]["train_config"]
+
+def test_old_flat_train_config_still_loads():
+    flat = OLD_FLAT_TRAIN_CONFIG
     assert "d_model" in flat and "model" not in flat
     train = TrainConfig.from_dict(flat)
     assert (train.model.d_model, train.model.n_layers, train.model.n_heads) == (128, 4, 4)
@@ -186,7 +199,7 @@ def test_old_flat_train_config_still_loads():
         TrainConfig.from_dict({**flat, "learning_rate": 1.0})
 
 
-def test_card_renders_the_bundle_from_its_old_flat_metrics(tmp_path):
+def test_card_renders_the_bundle_from_its_metrics(tmp_path):
     import shutil
 
     from gated_interp.loading.bundled import TINY_DIR
@@ -306,7 +319,13 @@ def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
         assert train_main(common + ["--out", str(tmp_path / f"s{seed}"), "--seed", str(seed)]) == 0
     assert train_main(common + ["--out", str(tmp_path / "lr"), "--seed", "1", "--lr", "0.01"]) == 0
     card = ["--corpus", str(corpus), "--heldout-windows", "2", "--run", str(tmp_path / "s0")]
-    assert card_main(card + ["--seed-run", str(tmp_path / "s1"), "--out", str(tmp_path / "card")]) == 0
+    assert (
+        card_main(
+            card
+            + ["--seed-run", str(tmp_path / "s1"), "--trial-run", str(tmp_path / "lr"), "--out", str(tmp_path / "card")]
+        )
+        == 0
+    )
 
     saved = json.loads((tmp_path / "card" / "metrics.json").read_text())
     assert list(saved["seeds"]) == ["1"] and list(saved["seeds"]["1"]) == ["baseline", "gate_headwise"]
@@ -319,6 +338,14 @@ def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
     assert log[0].split(",")[-1] == "seed" and {line.split(",")[-1] for line in log[1:]} == {"0", "1"}
     text = (tmp_path / "card" / "README.md").read_text()
     assert "## Seed-to-seed spread" in text and "| gate_headwise | 1 |" in text and "not measured" not in text
+    # The trial run is listed with its own recipe and the last row of its training log.
+    trial = saved["trials"][1]
+    assert (trial["run"], trial["variant"], trial["lr"], trial["tokens"]) == ("lr", "gate_headwise", 0.01, 1024)
+    with open(tmp_path / "lr" / "training_log.csv") as file:
+        last = [row for row in csv.DictReader(file) if row["variant"] == "gate_headwise"][-1]
+    assert trial["loss"] == pytest.approx(float(last["val_loss"]))
+    assert "## Recipes tried" in text and "| lr | gate_headwise | 32 | 0.01 |" in text
+    assert "--seed-run runs/s1 --trial-run runs/lr" in text and str(tmp_path) not in text
 
     for bad, message in [(tmp_path / "lr", "differs from the bundled runs in train config"), (tmp_path / "s0", "seed")]:
         with pytest.raises(SystemExit):

@@ -206,10 +206,12 @@ def write_card(
     strongest_layer: int,
     log: pd.DataFrame | None = None,
     other_seeds: dict[str, dict[str, Any]] | None = None,
+    trials: list[dict[str, Any]] | None = None,
 ) -> None:
     """`README.md`, the model card. `other_seeds` maps each further seed of the same recipe to its
     variants' headline figures (`SEED_FIGURES`), measured on the same windows; the card then
-    states the seed-to-seed spread."""
+    states the seed-to-seed spread. `trials` (`trial_summary`) are the shorter runs that chose the
+    recipe."""
     train = TrainConfig.from_dict(summary["train_config"])  # also the old flat layout of metrics.json
     cfg, arch = vars(train), train.model
     variants = list(metrics)
@@ -262,7 +264,9 @@ def write_card(
         "",
         "```bash",
         summary.get("command", "python -m gated_interp.train --corpus CORPUS_DIR --out RUN_DIR"),
-        "python -m gated_interp.train.card --run RUN_DIR --corpus CORPUS_DIR --out OUT_DIR",
+        summary.get(
+            "card_command", "python -m gated_interp.train.card --run RUN_DIR --corpus CORPUS_DIR --out OUT_DIR"
+        ),
         "```",
         "",
         "## Measured on held-out text",
@@ -292,6 +296,8 @@ def write_card(
     lines += _per_layer_table("Max |residual stream| after each block:", metrics, "max_abs_resid_by_layer", "{:.1f}")
     if "baseline" in metrics:
         lines += _contrast_lines(metrics, strongest_layer, log)
+    if trials:
+        lines += _trial_lines(trials)
     all_seeds = {str(cfg["seed"]): metrics, **(other_seeds or {})}
     if len(all_seeds) > 1:
         lines += _seed_lines(all_seeds, strongest_layer)
@@ -442,6 +448,57 @@ def _seed_lines(all_seeds: dict[str, dict[str, Any]], layer: int) -> list[str]:
     return lines
 
 
+def trial_summary(run: Path) -> list[dict[str, Any]]:
+    """One row per variant of a trial run: its recipe and the last evaluation of its training log
+    (the run's own held-out windows), for the card's record of the recipes tried."""
+    summary = json.loads((run / "training_summary.json").read_text())
+    config = TrainConfig.from_dict(summary["train_config"])
+    log = pd.read_csv(run / "training_log.csv")
+    rows = []
+    for variant, variant_rows in log.groupby("variant", sort=False):
+        last = variant_rows.sort_values("step").iloc[-1]
+        layers = _layers(log)
+        attention = [float(last[f"first_token_attention_L{layer}"]) for layer in layers]
+        rows.append(
+            {
+                "run": run.name,
+                "variant": str(variant),
+                "seq_len": config.seq_len,
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+                "tokens": int(last["tokens"]),
+                "eval_windows": config.eval_windows,
+                "loss": float(last["val_loss"]),
+                "first_token_attention_by_layer": attention,
+                "max_abs_resid": max(float(last[f"max_abs_resid_L{layer}"]) for layer in layers),
+            }
+        )
+    return rows
+
+
+def _trial_lines(trials: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Recipes tried",
+        "",
+        "Shorter runs that chose the recipe, each at its last evaluation on its own held-out windows (the",
+        "training log's, not the windows above). The uniform level is that of a head attending evenly.",
+        "",
+        "| run | variant | window | lr | weight decay | tokens | held-out loss | strongest first-token attention "
+        "(layer) | uniform level | max \\|residual\\| |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in trials:
+        attention = t["first_token_attention_by_layer"]
+        layer = max(range(len(attention)), key=attention.__getitem__)
+        lines.append(
+            f"| {t['run']} | {t['variant']} | {t['seq_len']} | {t['lr']:g} | {t['weight_decay']:g} | {t['tokens']:,} "
+            f"| {t['loss']:.3f} | {attention[layer]:.4f} ({layer}) | {uniform_first_token_attention(t['seq_len']):.4f} "
+            f"| {t['max_abs_resid']:.1f} |"
+        )
+    return lines
+
+
 def strongest_sink_layer(metrics: dict[str, Any]) -> int:
     """The (0-based) layer where the baseline's first-token attention is largest; 0 without a baseline."""
     if "baseline" not in metrics:
@@ -461,7 +518,7 @@ def render(out: Path) -> None:
     fig = emergence_figure(log, config.get("eval_windows"), config.get("seq_len"))
     fig.savefig(out / "training_emergence.png", dpi=110)
     plt.close(fig)
-    write_card(out, metrics, summary, corpus_info, strongest, log, saved.get("seeds"))
+    write_card(out, metrics, summary, corpus_info, strongest, log, saved.get("seeds"), saved.get("trials"))
 
 
 def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Path], pd.DataFrame]:
@@ -570,6 +627,14 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of the same recipe from other seeds (not shipped): measured on the same windows for the "
         "card's seed-to-seed spread",
     )
+    parser.add_argument(
+        "--trial-run",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="RUN_DIR",
+        help="shorter runs that chose the recipe: the card lists their recipe and last evaluation",
+    )
     parser.add_argument("--corpus", type=Path, help="folder with valid.txt (and manifest.tsv, the list of books)")
     parser.add_argument("--out", type=Path, help="bundle folder to write")
     parser.add_argument(
@@ -597,6 +662,12 @@ def main(argv: list[str] | None = None) -> int:
         if sorted(seed_run_of) != sorted(run_of):
             parser.error(f"the seed-{seed} runs hold {sorted(seed_run_of)}, the bundled runs {sorted(run_of)}")
     summary["hardware"] = args.hardware
+    card_command = ["python -m gated_interp.train.card --run"] + [f"runs/{run.name}" for run in args.run]
+    if args.seed_run:
+        card_command += ["--seed-run"] + [f"runs/{run.name}" for run in args.seed_run]
+    if args.trial_run:
+        card_command += ["--trial-run"] + [f"runs/{run.name}" for run in args.trial_run]
+    summary["card_command"] = " ".join(card_command + ["--corpus CORPUS_DIR --out OUT_DIR"])
     if args.command:
         summary["command"] = args.command
     corpus_info["corpus"] = Path(corpus_info.get("corpus", args.corpus)).name  # no local paths in the bundle
@@ -637,7 +708,11 @@ def main(argv: list[str] | None = None) -> int:
             measured = measure(load_hooked(seed_run_of[variant] / variant, progress=False), tokens)
             other_seeds[seed][variant] = {key: measured[key] for key in SEED_FIGURES}
         print(f"seed {seed}", {v: round(m["loss"], 4) for v, m in other_seeds[seed].items()})
-    metrics_meta = {"training": summary, "corpus": corpus_info, **({"seeds": other_seeds} if other_seeds else {})}
+    metrics_meta = {"training": summary, "corpus": corpus_info}
+    if other_seeds:
+        metrics_meta["seeds"] = other_seeds
+    if args.trial_run:
+        metrics_meta["trials"] = [row for run in args.trial_run for row in trial_summary(run)]
     (args.out / METRICS_FILE).write_text(json.dumps({"variants": metrics, **metrics_meta}, indent=2) + "\n")
     render(args.out)
     print(f"wrote {args.out}")
