@@ -344,7 +344,7 @@ def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
     with open(tmp_path / "lr" / "training_log.csv") as file:
         last = [row for row in csv.DictReader(file) if row["variant"] == "gate_headwise"][-1]
     assert trial["loss"] == pytest.approx(float(last["val_loss"]))
-    assert "## Recipes tried" in text and "| lr | gate_headwise | 32 | 0.01 |" in text
+    assert "## Recipes tried" in text and "| lr | gate_headwise | 32 | 8 | 0.01 |" in text
     assert "--seed-run runs/s1 --trial-run runs/lr" in text and str(tmp_path) not in text
 
     for bad, message in [(tmp_path / "lr", "differs from the bundled runs in train config"), (tmp_path / "s0", "seed")]:

@@ -34,7 +34,7 @@ from gated_interp.loading import load_hooked  # noqa: E402
 from gated_interp.loading.bundled import HELDOUT_FILE, METRICS_FILE  # noqa: E402
 from gated_interp.plotting import variant_style  # noqa: E402
 from gated_interp.train.data import evaluation_windows  # noqa: E402
-from gated_interp.train.trainer import VARIANT_GATES, TrainConfig  # noqa: E402
+from gated_interp.train.trainer import CONFIG_FILE, VARIANT_GATES, TrainConfig  # noqa: E402
 
 CHECKPOINT_FILES = (
     "config.json",
@@ -297,7 +297,7 @@ def write_card(
     if "baseline" in metrics:
         lines += _contrast_lines(metrics, strongest_layer, log)
     if trials:
-        lines += _trial_lines(trials)
+        lines += _trial_lines(trials, summary.get("trial_note"))
     all_seeds = {str(cfg["seed"]): metrics, **(other_seeds or {})}
     if len(all_seeds) > 1:
         lines += _seed_lines(all_seeds, strongest_layer)
@@ -451,8 +451,10 @@ def _seed_lines(all_seeds: dict[str, dict[str, Any]], layer: int) -> list[str]:
 def trial_summary(run: Path) -> list[dict[str, Any]]:
     """One row per variant of a trial run: its recipe and the last evaluation of its training log
     (the run's own held-out windows), for the card's record of the recipes tried."""
-    summary = json.loads((run / "training_summary.json").read_text())
-    config = TrainConfig.from_dict(summary["train_config"])
+    if (run / CONFIG_FILE).is_file():  # written when a run starts: also there for a run stopped by hand
+        config = TrainConfig.from_dict(json.loads((run / CONFIG_FILE).read_text()))
+    else:
+        config = TrainConfig.from_dict(json.loads((run / "training_summary.json").read_text())["train_config"])
     log = pd.read_csv(run / "training_log.csv")
     rows = []
     for variant, variant_rows in log.groupby("variant", sort=False):
@@ -464,9 +466,11 @@ def trial_summary(run: Path) -> list[dict[str, Any]]:
                 "run": run.name,
                 "variant": str(variant),
                 "seq_len": config.seq_len,
+                "batch_size": config.batch_size,
                 "lr": config.lr,
                 "weight_decay": config.weight_decay,
                 "tokens": int(last["tokens"]),
+                "planned_tokens": config.n_steps * config.tokens_per_step,
                 "eval_windows": config.eval_windows,
                 "loss": float(last["val_loss"]),
                 "first_token_attention_by_layer": attention,
@@ -476,7 +480,14 @@ def trial_summary(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _trial_lines(trials: list[dict[str, Any]]) -> list[str]:
+def _tokens_text(trial: dict[str, Any]) -> str:
+    planned = trial.get("planned_tokens", trial["tokens"])
+    return (
+        f"{trial['tokens']:,}" if trial["tokens"] >= planned else f"{trial['tokens']:,} (stopped; {planned:,} planned)"
+    )
+
+
+def _trial_lines(trials: list[dict[str, Any]], note: str | None = None) -> list[str]:
     lines = [
         "",
         "## Recipes tried",
@@ -484,18 +495,21 @@ def _trial_lines(trials: list[dict[str, Any]]) -> list[str]:
         "Shorter runs that chose the recipe, each at its last evaluation on its own held-out windows (the",
         "training log's, not the windows above). The uniform level is that of a head attending evenly.",
         "",
-        "| run | variant | window | lr | weight decay | tokens | held-out loss | strongest first-token attention "
-        "(layer) | uniform level | max \\|residual\\| |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | variant | window | batch | lr | weight decay | tokens | held-out loss | strongest first-token "
+        "attention (layer) | uniform level | max \\|residual\\| |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         attention = t["first_token_attention_by_layer"]
         layer = max(range(len(attention)), key=attention.__getitem__)
         lines.append(
-            f"| {t['run']} | {t['variant']} | {t['seq_len']} | {t['lr']:g} | {t['weight_decay']:g} | {t['tokens']:,} "
+            f"| {t['run']} | {t['variant']} | {t['seq_len']} | {t.get('batch_size', '-')} | {t['lr']:g} "
+            f"| {t['weight_decay']:g} | {_tokens_text(t)} "
             f"| {t['loss']:.3f} | {attention[layer]:.4f} ({layer}) | {uniform_first_token_attention(t['seq_len']):.4f} "
             f"| {t['max_abs_resid']:.1f} |"
         )
+    if note:
+        lines += ["", note]
     return lines
 
 
@@ -635,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUN_DIR",
         help="shorter runs that chose the recipe: the card lists their recipe and last evaluation",
     )
+    parser.add_argument("--trial-note", default=None, help="what the trials showed and why the recipe was chosen")
     parser.add_argument("--corpus", type=Path, help="folder with valid.txt (and manifest.tsv, the list of books)")
     parser.add_argument("--out", type=Path, help="bundle folder to write")
     parser.add_argument(
@@ -670,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["card_command"] = " ".join(card_command + ["--corpus CORPUS_DIR --out OUT_DIR"])
     if args.command:
         summary["command"] = args.command
+    if args.trial_note:
+        summary["trial_note"] = args.trial_note
     corpus_info["corpus"] = Path(corpus_info.get("corpus", args.corpus)).name  # no local paths in the bundle
     args.out.mkdir(parents=True, exist_ok=True)
     for variant in variants:
