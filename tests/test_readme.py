@@ -30,3 +30,23 @@ def test_readme_python_examples_run():
         assert line in printed.getvalue().splitlines(), f"the README shows {line!r}, the example prints otherwise"
     assert namespace["z_effect"].shape == (namespace["model"].cfg.n_layers, namespace["model"].cfg.n_heads)
     assert namespace["loss_open"].ndim == 0
+
+
+def test_readme_table_of_the_bundled_models_is_the_model_card():
+    """The README's table of the bundled models quotes metrics.json, the figures test_bundled re-measures."""
+    from gated_interp.loading.bundled import bundled_metrics
+
+    section = README.read_text().split("## Bundled tiny models", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    for variant, m in bundled_metrics()["variants"].items():
+        cells = [cell.strip() for cell in rows[variant].strip("|").split("|")]
+        expected = [
+            variant,
+            f"{m['loss']:.3f}",
+            f"{m['first_token_attention']:.3f}",
+            " / ".join(f"{x:.3f}" for x in m["first_token_attention_by_layer"]),
+            " / ".join(f"{x:.1f}" for x in m["max_abs_resid_by_layer"]),
+            f"{m['sink_rate']:.3f}",
+            f"{m['mean_gate']:.3f}" if "mean_gate" in m else "-",
+        ]
+        assert cells == expected, f"README row of {variant}: {cells}, metrics.json: {expected}"
