@@ -492,8 +492,9 @@ def _trial_lines(trials: list[dict[str, Any]], note: str | None = None) -> list[
         "",
         "## Recipes tried",
         "",
-        "Shorter runs that chose the recipe, each at its last evaluation on its own held-out windows (the",
-        "training log's, not the windows above). The uniform level is that of a head attending evenly.",
+        "Other runs tried for these models (none of them shipped), each at its last evaluation on its own",
+        "held-out windows (its training log's, not the windows above). The uniform level is what a head",
+        "attending evenly over the window gives position 0.",
         "",
         "| run | variant | window | batch | lr | weight decay | tokens | held-out loss | strongest first-token "
         "attention (layer) | uniform level | max \\|residual\\| |",
@@ -660,6 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", default=None, help="the training command, for the card")
     args = parser.parse_args(argv)
     if args.from_bundle is not None:
+        if args.trial_run or args.trial_note:  # record trials run after the bundle was made
+            saved = json.loads((args.from_bundle / METRICS_FILE).read_text())
+            if args.trial_run:
+                saved["trials"] = [row for run in args.trial_run for row in trial_summary(run)]
+            if args.trial_note:
+                saved["training"]["trial_note"] = args.trial_note
+            (args.from_bundle / METRICS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         render(args.from_bundle)
         print(f"wrote {args.from_bundle / 'README.md'} and {args.from_bundle / 'training_emergence.png'}")
         return 0
