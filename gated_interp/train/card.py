@@ -457,9 +457,9 @@ def trial_summary(run: Path) -> list[dict[str, Any]]:
         config = TrainConfig.from_dict(json.loads((run / "training_summary.json").read_text())["train_config"])
     log = pd.read_csv(run / "training_log.csv")
     rows = []
+    layers = _layers(log)
     for variant, variant_rows in log.groupby("variant", sort=False):
         last = variant_rows.sort_values("step").iloc[-1]
-        layers = _layers(log)
         attention = [float(last[f"first_token_attention_L{layer}"]) for layer in layers]
         rows.append(
             {
@@ -549,21 +549,8 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
                 raise ValueError(f"variant {variant!r} is in both {run_of[variant]} and {run}; give each variant once")
             run_of[variant] = run
     first = runs[0]
-    for run, summary, corpus in zip(runs[1:], summaries[1:], corpora[1:]):
-        mismatch = [
-            what
-            for what, a, b in [
-                (
-                    "train config",
-                    _without_variants(summaries[0]["train_config"]),
-                    _without_variants(summary["train_config"]),
-                ),
-                ("steps done", summaries[0]["steps_done"], summary["steps_done"]),
-                ("corpus", corpora[0], corpus),
-                ("tokenizer", _tokenizer_text(first), _tokenizer_text(run)),
-            ]
-            if a != b
-        ]
+    for run in runs[1:]:
+        mismatch = _run_differences(first, run)
         if mismatch:
             raise ValueError(
                 f"{run} and {first} differ in {', '.join(mismatch)}: only runs with the same flags apart from "
@@ -581,32 +568,34 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
     return summary, corpora[0], run_of, log
 
 
-def _without_variants(config: dict[str, Any], also: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key not in ("variants", *also)}
+def _run_differences(first: Path, run: Path, ignored_keys: tuple[str, ...] = ()) -> list[str]:
+    """What sets `run` apart from `first` beyond its variants (and `ignored_keys` of the train
+    config): the train config, the steps done, the corpus, the tokenizer. Empty for one recipe."""
+    a, b = (json.loads((r / "training_summary.json").read_text()) for r in (first, run))
+    corpus_a, corpus_b = (json.loads((r / "corpus_info.json").read_text()) for r in (first, run))
+    checks = [
+        ("train config", _without(a["train_config"], ignored_keys), _without(b["train_config"], ignored_keys)),
+        ("steps done", a["steps_done"], b["steps_done"]),
+        ("corpus", corpus_a, corpus_b),
+        ("tokenizer", _tokenizer_text(first), _tokenizer_text(run)),
+    ]
+    return [what for what, mine, theirs in checks if mine != theirs]
+
+
+def _without(config: dict[str, Any], ignored_keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in ("variants", *ignored_keys)}
 
 
 def group_seed_runs(runs: list[Path], summary: dict[str, Any], first_run: Path) -> dict[str, list[Path]]:
     """`--seed-run` folders grouped by their seed, each group checked to be the bundled run's
-    recipe (same settings apart from the seed, same variants, trained as far, same tokenizer)."""
+    recipe (same settings apart from the seed, trained as far, same corpus and tokenizer)."""
     groups: dict[str, list[Path]] = {}
     for run in runs:
         other = json.loads((run / "training_summary.json").read_text())
         seed = str(other["train_config"]["seed"])
         if seed == str(summary["train_config"]["seed"]):
             raise ValueError(f"{run} has the bundled runs' seed ({seed}); --seed-run takes runs of other seeds")
-        mismatch = [
-            what
-            for what, a, b in [
-                (
-                    "train config",
-                    _without_variants(summary["train_config"], ("seed",)),
-                    _without_variants(other["train_config"], ("seed",)),
-                ),
-                ("steps done", summary["steps_done"], other["steps_done"]),
-                ("tokenizer", _tokenizer_text(first_run), _tokenizer_text(run)),
-            ]
-            if a != b
-        ]
+        mismatch = _run_differences(first_run, run, ignored_keys=("seed",))
         if mismatch:
             raise ValueError(
                 f"--seed-run {run} differs from the bundled runs in {', '.join(mismatch)}: give runs of the same "
