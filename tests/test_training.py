@@ -351,3 +351,6 @@ def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
         with pytest.raises(SystemExit):
             card_main(card + ["--seed-run", str(bad), "--out", str(tmp_path / "card_bad")])
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a trial folder without a run in it
+        card_main(card + ["--trial-run", str(tmp_path / "nothing"), "--out", str(tmp_path / "card_bad")])
+    assert "--trial-run" in capsys.readouterr().err and not (tmp_path / "card_bad").exists()

@@ -649,11 +649,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hardware", default="a 2-core x86-64 CPU (no GPU)")
     parser.add_argument("--command", default=None, help="the training command, for the card")
     args = parser.parse_args(argv)
+    try:  # read the trial runs first: a wrong folder is an error before anything is measured or written
+        trials = [row for run in args.trial_run for row in trial_summary(run)]
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        parser.error(f"--trial-run: {error}; give folders written by python -m gated_interp.train")
     if args.from_bundle is not None:
         if args.trial_run or args.trial_note:  # record trials run after the bundle was made
             saved = json.loads((args.from_bundle / METRICS_FILE).read_text())
             if args.trial_run:
-                saved["trials"] = [row for run in args.trial_run for row in trial_summary(run)]
+                saved["trials"] = trials
             if args.trial_note:
                 saved["training"]["trial_note"] = args.trial_note
             (args.from_bundle / METRICS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
@@ -726,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     if other_seeds:
         metrics_meta["seeds"] = other_seeds
     if args.trial_run:
-        metrics_meta["trials"] = [row for run in args.trial_run for row in trial_summary(run)]
+        metrics_meta["trials"] = trials
     (args.out / METRICS_FILE).write_text(json.dumps({"variants": metrics, **metrics_meta}, indent=2) + "\n")
     render(args.out)
     print(f"wrote {args.out}")
