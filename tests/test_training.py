@@ -227,6 +227,27 @@ TINY_ARGS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
+def test_no_qk_norm_trains_models_without_query_and_key_norms(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["--corpus", str(corpus), "--out", str(out), "--tokens", "512", "--variants", "baseline", "gate_headwise"]
+    assert train_main(args + TINY_ARGS + ["--no-qk-norm"]) == 0
+
+    assert json.loads((out / "train_config.json").read_text())["model"]["use_qk_norm"] is False
+    for variant in ("baseline", "gate_headwise"):
+        assert json.loads((out / variant / "config.json").read_text())["use_qk_norm"] is False
+        model = gated_interp.load_hooked(out / variant, progress=False)
+        assert not model.cfg.use_qk_norm
+        assert not [name for name in model.state_dict() if "q_norm" in name or "k_norm" in name]
+
+
+def test_qk_norm_is_on_unless_turned_off(tmp_path):
+    from gated_interp.train.__main__ import parse_args
+
+    assert parse_args(["--corpus", str(tmp_path)]).qk_norm is True
+    assert parse_args(["--corpus", str(tmp_path), "--no-qk-norm"]).qk_norm is False
+
+
 def _state(run):
     from gated_interp.train.trainer import load_train_state
 

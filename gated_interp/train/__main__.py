@@ -105,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults.model, name))
     for name in FLOAT_OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument(
+        "--qk-norm",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.model.use_qk_norm,
+        help="per-head RMSNorm of queries and keys, as in Qwen3 (default: on)",
+    )
     return parser.parse_args(argv)
 
 
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         architecture = default_architecture(
             d_vocab=args.vocab_size,
             n_ctx=args.seq_len,
+            use_qk_norm=args.qk_norm,
             **{name: getattr(args, name) for name in MODEL_INT_OPTIONS + MODEL_FLOAT_OPTIONS},
         )
         train = TrainConfig(
