@@ -242,7 +242,8 @@ def write_card(
         "",
         f"- {arch.n_layers} layers, d_model {arch.d_model}, {arch.n_heads} query heads over "
         f"{arch.n_key_value_heads} key-value heads, d_head {arch.d_head}, SwiGLU d_mlp {arch.d_mlp}, "
-        f"RMSNorm, q/k norm, RoPE (theta {arch.rope_theta:g}), untied embeddings, context {cfg['seq_len']}.",
+        f"RMSNorm, {'q/k norm' if arch.use_qk_norm else 'no q/k norm'}, RoPE (theta {arch.rope_theta:g}), "
+        f"untied embeddings, context {cfg['seq_len']}.",
         f"- AdamW, lr {cfg['lr']:g} (warm-up {cfg['warmup_steps']} steps, cosine to {cfg['min_lr_ratio']:g}x), "
         f"weight decay {cfg['weight_decay']}, betas {tuple(cfg['betas'])}, batch {cfg['batch_size']} x "
         f"{cfg['seq_len']} tokens, gradient clipping {cfg['grad_clip']}, seed {cfg['seed']}, fp32.",
@@ -469,6 +470,7 @@ def trial_summary(run: Path) -> list[dict[str, Any]]:
                 "batch_size": config.batch_size,
                 "lr": config.lr,
                 "weight_decay": config.weight_decay,
+                "qk_norm": config.model.use_qk_norm,
                 "tokens": int(last["tokens"]),
                 "planned_tokens": config.n_steps * config.tokens_per_step,
                 "eval_windows": config.eval_windows,
@@ -487,6 +489,10 @@ def _tokens_text(trial: dict[str, Any]) -> str:
     )
 
 
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def _trial_lines(trials: list[dict[str, Any]], note: str | None = None) -> list[str]:
     lines = [
         "",
@@ -496,16 +502,16 @@ def _trial_lines(trials: list[dict[str, Any]], note: str | None = None) -> list[
         "held-out windows (its training log's, not the windows above). The uniform level is what a head",
         "attending evenly over the window gives position 0.",
         "",
-        "| run | variant | window | batch | lr | weight decay | tokens | held-out loss | strongest first-token "
-        "attention (layer) | uniform level | max \\|residual\\| |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | variant | window | batch | lr | weight decay | q/k norm | tokens | held-out loss | strongest "
+        "first-token attention (layer) | uniform level | max \\|residual\\| |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         attention = t["first_token_attention_by_layer"]
         layer = max(range(len(attention)), key=attention.__getitem__)
         lines.append(
             f"| {t['run']} | {t['variant']} | {t['seq_len']} | {t.get('batch_size', '-')} | {t['lr']:g} "
-            f"| {t['weight_decay']:g} | {_tokens_text(t)} "
+            f"| {t['weight_decay']:g} | {_yes_no(t.get('qk_norm', True))} | {_tokens_text(t)} "
             f"| {t['loss']:.3f} | {attention[layer]:.4f} ({layer}) | {uniform_first_token_attention(t['seq_len']):.4f} "
             f"| {t['max_abs_resid']:.1f} |"
         )
