@@ -375,3 +375,40 @@ def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):  # a trial folder without a run in it
         card_main(card + ["--trial-run", str(tmp_path / "nothing"), "--out", str(tmp_path / "card_bad")])
     assert "--trial-run" in capsys.readouterr().err and not (tmp_path / "card_bad").exists()
+
+
+@pytest.mark.slow
+def test_a_seed_added_to_a_bundle_equals_one_given_when_it_was_written(corpus, tmp_path, capsys):
+    """--from-bundle --seed-run measures the other seed on the bundle's windows, as --run --seed-run does."""
+    from gated_interp.train.card import main as card_main
+
+    common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
+    common += ["--variants", "baseline", "gate_headwise"]
+    for seed in (0, 1):
+        assert train_main(common + ["--out", str(tmp_path / f"s{seed}"), "--seed", str(seed)]) == 0
+    assert train_main(common + ["--out", str(tmp_path / "lr"), "--seed", "1", "--lr", "0.01"]) == 0
+    card = ["--corpus", str(corpus), "--heldout-windows", "2", "--run", str(tmp_path / "s0")]
+    assert card_main(card + ["--seed-run", str(tmp_path / "s1"), "--out", str(tmp_path / "at_once")]) == 0
+    assert card_main(card + ["--out", str(tmp_path / "later")]) == 0
+    before = (tmp_path / "later" / "metrics.json").read_text()
+
+    for bad, message in [(tmp_path / "lr", "differs from the bundled runs in train config"), (tmp_path / "s0", "seed")]:
+        with pytest.raises(SystemExit):
+            card_main(["--from-bundle", str(tmp_path / "later"), "--seed-run", str(bad)])
+        assert message in capsys.readouterr().err
+        assert (tmp_path / "later" / "metrics.json").read_text() == before  # nothing written
+    assert card_main(["--from-bundle", str(tmp_path / "later"), "--seed-run", str(tmp_path / "s1")]) == 0
+
+    at_once, later = (json.loads((tmp_path / c / "metrics.json").read_text()) for c in ("at_once", "later"))
+    assert later["seeds"] == at_once["seeds"] and list(later["seeds"]) == ["1"]
+    logs = [(tmp_path / c / "training_log.csv").read_text() for c in ("at_once", "later")]
+    assert logs[0] == logs[1]
+    text = (tmp_path / "later" / "README.md").read_text()
+    assert "## Seed-to-seed spread" in text and "--seed-run runs/s1" in text
+
+    # Trials recorded later are added to those already there; a run given again replaces its rows.
+    assert card_main(["--from-bundle", str(tmp_path / "later"), "--trial-run", str(tmp_path / "lr")]) == 0
+    assert card_main(["--from-bundle", str(tmp_path / "later"), "--trial-run", str(tmp_path / "lr")]) == 0
+    trials = json.loads((tmp_path / "later" / "metrics.json").read_text())["trials"]
+    assert [(t["run"], t["variant"]) for t in trials] == [("lr", "baseline"), ("lr", "gate_headwise")]
+    assert "--seed-run runs/s1 --trial-run runs/lr" in (tmp_path / "later" / "README.md").read_text()

@@ -3,13 +3,16 @@
     python -m gated_interp.train.card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
     python -m gated_interp.train.card --run runs/a runs/b --corpus CORPUS_DIR --out OUT_DIR  # one process per variant
     python -m gated_interp.train.card --from-bundle gated_interp/checkpoints/tiny   # re-render text + plot
+    python -m gated_interp.train.card --from-bundle BUNDLE --seed-run runs/s1_a runs/s1_b  # add a seed
 
 Copies each variant's checkpoint from the training run, fixes the held-out windows the card is
 measured on (shipped as `heldout_tokens.safetensors`), measures every variant on them through the
 same `load_hooked` path users take (so the card's figures are those of the bf16 files shipped), and
 writes `metrics.json`, `training_log.csv`, `training_emergence.png`, `CORPUS.md` (the books, from
 the corpus folder's `manifest.tsv`) and `README.md` (the card). `--from-bundle` re-renders the
-card and the plot from a bundle's `metrics.json` and `training_log.csv` without measuring again.
+card and the plot from a bundle's `metrics.json` and `training_log.csv` without measuring again;
+with `--seed-run` or `--trial-run` it first records runs made after the bundle (other seeds of its
+recipe are measured on its own held-out windows).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from gated_interp.analysis.sinks import uniform_first_token_attention  # noqa: E402
 from gated_interp.analysis.streaming import measure as measure_model  # noqa: E402
@@ -556,7 +560,7 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
             run_of[variant] = run
     first = runs[0]
     for run in runs[1:]:
-        mismatch = _run_differences(first, run)
+        mismatch = recipe_differences(run_recipe(first), run_recipe(run))
         if mismatch:
             raise ValueError(
                 f"{run} and {first} differ in {', '.join(mismatch)}: only runs with the same flags apart from "
@@ -574,16 +578,58 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
     return summary, corpora[0], run_of, log
 
 
-def _run_differences(first: Path, run: Path, ignored_keys: tuple[str, ...] = ()) -> list[str]:
-    """What sets `run` apart from `first` beyond its variants (and `ignored_keys` of the train
-    config): the train config, the steps done, the corpus, the tokenizer. Empty for one recipe."""
-    a, b = (json.loads((r / "training_summary.json").read_text()) for r in (first, run))
-    corpus_a, corpus_b = (json.loads((r / "corpus_info.json").read_text()) for r in (first, run))
+@dataclass(frozen=True)
+class Recipe:
+    """What must agree for runs to be compared or combined: the train config (normalised, so a
+    bundle's old flat layout equals the nested one), the steps done, the corpus and the tokenizer."""
+
+    train_config: dict[str, Any]
+    steps_done: int
+    corpus: dict[str, Any]
+    tokenizer: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return self.train_config["seed"]
+
+
+def _normalised_config(config: dict[str, Any]) -> dict[str, Any]:
+    normal = TrainConfig.from_dict(config).to_dict()
+    # Runs written before `extra` recorded --max-corpus-bytes say {}; an unset limit is None.
+    normal["extra"] = {key: value for key, value in normal["extra"].items() if value is not None}
+    return normal
+
+
+def run_recipe(run: Path) -> Recipe:
+    summary = json.loads((run / "training_summary.json").read_text())
+    return Recipe(
+        _normalised_config(summary["train_config"]),
+        summary["steps_done"],
+        json.loads((run / "corpus_info.json").read_text()),
+        json.loads((run / "_tokenizer" / "tokenizer.json").read_text()),
+    )
+
+
+def bundle_recipe(bundle: Path) -> Recipe:
+    saved = json.loads((bundle / METRICS_FILE).read_text())
+    first_variant = next(iter(saved["variants"]))
+    return Recipe(
+        _normalised_config(saved["training"]["train_config"]),
+        saved["training"]["steps_done"],
+        saved["corpus"],
+        json.loads((bundle / first_variant / "tokenizer.json").read_text()),
+    )
+
+
+def recipe_differences(a: Recipe, b: Recipe, ignored_keys: tuple[str, ...] = ()) -> list[str]:
+    """What sets `b` apart from `a` beyond its variants (and `ignored_keys` of the train config).
+    Empty for one recipe."""
+    corpus_keys = ("corpus", "train_bytes", "training_windows", "eval_windows")
     checks = [
-        ("train config", _without(a["train_config"], ignored_keys), _without(b["train_config"], ignored_keys)),
-        ("steps done", a["steps_done"], b["steps_done"]),
-        ("corpus", corpus_a, corpus_b),
-        ("tokenizer", _tokenizer_text(first), _tokenizer_text(run)),
+        ("train config", _without(a.train_config, ignored_keys), _without(b.train_config, ignored_keys)),
+        ("steps done", a.steps_done, b.steps_done),
+        ("corpus", [a.corpus.get(k) for k in corpus_keys], [b.corpus.get(k) for k in corpus_keys]),
+        ("tokenizer", a.tokenizer, b.tokenizer),
     ]
     return [what for what, mine, theirs in checks if mine != theirs]
 
@@ -592,27 +638,95 @@ def _without(config: dict[str, Any], ignored_keys: tuple[str, ...]) -> dict[str,
     return {key: value for key, value in config.items() if key not in ("variants", *ignored_keys)}
 
 
-def group_seed_runs(runs: list[Path], summary: dict[str, Any], first_run: Path) -> dict[str, list[Path]]:
+def group_seed_runs(runs: list[Path], bundled: Recipe) -> dict[str, list[Path]]:
     """`--seed-run` folders grouped by their seed, each group checked to be the bundled run's
     recipe (same settings apart from the seed, trained as far, same corpus and tokenizer)."""
     groups: dict[str, list[Path]] = {}
     for run in runs:
-        other = json.loads((run / "training_summary.json").read_text())
-        seed = str(other["train_config"]["seed"])
-        if seed == str(summary["train_config"]["seed"]):
-            raise ValueError(f"{run} has the bundled runs' seed ({seed}); --seed-run takes runs of other seeds")
-        mismatch = _run_differences(first_run, run, ignored_keys=("seed",))
+        recipe = run_recipe(run)
+        if recipe.seed == bundled.seed:
+            raise ValueError(f"{run} has the bundled runs' seed ({recipe.seed}); --seed-run takes runs of other seeds")
+        mismatch = recipe_differences(bundled, recipe, ignored_keys=("seed",))
         if mismatch:
             raise ValueError(
                 f"--seed-run {run} differs from the bundled runs in {', '.join(mismatch)}: give runs of the same "
                 "recipe (the same flags apart from --seed, --variants and --out, trained as far)"
             )
-        groups.setdefault(seed, []).append(run)
+        groups.setdefault(str(recipe.seed), []).append(run)
     return groups
 
 
-def _tokenizer_text(run: Path) -> str:
-    return (run / "_tokenizer" / "tokenizer.json").read_text()
+def measure_seeds(
+    seed_runs: dict[str, tuple[Any, Any, dict[str, Path], pd.DataFrame]],
+    variants: list[str],
+    tokens: torch.Tensor,
+) -> dict[str, dict[str, Any]]:
+    """Each further seed's `SEED_FIGURES`, measured on the card's held-out windows."""
+    other_seeds: dict[str, dict[str, Any]] = {}
+    for seed, (_, _, seed_run_of, _) in seed_runs.items():
+        other_seeds[seed] = {}
+        for variant in variants:
+            measured = measure(load_hooked(seed_run_of[variant] / variant, progress=False), tokens)
+            other_seeds[seed][variant] = {key: measured[key] for key in SEED_FIGURES}
+        print(f"seed {seed}", {v: round(m["loss"], 4) for v, m in other_seeds[seed].items()})
+    return other_seeds
+
+
+def log_with_seeds(
+    log: pd.DataFrame, bundled_seed: int, seed_runs: dict[str, tuple[Any, Any, Any, pd.DataFrame]]
+) -> pd.DataFrame:
+    """One training log for all seeds, the bundled seed's rows first, with a `seed` column."""
+    log = log[log["seed"] == bundled_seed] if "seed" in log.columns else log.assign(seed=bundled_seed)
+    for seed, (_, _, _, seed_log) in seed_runs.items():
+        log = pd.concat([log, seed_log.assign(seed=int(seed))], ignore_index=True)
+    return log
+
+
+def _check_seed_variants(seed_runs: dict[str, Any], variants: list[str]) -> None:
+    for seed, (_, _, seed_run_of, _) in seed_runs.items():
+        if sorted(seed_run_of) != sorted(variants):
+            raise ValueError(
+                f"the seed-{seed} runs hold {sorted(seed_run_of)}, the bundled runs {sorted(variants)}; "
+                "--seed-run needs every variant at every seed"
+            )
+
+
+def card_command(card_runs: dict[str, list[str]]) -> str:
+    """The command that writes the card from these run folders (`--run`, `--seed-run`, `--trial-run`)."""
+    parts = ["python -m gated_interp.train.card"]
+    for option in ("run", "seed_run", "trial_run"):
+        if card_runs.get(option):
+            parts += ["--" + option.replace("_", "-"), *card_runs[option]]
+    return " ".join(parts + ["--corpus CORPUS_DIR --out OUT_DIR"])
+
+
+def add_to_bundle(
+    bundle: Path, seed_run: list[Path], trials: list[dict[str, Any]] | None, trial_note: str | None
+) -> None:
+    """Record runs made after `bundle` was written: further seeds of its recipe (measured on its
+    held-out windows, their logs appended to its training log) and trials (added to those already
+    recorded). Everything is checked before anything is written."""
+    saved = json.loads((bundle / METRICS_FILE).read_text())
+    variants = list(saved["variants"])
+    seed_runs = {seed: combine_runs(group) for seed, group in group_seed_runs(seed_run, bundle_recipe(bundle)).items()}
+    _check_seed_variants(seed_runs, variants)
+    card_runs = saved["training"].get("card_runs", {"run": ["RUN_DIR"]})
+    if seed_runs:
+        tokens = load_file(str(bundle / HELDOUT_FILE))["tokens"].long()
+        saved["seeds"] = {**saved.get("seeds", {}), **measure_seeds(seed_runs, variants, tokens)}
+        bundled_seed = saved["training"]["train_config"]["seed"]
+        log = log_with_seeds(pd.read_csv(bundle / "training_log.csv"), bundled_seed, seed_runs)
+        log.to_csv(bundle / "training_log.csv", index=False)
+        card_runs["seed_run"] = [f"runs/{run.name}" for run in seed_run]
+    if trials is not None:  # added to the trials already recorded; a run given again replaces its rows
+        new_runs = {t["run"] for t in trials}
+        saved["trials"] = [t for t in saved.get("trials", []) if t["run"] not in new_runs] + trials
+        card_runs["trial_run"] = [f"runs/{name}" for name in dict.fromkeys(t["run"] for t in saved["trials"])]
+    if trial_note:
+        saved["training"]["trial_note"] = trial_note
+    saved["training"]["card_runs"] = card_runs
+    saved["training"]["card_command"] = card_command(card_runs)
+    (bundle / METRICS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,7 +763,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, help="folder with valid.txt (and manifest.tsv, the list of books)")
     parser.add_argument("--out", type=Path, help="bundle folder to write")
     parser.add_argument(
-        "--from-bundle", type=Path, metavar="BUNDLE", help="only re-render BUNDLE's card and plot from its metrics.json"
+        "--from-bundle",
+        type=Path,
+        metavar="BUNDLE",
+        help="re-render BUNDLE's card and plot from its metrics.json, after recording any --seed-run (measured on "
+        "BUNDLE's held-out windows) and --trial-run given",
     )
     parser.add_argument("--heldout-windows", type=int, default=64)
     parser.add_argument("--hardware", default="a 2-core x86-64 CPU (no GPU)")
@@ -660,13 +778,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as error:
         parser.error(f"--trial-run: {error}; give folders written by python -m gated_interp.train")
     if args.from_bundle is not None:
-        if args.trial_run or args.trial_note:  # record trials run after the bundle was made
-            saved = json.loads((args.from_bundle / METRICS_FILE).read_text())
-            if args.trial_run:
-                saved["trials"] = trials
-            if args.trial_note:
-                saved["training"]["trial_note"] = args.trial_note
-            (args.from_bundle / METRICS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+        if args.trial_run or args.trial_note or args.seed_run:  # record runs made after the bundle was
+            try:
+                add_to_bundle(args.from_bundle, args.seed_run, trials if args.trial_run else None, args.trial_note)
+            except (ValueError, FileNotFoundError) as error:
+                parser.error(str(error))
         render(args.from_bundle)
         print(f"wrote {args.from_bundle / 'README.md'} and {args.from_bundle / 'training_emergence.png'}")
         return 0
@@ -675,21 +791,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary, corpus_info, run_of, log = combine_runs(args.run)
-        seed_groups = group_seed_runs(args.seed_run, summary, args.run[0])
+        seed_groups = group_seed_runs(args.seed_run, run_recipe(args.run[0]))
         seed_runs = {seed: combine_runs(group) for seed, group in seed_groups.items()}
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     variants = summary["train_config"]["variants"]
-    for seed, (_, _, seed_run_of, _) in seed_runs.items():
-        if sorted(seed_run_of) != sorted(run_of):
-            parser.error(f"the seed-{seed} runs hold {sorted(seed_run_of)}, the bundled runs {sorted(run_of)}")
+    try:
+        _check_seed_variants(seed_runs, variants)
+    except ValueError as error:
+        parser.error(str(error))
     summary["hardware"] = args.hardware
-    card_command = ["python -m gated_interp.train.card --run"] + [f"runs/{run.name}" for run in args.run]
-    if args.seed_run:
-        card_command += ["--seed-run"] + [f"runs/{run.name}" for run in args.seed_run]
-    if args.trial_run:
-        card_command += ["--trial-run"] + [f"runs/{run.name}" for run in args.trial_run]
-    summary["card_command"] = " ".join(card_command + ["--corpus CORPUS_DIR --out OUT_DIR"])
+    summary["card_runs"] = {
+        option: [f"runs/{run.name}" for run in runs]
+        for option, runs in (("run", args.run), ("seed_run", args.seed_run), ("trial_run", args.trial_run))
+        if runs
+    }
+    summary["card_command"] = card_command(summary["card_runs"])
     if args.command:
         summary["command"] = args.command
     if args.trial_note:
@@ -700,10 +817,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / variant).mkdir(exist_ok=True)
         for name in CHECKPOINT_FILES:
             shutil.copy2(run_of[variant] / variant / name, args.out / variant / name)
-    if seed_runs:  # one log for all seeds, the bundled seed's rows first
-        log["seed"] = summary["train_config"]["seed"]
-        for seed, (_, _, _, seed_log) in seed_runs.items():
-            log = pd.concat([log, seed_log.assign(seed=int(seed))], ignore_index=True)
+    if seed_runs:
+        log = log_with_seeds(log, summary["train_config"]["seed"], seed_runs)
     if len(args.run) == 1 and not seed_runs:
         shutil.copy2(args.run[0] / "training_log.csv", args.out / "training_log.csv")
     else:
@@ -725,13 +840,7 @@ def main(argv: list[str] | None = None) -> int:
             STORY_PROMPT, max_new_tokens=60, temperature=0.8, top_k=40, seed=0, verbose=False
         )
         print(variant, {k: v for k, v in metrics[variant].items() if not isinstance(v, (list, str))})
-    other_seeds: dict[str, dict[str, Any]] = {}
-    for seed, (_, _, seed_run_of, _) in seed_runs.items():
-        other_seeds[seed] = {}
-        for variant in variants:
-            measured = measure(load_hooked(seed_run_of[variant] / variant, progress=False), tokens)
-            other_seeds[seed][variant] = {key: measured[key] for key in SEED_FIGURES}
-        print(f"seed {seed}", {v: round(m["loss"], 4) for v, m in other_seeds[seed].items()})
+    other_seeds = measure_seeds(seed_runs, variants, tokens)
     metrics_meta = {"training": summary, "corpus": corpus_info}
     if other_seeds:
         metrics_meta["seeds"] = other_seeds
