@@ -223,7 +223,9 @@ class HookedGatedQwen3(HookedRootModule):
     def _enable_hooks_for_points(self, hook_points: Any, enabled: Callable, hook: Callable, dir: Any) -> None:
         # `run_with_hooks` / `hooks()` with a name filter: warn when it matches no hook that fires.
         hook_points = list(hook_points)
-        if not any(self._switched_on(name) and enabled(name) for name, _ in hook_points):
+        if not self._warn_filter_takes_aliases(enabled, "a hook's name filter", stacklevel=6) and not any(
+            self._switched_on(name) and enabled(name) for name, _ in hook_points
+        ):
             self._warn_filter_matches_nothing(enabled, "a hook's name filter", stacklevel=6)
         super()._enable_hooks_for_points(hook_points, enabled, hook, dir)
 
@@ -239,13 +241,38 @@ class HookedGatedQwen3(HookedRootModule):
             name = hooks.resolve(name)
         else:
             name_filter = name
-            if not any(self._switched_on(n) and name_filter(n) for n in self.hook_dict):
+            taken_aliases = self._warn_filter_takes_aliases(name_filter, "a hook's name filter", stacklevel=3)
+            if not taken_aliases and not any(self._switched_on(n) and name_filter(n) for n in self.hook_dict):
                 self._warn_filter_matches_nothing(name_filter, "a hook's name filter", stacklevel=3)
 
             def name(hook_name: str) -> bool:
                 return self._switched_on(hook_name) and name_filter(hook_name)
 
         super().add_hook(name, hook, *args, **kwargs)
+
+    def add_caching_hooks(
+        self,
+        names_filter: Any = None,
+        incl_bwd: bool = False,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+    ) -> dict:
+        """`HookedRootModule.add_caching_hooks` (TransformerLens' `cache_all` path), with names as
+        in `run_with_cache`: any spelling `gated_interp.hooks` resolves. TransformerLens would
+        compare a list with the real names only and keep nothing for `get_act_name("gate", 0)`."""
+        names_filter = _resolve_names_filter(names_filter)
+        if isinstance(names_filter, (str, list)):
+            unknown = [
+                n
+                for n in ([names_filter] if isinstance(names_filter, str) else names_filter)
+                if n not in self.hook_dict
+            ]
+            if unknown:
+                raise KeyError(_unknown_hook_message(self, unknown[0]))
+        elif callable(names_filter):
+            self._warn_filter_takes_aliases(names_filter, "names_filter", stacklevel=3)
+        return super().add_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
 
     def get_caching_hooks(
         self,
@@ -261,6 +288,8 @@ class HookedGatedQwen3(HookedRootModule):
         TransformerLens only knows that axis for hook_q/k/v/z/result, and would slice the head
         axis of hook_gate, hook_q_normed, ..."""
         names_filter = _resolve_names_filter(names_filter)
+        if callable(names_filter):
+            self._warn_filter_takes_aliases(names_filter, "names_filter", stacklevel=3)
         cache = {} if cache is None else cache
         pos_slice = Slice.unwrap(pos_slice)
         _, fwd, bwd = super().get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache, None)
@@ -675,27 +704,36 @@ class HookedGatedQwen3(HookedRootModule):
             return out, GatedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
 
-    def _warn_filter_matches_nothing(self, name_filter: Callable[[str], bool], what: str, stacklevel: int = 5) -> None:
-        """A callable filter that matched no hook that fires: say so when it accepts an alias of a
-        real hook (`get_act_name("gate", 0)` is `blocks.0.hook_gate`; callables see the real
-        name `blocks.0.attn.hook_gate`) or a hook whose `use_*` switch is off."""
-        aliases = [
-            f"{alias.format(layer=layer)} (the hook is {spec.name(layer)})"
+    def _warn_filter_takes_aliases(self, name_filter: Callable[[str], bool], what: str, stacklevel: int) -> bool:
+        """Warn when a selective callable filter accepts another spelling of a hook but not its real
+        name: `lambda n: n in {get_act_name("gate", 0), ...}` compares with `blocks.0.hook_gate`,
+        while callables see the real `blocks.0.attn.hook_gate`, so that hook is silently left out
+        even when the filter keeps others. A filter that also accepts a name no model has (a
+        negative filter such as `lambda n: "attn" not in n`) is not taken as naming hooks."""
+        if name_filter(_NO_SUCH_HOOK):
+            return False
+        missed = [
+            f"{alias.format(layer=layer)} (the hook is {name})"
             for name in self.hook_dict
-            if (found := hooks.lookup(name)) is not None
+            if self._switched_on(name) and not name_filter(name) and (found := hooks.lookup(name)) is not None
             for spec, layer in [found]
             for alias in spec.aliases
             if name_filter(alias.format(layer=layer))
         ]
-        off = [name for name in self.hook_dict if not self._switched_on(name) and name_filter(name)]
-        if aliases:
+        if missed:
             warnings.warn(
-                f"{what} matches no hook: it accepts only other spellings of real hook names, e.g. "
-                f"{aliases[0]}; a callable filter sees the real names, so compare with "
+                f"{what} accepts other spellings of {len(missed)} hook(s) but not their real names, so they are "
+                f"left out: e.g. {missed[0]}; a callable filter sees the real names, so compare with "
                 "gated_interp.hooks.resolve(name) or pass the names themselves",
                 stacklevel=stacklevel,
             )
-        elif off:
+        return bool(missed)
+
+    def _warn_filter_matches_nothing(self, name_filter: Callable[[str], bool], what: str, stacklevel: int = 5) -> None:
+        """A callable filter that matched no hook that fires because the hooks it names have their
+        `use_*` switch off."""
+        off = [name for name in self.hook_dict if not self._switched_on(name) and name_filter(name)]
+        if off:
             switch = hooks.lookup(off[0])[0].switch
             warnings.warn(
                 f"{what} matches no hook that fires: {off[0]} (and the like) only fire after model.set_{switch}(True)",
@@ -709,7 +747,7 @@ class HookedGatedQwen3(HookedRootModule):
         if names_filter is None:
             return
         real = list(self.hook_dict)
-        if callable(names_filter):
+        if callable(names_filter):  # one that takes aliases was warned about by get_caching_hooks
             self._warn_filter_matches_nothing(names_filter, "names_filter", stacklevel=4)
             return
         names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
@@ -1102,6 +1140,10 @@ def _observer(fn: Callable) -> Callable:
 
     hook_fn._observes_only = True
     return hook_fn
+
+
+# A hook name no model has: a filter that accepts it accepts by exclusion, not by naming hooks.
+_NO_SUCH_HOOK = "blocks.0.hook_no_such_hook_in_any_model"
 
 
 def _resolve_names_filter(names_filter: Any) -> Any:

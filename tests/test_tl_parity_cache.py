@@ -308,3 +308,43 @@ def test_names_filter_that_keeps_nothing_says_why(load_parity):
         assert len(cache) == model.cfg.n_layers
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: False)
         assert len(cache) == 0
+
+
+def test_a_filter_that_names_some_hooks_by_alias_warns_even_when_it_keeps_others(load_parity):
+    """`lambda n: n in {get_act_name("gate", 0), "blocks.0.hook_resid_post"}` keeps the residual but
+    not the gate (callables see the real `blocks.0.attn.hook_gate`): that warns, on every caching
+    path. A filter that excludes (accepts names no model has) is not read as naming hooks."""
+    import warnings
+
+    model = load_parity("gate_headwise")
+    tokens = random_tokens(model)
+    alias = get_act_name("gate", 0)
+    wanted = {alias, "blocks.0.hook_resid_post"}
+    with pytest.warns(UserWarning, match=r"blocks\.0\.hook_gate \(the hook is blocks\.0\.attn\.hook_gate\)"):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+    assert list(cache.keys()) == ["blocks.0.hook_resid_post"]
+    with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
+        model.add_caching_hooks(names_filter=lambda name: name in wanted)
+    model.reset_hooks()
+    with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
+        model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name in wanted, lambda x, hook: x)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: "attn" not in name)
+        assert "blocks.0.hook_resid_post" in cache.keys() and "blocks.0.attn.hook_gate" not in cache.keys()
+
+
+def test_add_caching_hooks_takes_the_names_run_with_cache_takes(load_parity):
+    """TransformerLens' `add_caching_hooks` compares a list with the real names only, so
+    `[get_act_name("gate", 0)]` would cache nothing; here it caches the gate, as run_with_cache
+    does, and a name that is no hook is an error rather than an empty cache."""
+    model = load_parity("gate_headwise")
+    tokens = random_tokens(model)
+    _, expected = model.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_gate"])
+    cache = model.add_caching_hooks(names_filter=[get_act_name("gate", 0)])
+    model(tokens)
+    model.reset_hooks()
+    assert list(cache) == ["blocks.0.attn.hook_gate"]
+    assert torch.equal(cache["blocks.0.attn.hook_gate"], expected["blocks.0.attn.hook_gate"])
+    with pytest.raises(KeyError, match="gate0"):
+        model.add_caching_hooks(names_filter=["gate0"])
