@@ -7,7 +7,6 @@ returns, or a plain `{hook_name: tensor}` dict of the same keys (batch dimension
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,9 +39,15 @@ def _cache_model_is_ungated(cache: Any) -> bool:
 
 def layers_with(cache: Any, hook: str) -> list[int]:
     """Sorted layer indices for which the cache holds `hook` (a key of `HOOKS`)."""
-    template = HOOKS[hook][0]
-    regex = re.compile("^" + re.escape(template).replace(re.escape("{layer}"), r"(\d+)") + "$")
-    return sorted(int(m.group(1)) for key in _as_dict(cache) if (m := regex.match(key)))
+    wanted = hooks.spec(hook)
+    # The hook table parses the keys; only the real names count (not aliases, not `_grad` keys).
+    return sorted(
+        layer
+        for key in _as_dict(cache)
+        if (found := hooks.lookup(key)) is not None
+        for spec, layer in [found]
+        if spec is wanted and layer is not None and key == spec.name(layer)
+    )
 
 
 def missing_hook_error(hook: str, what: str) -> KeyError:
