@@ -7,7 +7,10 @@ shapes and call signatures (`forward`, `run_with_cache`, `run_with_hooks`, `to_t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -223,10 +226,10 @@ class HookedGatedQwen3(HookedRootModule):
     def _enable_hooks_for_points(self, hook_points: Any, enabled: Callable, hook: Callable, dir: Any) -> None:
         # `run_with_hooks` / `hooks()` with a name filter: warn when it matches no hook that fires.
         hook_points = list(hook_points)
-        if not self._warn_filter_takes_aliases(enabled, "a hook's name filter", stacklevel=6) and not any(
+        if not self._warn_filter_takes_aliases(enabled, "a hook's name filter") and not any(
             self._switched_on(name) and enabled(name) for name, _ in hook_points
         ):
-            self._warn_filter_matches_nothing(enabled, "a hook's name filter", stacklevel=6)
+            self._warn_filter_matches_nothing(enabled, "a hook's name filter")
         super()._enable_hooks_for_points(hook_points, enabled, hook, dir)
 
     def add_hook(self, name: str | Callable[[str], bool], hook: Callable, *args: Any, **kwargs: Any) -> None:
@@ -241,14 +244,21 @@ class HookedGatedQwen3(HookedRootModule):
             name = hooks.resolve(name)
         else:
             name_filter = name
-            taken_aliases = self._warn_filter_takes_aliases(name_filter, "a hook's name filter", stacklevel=3)
+            taken_aliases = self._warn_filter_takes_aliases(name_filter, "a hook's name filter")
             if not taken_aliases and not any(self._switched_on(n) and name_filter(n) for n in self.hook_dict):
-                self._warn_filter_matches_nothing(name_filter, "a hook's name filter", stacklevel=3)
+                self._warn_filter_matches_nothing(name_filter, "a hook's name filter")
 
             def name(hook_name: str) -> bool:
                 return self._switched_on(hook_name) and name_filter(hook_name)
 
         super().add_hook(name, hook, *args, **kwargs)
+
+    def _caching_names_filter(self, names_filter: Any) -> Any:
+        """Names resolved to real hook names; a callable that names hooks by alias warns."""
+        names_filter = _resolve_names_filter(names_filter)
+        if callable(names_filter):
+            self._warn_filter_takes_aliases(names_filter, "names_filter")
+        return names_filter
 
     def add_caching_hooks(
         self,
@@ -261,7 +271,7 @@ class HookedGatedQwen3(HookedRootModule):
         """`HookedRootModule.add_caching_hooks` (TransformerLens' `cache_all` path), with names as
         in `run_with_cache`: any spelling `gated_interp.hooks` resolves. TransformerLens would
         compare a list with the real names only and keep nothing for `get_act_name("gate", 0)`."""
-        names_filter = _resolve_names_filter(names_filter)
+        names_filter = self._caching_names_filter(names_filter)
         if isinstance(names_filter, (str, list)):
             unknown = [
                 n
@@ -270,8 +280,6 @@ class HookedGatedQwen3(HookedRootModule):
             ]
             if unknown:
                 raise KeyError(_unknown_hook_message(self, unknown[0]))
-        elif callable(names_filter):
-            self._warn_filter_takes_aliases(names_filter, "names_filter", stacklevel=3)
         return super().add_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
 
     def get_caching_hooks(
@@ -287,9 +295,7 @@ class HookedGatedQwen3(HookedRootModule):
         and `pos_slice` applied along each hook's own position axis (from the hook table):
         TransformerLens only knows that axis for hook_q/k/v/z/result, and would slice the head
         axis of hook_gate, hook_q_normed, ..."""
-        names_filter = _resolve_names_filter(names_filter)
-        if callable(names_filter):
-            self._warn_filter_takes_aliases(names_filter, "names_filter", stacklevel=3)
+        names_filter = self._caching_names_filter(names_filter)
         cache = {} if cache is None else cache
         pos_slice = Slice.unwrap(pos_slice)
         _, fwd, bwd = super().get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache, None)
@@ -386,11 +392,10 @@ class HookedGatedQwen3(HookedRootModule):
         ids = [([tokenizer.bos_token_id] if prepend_bos else []) + seq for seq in ids]
         too_long = [i for i, seq in enumerate(ids) if len(seq) > self.cfg.n_ctx]
         if too_long and truncate:
-            warnings.warn(
+            _warn_at_user_line(
                 f"prompt(s) at index {too_long} are longer than the context (n_ctx={self.cfg.n_ctx} tokens) "
                 "and were cut to their first n_ctx tokens, as TransformerLens does; "
-                "pass truncate=False to keep them whole",
-                stacklevel=3,
+                "pass truncate=False to keep them whole"
             )
             ids = [seq[: self.cfg.n_ctx] for seq in ids]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -557,11 +562,10 @@ class HookedGatedQwen3(HookedRootModule):
             return  # a pad that is also BOS/EOS cannot be told from a real one
         rows = torch.nonzero(tokens[:, -1] == pad_id)[:, 0].tolist()
         if rows:
-            warnings.warn(
+            _warn_at_user_line(
                 f"row(s) {rows} end in the pad token (id {pad_id}) and no attention_mask was given: the loss counts "
                 "those padded positions, as TransformerLens does. To leave them out, pass "
-                "attention_mask=model.to_tokens(prompts, return_attention_mask=True)[1] (or the strings themselves)",
-                stacklevel=3,
+                "attention_mask=model.to_tokens(prompts, return_attention_mask=True)[1] (or the strings themselves)"
             )
 
     @staticmethod
@@ -704,7 +708,7 @@ class HookedGatedQwen3(HookedRootModule):
             return out, GatedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
 
-    def _warn_filter_takes_aliases(self, name_filter: Callable[[str], bool], what: str, stacklevel: int) -> bool:
+    def _warn_filter_takes_aliases(self, name_filter: Callable[[str], bool], what: str) -> bool:
         """Warn when a selective callable filter accepts another spelling of a hook but not its real
         name: `lambda n: n in {get_act_name("gate", 0), ...}` compares with `blocks.0.hook_gate`,
         while callables see the real `blocks.0.attn.hook_gate`, so that hook is silently left out
@@ -721,23 +725,21 @@ class HookedGatedQwen3(HookedRootModule):
             if name_filter(alias.format(layer=layer))
         ]
         if missed:
-            warnings.warn(
+            _warn_at_user_line(
                 f"{what} accepts other spellings of {len(missed)} hook(s) but not their real names, so they are "
                 f"left out: e.g. {missed[0]}; a callable filter sees the real names, so compare with "
-                "gated_interp.hooks.resolve(name) or pass the names themselves",
-                stacklevel=stacklevel,
+                "gated_interp.hooks.resolve(name) or pass the names themselves"
             )
         return bool(missed)
 
-    def _warn_filter_matches_nothing(self, name_filter: Callable[[str], bool], what: str, stacklevel: int = 5) -> None:
+    def _warn_filter_matches_nothing(self, name_filter: Callable[[str], bool], what: str) -> None:
         """A callable filter that matched no hook that fires because the hooks it names have their
         `use_*` switch off."""
         off = [name for name in self.hook_dict if not self._switched_on(name) and name_filter(name)]
         if off:
             switch = hooks.lookup(off[0])[0].switch
-            warnings.warn(
-                f"{what} matches no hook that fires: {off[0]} (and the like) only fire after model.set_{switch}(True)",
-                stacklevel=stacklevel,
+            _warn_at_user_line(
+                f"{what} matches no hook that fires: {off[0]} (and the like) only fire after model.set_{switch}(True)"
             )
 
     def _warn_empty_cache(self, names_filter: Any) -> None:
@@ -748,21 +750,20 @@ class HookedGatedQwen3(HookedRootModule):
             return
         real = list(self.hook_dict)
         if callable(names_filter):  # one that takes aliases was warned about by get_caching_hooks
-            self._warn_filter_matches_nothing(names_filter, "names_filter", stacklevel=4)
+            self._warn_filter_matches_nothing(names_filter, "names_filter")
             return
         names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
         resolved = [hooks.resolve(name) for name in names]
         off = [name for name in resolved if name in real and not self._switched_on(name)]
         unknown = [name for name, full in zip(names, resolved) if full not in real]
         if unknown:
-            warnings.warn(
+            _warn_at_user_line(
                 f"names_filter kept no hook: {unknown} are not hook names of this model (a list or string "
-                "names_filter takes full names, e.g. get_act_name('gate', 0); see gated_interp.hooks.HOOKS)",
-                stacklevel=3,
+                "names_filter takes full names, e.g. get_act_name('gate', 0); see gated_interp.hooks.HOOKS)"
             )
         elif off:
             switch = hooks.lookup(off[0])[0].switch
-            warnings.warn(f"names_filter kept no hook: {off} only fire after model.set_{switch}(True)", stacklevel=3)
+            _warn_at_user_line(f"names_filter kept no hook: {off} only fire after model.set_{switch}(True)")
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -1140,6 +1141,36 @@ def _observer(fn: Callable) -> Callable:
 
     hook_fn._observes_only = True
     return hook_fn
+
+
+# Frames in these places are the library's, not the user's: a warning about a hook filter is
+# reported at the first frame outside them (run_with_cache reaches the check through
+# TransformerLens; under runtime type checking every call also passes through jaxtyping).
+def _package_dir(name: str) -> str | None:
+    module = sys.modules.get(name)
+    return os.path.dirname(module.__file__) + os.sep if module is not None and module.__file__ else None
+
+
+def _library_places() -> tuple[str, ...]:
+    dirs = [_package_dir(name) for name in ("gated_interp", "transformer_lens", "torch", "jaxtyping", "beartype")]
+    return (*[d for d in dirs if d], contextlib.__file__, "<")
+
+
+def _warn_at_user_line(message: str) -> None:
+    """`warnings.warn(message)` reported at the user's line: the first frame outside gated_interp,
+    TransformerLens, torch, contextlib, jaxtyping, beartype and generated wrappers."""
+    places = _library_places()
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(places):
+        frame = frame.f_back
+    warnings.warn_explicit(
+        message,
+        UserWarning,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module=frame.f_globals.get("__name__"),
+        registry=frame.f_globals.setdefault("__warningregistry__", {}),
+    )
 
 
 # A hook name no model has: a filter that accepts it accepts by exclusion, not by naming hooks.

@@ -320,9 +320,14 @@ def test_a_filter_that_names_some_hooks_by_alias_warns_even_when_it_keeps_others
     tokens = random_tokens(model)
     alias = get_act_name("gate", 0)
     wanted = {alias, "blocks.0.hook_resid_post"}
-    with pytest.warns(UserWarning, match=r"blocks\.0\.hook_gate \(the hook is blocks\.0\.attn\.hook_gate\)"):
+    with pytest.warns(UserWarning, match=r"blocks\.0\.hook_gate \(the hook is blocks\.0\.attn\.hook_gate\)") as record:
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
     assert list(cache.keys()) == ["blocks.0.hook_resid_post"]
+    assert record[0].filename == __file__  # the warning names the user's line, not TransformerLens'
+    with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate") as record:
+        with model.hooks(fwd_hooks=[(lambda name: name in wanted, lambda x, hook: x)]):
+            pass
+    assert record[0].filename == __file__
     with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
         model.add_caching_hooks(names_filter=lambda name: name in wanted)
     model.reset_hooks()

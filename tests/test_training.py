@@ -327,30 +327,42 @@ def test_card_combines_variants_trained_in_separate_processes(corpus, tmp_path):
         card_main(card + ["--run", str(a), str(both), "--out", str(tmp_path / "card3")])
 
 
+@pytest.fixture(scope="module")
+def seed_and_trial_runs(tmp_path_factory):
+    """(corpus, folder) with runs `s0` and `s1` of one recipe at seeds 0 and 1 and a trial `lr` (seed 1,
+    another learning rate), each of baseline and gate_headwise; shared by the card's seed tests."""
+    folder = tmp_path_factory.mktemp("seed_runs")
+    corpus = folder / "corpus"
+    corpus.mkdir()
+    write_corpus(corpus, n_docs=6, seed=0)
+    write_corpus(corpus, n_docs=2, seed=1)
+    common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
+    common += ["--variants", "baseline", "gate_headwise"]
+    for seed in (0, 1):
+        assert train_main(common + ["--out", str(folder / f"s{seed}"), "--seed", str(seed)]) == 0
+    assert train_main(common + ["--out", str(folder / "lr"), "--seed", "1", "--lr", "0.01"]) == 0
+    return corpus, folder
+
+
 @pytest.mark.slow
-def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
+def test_card_states_the_spread_over_seeds(seed_and_trial_runs, tmp_path, capsys):
     """--seed-run: runs of other seeds are measured on the card's windows; the card gives the spread."""
     from safetensors.torch import load_file
 
     from gated_interp.train.card import main as card_main
 
-    common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
-    common += ["--variants", "baseline", "gate_headwise"]
-    for seed in (0, 1):
-        assert train_main(common + ["--out", str(tmp_path / f"s{seed}"), "--seed", str(seed)]) == 0
-    assert train_main(common + ["--out", str(tmp_path / "lr"), "--seed", "1", "--lr", "0.01"]) == 0
-    card = ["--corpus", str(corpus), "--heldout-windows", "2", "--run", str(tmp_path / "s0")]
+    corpus, runs = seed_and_trial_runs
+    card = ["--corpus", str(corpus), "--heldout-windows", "2", "--run", str(runs / "s0")]
     assert (
         card_main(
-            card
-            + ["--seed-run", str(tmp_path / "s1"), "--trial-run", str(tmp_path / "lr"), "--out", str(tmp_path / "card")]
+            card + ["--seed-run", str(runs / "s1"), "--trial-run", str(runs / "lr"), "--out", str(tmp_path / "card")]
         )
         == 0
     )
 
     saved = json.loads((tmp_path / "card" / "metrics.json").read_text())
     assert list(saved["seeds"]) == ["1"] and list(saved["seeds"]["1"]) == ["baseline", "gate_headwise"]
-    seed_one = gated_interp.load_hooked(tmp_path / "s1" / "gate_headwise", progress=False)
+    seed_one = gated_interp.load_hooked(runs / "s1" / "gate_headwise", progress=False)
     windows = load_file(str(tmp_path / "card" / "heldout_tokens.safetensors"))["tokens"].long()
     loss = seed_one(windows, return_type="loss").item()
     assert saved["seeds"]["1"]["gate_headwise"]["loss"] == pytest.approx(loss, rel=1e-4)
@@ -362,13 +374,13 @@ def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
     # The trial run is listed with its own recipe and the last row of its training log.
     trial = saved["trials"][1]
     assert (trial["run"], trial["variant"], trial["lr"], trial["tokens"]) == ("lr", "gate_headwise", 0.01, 1024)
-    with open(tmp_path / "lr" / "training_log.csv") as file:
+    with open(runs / "lr" / "training_log.csv") as file:
         last = [row for row in csv.DictReader(file) if row["variant"] == "gate_headwise"][-1]
     assert trial["loss"] == pytest.approx(float(last["val_loss"]))
     assert "## Recipes tried" in text and "| lr | gate_headwise | 32 | 8 | 0.01 |" in text
-    assert "--seed-run runs/s1 --trial-run runs/lr" in text and str(tmp_path) not in text
+    assert "--seed-run runs/s1 --trial-run runs/lr" in text and str(runs) not in text
 
-    for bad, message in [(tmp_path / "lr", "differs from the bundled runs in train config"), (tmp_path / "s0", "seed")]:
+    for bad, message in [(runs / "lr", "differs from the bundled runs in train config"), (runs / "s0", "seed")]:
         with pytest.raises(SystemExit):
             card_main(card + ["--seed-run", str(bad), "--out", str(tmp_path / "card_bad")])
         assert message in capsys.readouterr().err
@@ -378,26 +390,22 @@ def test_card_states_the_spread_over_seeds(corpus, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_seed_added_to_a_bundle_equals_one_given_when_it_was_written(corpus, tmp_path, capsys):
+def test_a_seed_added_to_a_bundle_equals_one_given_when_it_was_written(seed_and_trial_runs, tmp_path, capsys):
     """--from-bundle --seed-run measures the other seed on the bundle's windows, as --run --seed-run does."""
     from gated_interp.train.card import main as card_main
 
-    common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
-    common += ["--variants", "baseline", "gate_headwise"]
-    for seed in (0, 1):
-        assert train_main(common + ["--out", str(tmp_path / f"s{seed}"), "--seed", str(seed)]) == 0
-    assert train_main(common + ["--out", str(tmp_path / "lr"), "--seed", "1", "--lr", "0.01"]) == 0
-    card = ["--corpus", str(corpus), "--heldout-windows", "2", "--run", str(tmp_path / "s0")]
-    assert card_main(card + ["--seed-run", str(tmp_path / "s1"), "--out", str(tmp_path / "at_once")]) == 0
+    corpus, runs = seed_and_trial_runs
+    card = ["--corpus", str(corpus), "--heldout-windows", "2", "--run", str(runs / "s0")]
+    assert card_main(card + ["--seed-run", str(runs / "s1"), "--out", str(tmp_path / "at_once")]) == 0
     assert card_main(card + ["--out", str(tmp_path / "later")]) == 0
     before = (tmp_path / "later" / "metrics.json").read_text()
 
-    for bad, message in [(tmp_path / "lr", "differs from the bundled runs in train config"), (tmp_path / "s0", "seed")]:
+    for bad, message in [(runs / "lr", "differs from the bundled runs in train config"), (runs / "s0", "seed")]:
         with pytest.raises(SystemExit):
             card_main(["--from-bundle", str(tmp_path / "later"), "--seed-run", str(bad)])
         assert message in capsys.readouterr().err
         assert (tmp_path / "later" / "metrics.json").read_text() == before  # nothing written
-    assert card_main(["--from-bundle", str(tmp_path / "later"), "--seed-run", str(tmp_path / "s1")]) == 0
+    assert card_main(["--from-bundle", str(tmp_path / "later"), "--seed-run", str(runs / "s1")]) == 0
 
     at_once, later = (json.loads((tmp_path / c / "metrics.json").read_text()) for c in ("at_once", "later"))
     assert later["seeds"] == at_once["seeds"] and list(later["seeds"]) == ["1"]
@@ -407,8 +415,8 @@ def test_a_seed_added_to_a_bundle_equals_one_given_when_it_was_written(corpus, t
     assert "## Seed-to-seed spread" in text and "--seed-run runs/s1" in text
 
     # Trials recorded later are added to those already there; a run given again replaces its rows.
-    assert card_main(["--from-bundle", str(tmp_path / "later"), "--trial-run", str(tmp_path / "lr")]) == 0
-    assert card_main(["--from-bundle", str(tmp_path / "later"), "--trial-run", str(tmp_path / "lr")]) == 0
+    assert card_main(["--from-bundle", str(tmp_path / "later"), "--trial-run", str(runs / "lr")]) == 0
+    assert card_main(["--from-bundle", str(tmp_path / "later"), "--trial-run", str(runs / "lr")]) == 0
     trials = json.loads((tmp_path / "later" / "metrics.json").read_text())["trials"]
     assert [(t["run"], t["variant"]) for t in trials] == [("lr", "baseline"), ("lr", "gate_headwise")]
     assert "--seed-run runs/s1 --trial-run runs/lr" in (tmp_path / "later" / "README.md").read_text()
