@@ -226,10 +226,7 @@ class HookedGatedQwen3(HookedRootModule):
     def _enable_hooks_for_points(self, hook_points: Any, enabled: Callable, hook: Callable, dir: Any) -> None:
         # `run_with_hooks` / `hooks()` with a name filter: warn when it matches no hook that fires.
         hook_points = list(hook_points)
-        if not self._warn_filter_takes_aliases(enabled, "a hook's name filter") and not any(
-            self._switched_on(name) and enabled(name) for name, _ in hook_points
-        ):
-            self._warn_filter_matches_nothing(enabled, "a hook's name filter")
+        self._check_hook_filter(enabled, [name for name, _ in hook_points])
         super()._enable_hooks_for_points(hook_points, enabled, hook, dir)
 
     def add_hook(self, name: str | Callable[[str], bool], hook: Callable, *args: Any, **kwargs: Any) -> None:
@@ -244,9 +241,7 @@ class HookedGatedQwen3(HookedRootModule):
             name = hooks.resolve(name)
         else:
             name_filter = name
-            taken_aliases = self._warn_filter_takes_aliases(name_filter, "a hook's name filter")
-            if not taken_aliases and not any(self._switched_on(n) and name_filter(n) for n in self.hook_dict):
-                self._warn_filter_matches_nothing(name_filter, "a hook's name filter")
+            self._check_hook_filter(name_filter, list(self.hook_dict))
 
             def name(hook_name: str) -> bool:
                 return self._switched_on(hook_name) and name_filter(hook_name)
@@ -707,6 +702,15 @@ class HookedGatedQwen3(HookedRootModule):
         if return_cache_object:
             return out, GatedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
+
+    def _check_hook_filter(self, name_filter: Callable[[str], bool], names: list[str]) -> None:
+        """Warn about a hook-adding filter (`run_with_hooks`, `hooks()`, `add_hook`) that names hooks
+        by alias, or else matches none of `names` whose hook fires."""
+        what = "a hook's name filter"
+        if not self._warn_filter_takes_aliases(name_filter, what) and not any(
+            self._switched_on(name) and name_filter(name) for name in names
+        ):
+            self._warn_filter_matches_nothing(name_filter, what)
 
     def _warn_filter_takes_aliases(self, name_filter: Callable[[str], bool], what: str) -> bool:
         """Warn when a selective callable filter accepts another spelling of a hook but not its real

@@ -565,9 +565,9 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
             if variant in run_of:
                 raise ValueError(f"variant {variant!r} is in both {run_of[variant]} and {run}; give each variant once")
             run_of[variant] = run
-    first = runs[0]
+    first, first_recipe = runs[0], run_recipe(runs[0])
     for run in runs[1:]:
-        mismatch = recipe_differences(run_recipe(first), run_recipe(run))
+        mismatch = recipe_differences(first_recipe, run_recipe(run))
         if mismatch:
             raise ValueError(
                 f"{run} and {first} differ in {', '.join(mismatch)}: only runs with the same flags apart from "
