@@ -329,7 +329,7 @@ def test_card_combines_variants_trained_in_separate_processes(corpus, tmp_path):
 
 @pytest.fixture(scope="module")
 def seed_and_trial_runs(tmp_path_factory):
-    """(corpus, folder) with runs `s0` and `s1` of one recipe at seeds 0 and 1 and a trial `lr` (seed 1,
+    """(corpus, folder) with runs `s0`, `s1`, `s2` of one recipe at seeds 0-2 and a trial `lr` (seed 1,
     another learning rate), each of baseline and gate_headwise; shared by the card's seed tests."""
     folder = tmp_path_factory.mktemp("seed_runs")
     corpus = folder / "corpus"
@@ -338,7 +338,7 @@ def seed_and_trial_runs(tmp_path_factory):
     write_corpus(corpus, n_docs=2, seed=1)
     common = ["--corpus", str(corpus), "--tokens", "1024", "--eval-interval", "2"] + TINY_ARGS
     common += ["--variants", "baseline", "gate_headwise"]
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         assert train_main(common + ["--out", str(folder / f"s{seed}"), "--seed", str(seed)]) == 0
     assert train_main(common + ["--out", str(folder / "lr"), "--seed", "1", "--lr", "0.01"]) == 0
     return corpus, folder
@@ -420,3 +420,13 @@ def test_a_seed_added_to_a_bundle_equals_one_given_when_it_was_written(seed_and_
     trials = json.loads((tmp_path / "later" / "metrics.json").read_text())["trials"]
     assert [(t["run"], t["variant"]) for t in trials] == [("lr", "baseline"), ("lr", "gate_headwise")]
     assert "--seed-run runs/s1 --trial-run runs/lr" in (tmp_path / "later" / "README.md").read_text()
+
+    # A seed added later still keeps the earlier one: in the seeds, the training log and the command.
+    assert card_main(["--from-bundle", str(tmp_path / "later"), "--seed-run", str(runs / "s2")]) == 0
+    saved = json.loads((tmp_path / "later" / "metrics.json").read_text())
+    assert list(saved["seeds"]) == ["1", "2"] and saved["seeds"]["1"] == at_once["seeds"]["1"]
+    with open(tmp_path / "later" / "training_log.csv") as file:
+        seeds_in_log = [row["seed"] for row in csv.DictReader(file)]
+    assert list(dict.fromkeys(seeds_in_log)) == ["0", "1", "2"]
+    assert seeds_in_log.count("1") == seeds_in_log.count("2") == seeds_in_log.count("0")
+    assert "--seed-run runs/s1 runs/s2 --trial-run runs/lr" in (tmp_path / "later" / "README.md").read_text()

@@ -682,8 +682,11 @@ def measure_seeds(
 def log_with_seeds(
     log: pd.DataFrame, bundled_seed: int, seed_runs: dict[str, tuple[Any, Any, Any, pd.DataFrame]]
 ) -> pd.DataFrame:
-    """One training log for all seeds, the bundled seed's rows first, with a `seed` column."""
-    log = log[log["seed"] == bundled_seed] if "seed" in log.columns else log.assign(seed=bundled_seed)
+    """One training log for all seeds, the bundled seed's rows first, with a `seed` column. Rows of
+    seeds already in `log` stay, unless `seed_runs` gives that seed again."""
+    if "seed" not in log.columns:
+        log = log.assign(seed=bundled_seed)
+    log = log[~log["seed"].isin([int(seed) for seed in seed_runs if int(seed) != bundled_seed])]
     for seed, (_, _, _, seed_log) in seed_runs.items():
         log = pd.concat([log, seed_log.assign(seed=int(seed))], ignore_index=True)
     return log
@@ -724,7 +727,9 @@ def add_to_bundle(
         bundled_seed = saved["training"]["train_config"]["seed"]
         log = log_with_seeds(pd.read_csv(bundle / "training_log.csv"), bundled_seed, seed_runs)
         log.to_csv(bundle / "training_log.csv", index=False)
-        card_runs["seed_run"] = [f"runs/{run.name}" for run in seed_run]
+        card_runs["seed_run"] = list(
+            dict.fromkeys(card_runs.get("seed_run", []) + [f"runs/{r.name}" for r in seed_run])
+        )
     if trials is not None:  # added to the trials already recorded; a run given again replaces its rows
         new_runs = {t["run"] for t in trials}
         saved["trials"] = [t for t in saved.get("trials", []) if t["run"] not in new_runs] + trials
@@ -788,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.trial_run or args.trial_note or args.seed_run:  # record runs made after the bundle was
             try:
                 add_to_bundle(args.from_bundle, args.seed_run, trials if args.trial_run else None, args.trial_note)
-            except (ValueError, FileNotFoundError) as error:
+            except (ValueError, FileNotFoundError, KeyError) as error:
                 parser.error(str(error))
         render(args.from_bundle)
         print(f"wrote {args.from_bundle / 'README.md'} and {args.from_bundle / 'training_emergence.png'}")
@@ -800,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         summary, corpus_info, run_of, log = combine_runs(args.run)
         seed_groups = group_seed_runs(args.seed_run, run_recipe(args.run[0]))
         seed_runs = {seed: combine_runs(group) for seed, group in seed_groups.items()}
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, KeyError) as error:
         parser.error(str(error))
     variants = summary["train_config"]["variants"]
     try:
