@@ -293,6 +293,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path):
     assert summary["tokens_seen"] == 2048 and summary["steps_done"] == 8 and "stopped_early" not in summary
     model = gated_interp.load_hooked(parts / "gate_headwise", progress=False)
     assert model.cfg.gate == "headwise" and model.tokenizer.bos_token == "<|doc|>"
+    for variant in ("baseline", "gate_headwise"):  # the same tokenizer files as a run never stopped
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            assert (parts / variant / name).read_bytes() == (whole / variant / name).read_bytes(), name
 
 
 def test_resume_needs_an_earlier_run(corpus, tmp_path, capsys):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -188,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for variant in train.variants:
-        save_tokenizer(tokenizer, args.out / variant)
+        if args.resume is None:
+            save_tokenizer(tokenizer, args.out / variant)
+        else:  # the files saved when the run started, byte for byte: a reloaded tokenizer saves extra keys
+            for file in (args.out / "_tokenizer").iterdir():
+                shutil.copy2(file, args.out / variant / file.name)
     corpus_info = {
         "corpus": args.corpus.name,  # the folder's name only: the card must not carry local paths
         "train_bytes": train_path.stat().st_size,
