@@ -325,6 +325,10 @@ def test_card_combines_variants_trained_in_separate_processes(corpus, tmp_path):
     logs = [(tmp_path / c / "training_log.csv").read_text().splitlines() for c in ("card1", "card2")]
     assert [line.split(",")[:3] for line in logs[0]] == [line.split(",")[:3] for line in logs[1]]
     assert "2 parallel processes" in (tmp_path / "card2" / "README.md").read_text()
+    summary_b = json.loads((b / "training_summary.json").read_text())  # b resumed with 2 threads, say
+    (b / "training_summary.json").write_text(json.dumps({**summary_b, "torch_threads": 2}))
+    assert card_main(card + ["--run", str(a), str(b), "--out", str(tmp_path / "card4")]) == 0
+    assert "with 1 or 2 torch thread(s)" in (tmp_path / "card4" / "README.md").read_text()
 
     with pytest.raises(SystemExit):  # a variant given twice
         card_main(card + ["--run", str(a), str(both), "--out", str(tmp_path / "card3")])
@@ -433,3 +437,50 @@ def test_a_seed_added_to_a_bundle_equals_one_given_when_it_was_written(seed_and_
     assert list(dict.fromkeys(seeds_in_log)) == ["0", "1", "2"]
     assert seeds_in_log.count("1") == seeds_in_log.count("2") == seeds_in_log.count("0")
     assert "--seed-run runs/s1 runs/s2 --trial-run runs/lr" in (tmp_path / "later" / "README.md").read_text()
+
+
+def test_loss_difference_has_no_gap_where_only_one_variant_was_evaluated():
+    """A run stopped by --max-minutes logs an evaluation at the step it stopped; its loss curve
+    minus the baseline's must skip that step, not break the line there."""
+    import pandas as pd
+
+    from gated_interp.train.card import emergence_figure
+
+    def row(step, variant, loss):
+        return {
+            "step": step, "tokens": step * 10, "variant": variant, "val_loss": loss,
+            "first_token_attention_L0": 0.1, "max_abs_resid_L0": 1.0,
+        }  # fmt: skip
+
+    steps = [0, 50, 100, 150]
+    log = pd.DataFrame(
+        [row(s, "baseline", 5.0 - s / 100) for s in steps]
+        + [row(s, "gate_headwise", 4.9 - s / 100) for s in [0, 50, 51, 100, 150]]
+    )
+    fig = emergence_figure(log, seq_len=8)
+    ax_loss = fig.axes[1]  # the first row's last column: the loss difference panel
+    assert ax_loss.get_title() == "Held-out loss minus the baseline's"
+    gated_line = ax_loss.get_lines()[1]
+    assert list(gated_line.get_xdata()) == [s * 10 / 1e6 for s in steps]
+    assert gated_line.get_ydata() == pytest.approx([-0.1] * 4)
+
+
+def test_log_trend_reads_the_last_fifth_of_training_not_the_last_two_evaluations():
+    """A run stopped a few steps after an evaluation logs two close evaluations; a dip between them
+    is noise, not the end of the sink's growth."""
+    import pandas as pd
+
+    from gated_interp.train.card import log_trends
+
+    steps = [0, 50, 100, 150, 200, 250, 260]
+    attention = [0.03, 0.05, 0.07, 0.09, 0.11, 0.13, 0.128]
+    log = pd.DataFrame(
+        {
+            "step": steps, "tokens": [s * 100 for s in steps], "variant": "baseline",
+            "first_token_attention_L0": attention, "max_abs_resid_L0": [1, 2, 3, 4, 5, 6, 6],
+        }
+    )  # fmt: skip
+    trend = log_trends(log, layer=0)
+    assert trend["attn_earlier_tokens"] == 20_000  # the last evaluation within 80% of 26,000 tokens
+    assert (trend["attn_earlier"], trend["attn_last"]) == (0.11, 0.128)
+    assert trend["resid_peak_is_last"] is False and trend["resid_peak_tokens"] == 25_000

@@ -102,9 +102,11 @@ def emergence_figure(log: pd.DataFrame, n_windows: int | None = None, seq_len: i
             for column, layer in enumerate(layers):
                 axes[0, column].plot(tokens, rows[f"first_token_attention_L{layer}"], label=label, **style, **line)
                 axes[1, column].plot(tokens, rows[f"max_abs_resid_L{layer}"], **style, **line)
-            if base is not None:
-                difference = rows.set_index("step")["val_loss"] - base
-                ax_loss.plot(tokens, difference.to_numpy(), **style, **line)
+            if base is not None:  # only at steps the baseline was evaluated too (a resumed run may add one)
+                losses = rows.set_index("step")
+                shared = losses.index.intersection(base.index)
+                difference = losses.loc[shared, "val_loss"] - base.loc[shared]
+                ax_loss.plot(losses.loc[shared, "tokens"] / 1e6, difference.to_numpy(), **style, **line)
     if seq_len is not None:
         for ax in axes[0, : len(layers)]:
             ax.axhline(
@@ -135,17 +137,22 @@ def emergence_figure(log: pd.DataFrame, n_windows: int | None = None, seq_len: i
 
 def log_trends(log: pd.DataFrame, layer: int, variant: str = "baseline") -> dict[str, Any]:
     """What the training log shows for `variant` (the bundled seed) in `layer`: first-token
-    attention at the last two evaluations, and where max |residual| peaked and where it ended
-    (the largest layer)."""
+    attention at the last evaluation and at the last one within the first four fifths of training
+    (two neighbouring evaluations are too close to tell a trend from noise), and where max
+    |residual| peaked and where it ended (the largest layer)."""
     rows = _bundled_seed_rows(log)
     rows = rows[rows["variant"] == variant].sort_values("step")
     resid_columns = [c for c in rows.columns if c.startswith("max_abs_resid_L")]
     largest = rows[resid_columns].max(axis=1)
     peak = int(largest.to_numpy().argmax())
     peak_layer = int(rows[resid_columns].iloc[peak].to_numpy().argmax())
+    attention = rows[f"first_token_attention_L{layer}"]
+    earlier = int((rows["tokens"] <= 0.8 * rows["tokens"].iloc[-1]).to_numpy().nonzero()[0][-1])
     return {
-        "attn_previous": float(rows[f"first_token_attention_L{layer}"].iloc[-2]),
-        "attn_last": float(rows[f"first_token_attention_L{layer}"].iloc[-1]),
+        "attn_earlier": float(attention.iloc[earlier]),
+        "attn_earlier_tokens": int(rows["tokens"].iloc[earlier]),
+        "attn_last": float(attention.iloc[-1]),
+        "attn_last_tokens": int(rows["tokens"].iloc[-1]),
         "resid_peak": float(largest.iloc[peak]),
         "resid_peak_layer": peak_layer,
         "resid_peak_tokens": int(rows["tokens"].iloc[peak]),
@@ -405,12 +412,13 @@ def _contrast_lines(metrics: dict[str, Any], layer: int, log: pd.DataFrame | Non
             else f"peaked at {trend['resid_peak_tokens'] / 1e6:.1f}M tokens ({trend['resid_peak']:.1f} in layer "
             f"{trend['resid_peak_layer']}) and ended at {trend['resid_last']:.1f}"
         )
-        direction = "still rising" if trend["attn_last"] > trend["attn_previous"] else "no longer rising"
+        direction = "still rising" if trend["attn_last"] > trend["attn_earlier"] else "no longer rising"
         lines += [
             "",
-            f"When training stopped, the baseline's first-token attention in layer {layer} was {direction} "
-            f"({trend['attn_previous']:.4f} -> {trend['attn_last']:.4f} over the last two evaluations of the "
-            f"training log), and its max |residual| {resid_text}.",
+            f"When training stopped, the baseline's first-token attention in layer {layer} was {direction} over "
+            f"the last fifth of training ({trend['attn_earlier']:.4f} at {trend['attn_earlier_tokens'] / 1e6:.1f}M "
+            f"tokens, {trend['attn_last']:.4f} at {trend['attn_last_tokens'] / 1e6:.1f}M, in the training log), "
+            f"and its max |residual| {resid_text}.",
         ]
     return lines
 
@@ -579,6 +587,8 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
     if len(runs) > 1:
         summary["wall_time_s"] = max(s["wall_time_s"] for s in summaries)
         summary["processes"] = len(runs)
+        threads = sorted({s["torch_threads"] for s in summaries})  # a resumed process may have used other
+        summary["torch_threads"] = threads[0] if len(threads) == 1 else " or ".join(map(str, threads))
     log = pd.concat([pd.read_csv(run / "training_log.csv") for run in runs], ignore_index=True)
     log["_order"] = log["variant"].map(order.index)
     log = log.sort_values(["step", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
