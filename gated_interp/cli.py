@@ -245,14 +245,16 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UsageError("--prompt is empty")
     variants = resolve_variants(args.variants, args.size)
-    first_token, largest = {}, {}
+    first_token, largest, lengths = {}, {}, set()
     written = []
     for variant in _progress(variants, "demo", args.quiet):
         model = load_model(variant, args)
         path, first_token[variant.name], largest[variant.name] = demo_variant(model, variant.name, args.prompt, out)
+        lengths.add(int(model.to_tokens(args.prompt).shape[-1]))
         written.append(path)
         _release(model)
-    written += comparison_figures(first_token, largest, out, demo_data(args.prompt))
+    n_tokens = lengths.pop() if len(lengths) == 1 else None  # variants with different tokenizers: no one level
+    written += comparison_figures(first_token, largest, out, demo_data(args.prompt, n_tokens), n_tokens)
     for path in written:
         print(path)
     return 0
@@ -298,18 +300,36 @@ def _demo_hooks(name: str) -> bool:
     return name.endswith(("hook_pattern", "hook_resid_post"))
 
 
-def comparison_figures(first_token: dict[str, Any], largest: dict[str, Any], out: Path, data: str) -> list[Path]:
+def comparison_figures(
+    first_token: dict[str, Any], largest: dict[str, Any], out: Path, data: str, n_tokens: int | None = None
+) -> list[Path]:
+    """The by-layer comparison figures; with `n_tokens` (the prompt's length) the first-token figure
+    draws the level a uniformly attending head gives, the baseline a sink is judged against."""
     import matplotlib.pyplot as plt
 
-    from gated_interp import plotting
+    from gated_interp import analysis, plotting
 
+    uniform = (
+        (analysis.uniform_first_token_attention(n_tokens), f"uniform attention over {n_tokens} tokens")
+        if n_tokens is not None and n_tokens >= 2
+        else None
+    )
     figures = (
-        (FIRST_TOKEN_FIGURE, first_token, "attention to the first token", "First-token attention by layer", False),
-        (MASSIVE_FIGURE, largest, "max |hidden state| (log)", "Largest activation by layer", True),
+        (
+            FIRST_TOKEN_FIGURE,
+            first_token,
+            "attention to the first token",
+            "First-token attention by layer",
+            False,
+            uniform,
+        ),
+        (MASSIVE_FIGURE, largest, "max |hidden state| (log)", "Largest activation by layer", True, None),
     )
     paths = []
-    for file_name, values, ylabel, title, log_scale in figures:
-        fig = plotting.plot_by_layer(values, ylabel=ylabel, title=title, log_scale=log_scale, data=data)
+    for file_name, values, ylabel, title, log_scale, reference in figures:
+        fig = plotting.plot_by_layer(
+            values, ylabel=ylabel, title=title, log_scale=log_scale, data=data, reference=reference
+        )
         fig.savefig(out / file_name, dpi=150, bbox_inches="tight")
         plt.close(fig)
         paths.append(out / file_name)

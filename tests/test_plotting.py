@@ -123,6 +123,20 @@ def test_plot_by_layer(tmp_path):
         plot_by_layer({"x": torch.zeros(2, 3)}, "y", "t")
 
 
+def test_plot_by_layer_draws_from_zero_with_a_reference_level():
+    """Attention shares far from 0 are drawn from 0 (a 3x gap must look like one), and the uniform
+    level is a labelled dashed line in the legend."""
+    values = {"baseline": torch.tensor([0.25, 0.46, 0.66]), "gate_headwise": torch.tensor([0.23, 0.24, 0.39])}
+    fig = plot_by_layer(values, "F-Attn", "by layer", reference=(0.18, "uniform attention over 19 tokens"))
+    (ax,) = fig.axes
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 0.66
+    reference = ax.get_lines()[-1]
+    assert reference.get_linestyle() == "--" and list(reference.get_ydata()) == [0.18, 0.18]
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "uniform attention over 19 tokens"
+    signed = plot_by_layer({"delta": torch.tensor([-0.2, 0.1])}, "delta loss", "signed").axes[0]
+    assert signed.get_ylim()[0] < -0.2  # values below 0 keep matplotlib's range
+
+
 def test_plot_by_layer_from_analysis(tmp_path):
     model, _, _ = make_tiny(tmp_path, gate="none")
     _, cache = model.run_with_cache(random_tokens(model, 1, 5))

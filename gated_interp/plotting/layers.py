@@ -24,6 +24,7 @@ def plot_by_layer(
     log_scale: bool = False,
     data: str | None = None,
     errors: Mapping[str, tuple[Float[Tensor, "layer"], Float[Tensor, "layer"]]] | None = None,
+    reference: tuple[float, str] | None = None,
 ) -> Figure:
     """One line per variant of a per-layer value `[layer]` (e.g. `first_token_attention_by_layer`
     or `max_abs_resid_by_layer`), layers 0-based on the x axis, the legend outside the axes.
@@ -32,7 +33,10 @@ def plot_by_layer(
     ("gate_headwise, gates = 1") takes that colour with a dashed line. `log_scale` draws the y axis
     logarithmic with plain-number ticks (0.1, 1, 10). `data`: what was measured (prompt or data
     set, number of sequences), for the title. `errors`: `{label: (low, high)}` per layer, drawn as
-    error bars (e.g. bootstrap confidence intervals).
+    error bars (e.g. bootstrap confidence intervals). `reference`: `(level, label)`, a dashed
+    horizontal line for comparison, e.g. `(analysis.uniform_first_token_attention(seq_len),
+    "uniform attention")`. On a linear axis, non-negative values are drawn from 0, so that the
+    heights of two curves compare as their values do.
     """
     if not values:
         raise ValueError("no values to plot: pass {variant name: [layer] tensor}")
@@ -47,6 +51,14 @@ def plot_by_layer(
         if errors is not None and variant in errors:
             low, high = (to_numpy(bound) for bound in errors[variant])
             ax.errorbar(x, y, yerr=np.stack([y - low, high - y]), fmt="none", ecolor=style["color"], capsize=3)
+    if reference is not None:
+        level, label = reference
+        ax.axhline(level, color="0.4", linestyle="--", linewidth=1, label=label)
+    lowest = min(float(np.min(to_numpy(series))) for series in values.values())
+    if errors:
+        lowest = min([lowest] + [float(np.min(to_numpy(low))) for low, _ in errors.values()])
+    if not log_scale and lowest >= 0 and (reference is None or reference[0] >= 0):
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("Layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_ylabel(ylabel)
