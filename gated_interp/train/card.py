@@ -427,25 +427,28 @@ def _seed_lines(all_seeds: dict[str, dict[str, Any]], layer: int) -> list[str]:
     """A table of every seed's headline figures and the spread between seeds, per variant."""
     seeds = list(all_seeds)
     variants = list(all_seeds[seeds[0]])
+    layer_names = " / ".join(
+        str(i) for i in range(len(all_seeds[seeds[0]][variants[0]]["first_token_attention_by_layer"]))
+    )
     lines = [
         "",
         "## Seed-to-seed spread",
         "",
         f"The same recipe was trained from {len(seeds)} seeds ({', '.join(seeds)}; the bundled models are seed "
         f"{seeds[0]}, the others are not shipped) and measured on the same held-out windows. The seed sets the",
-        "initial weights and the data order; each seed's three variants share both.",
+        "initial weights and the data order; each seed's three variants share both. The sink can form",
+        "in another layer at another seed, so the table gives every layer.",
         "",
-        f"| variant | seed | held-out loss | first-token attention, layer {layer} "
-        "| max \\|residual\\|, largest layer |",
+        f"| variant | seed | held-out loss | first-token attention, layers {layer_names} "
+        f"| max \\|residual\\|, layers {layer_names} |",
         "|---|---|---|---|---|",
     ]
     for v in variants:
         for seed in seeds:
             m = all_seeds[seed][v]
-            lines.append(
-                f"| {v} | {seed} | {m['loss']:.4f} | {m['first_token_attention_by_layer'][layer]:.4f} "
-                f"| {max(m['max_abs_resid_by_layer']):.2f} |"
-            )
+            attention = " / ".join(f"{x:.3f}" for x in m["first_token_attention_by_layer"])
+            resid = " / ".join(f"{x:.1f}" for x in m["max_abs_resid_by_layer"])
+            lines.append(f"| {v} | {seed} | {m['loss']:.4f} | {attention} | {resid} |")
     lines += ["", "Spread between seeds (largest minus smallest):", ""]
     for v in variants:
         loss = [all_seeds[s][v]["loss"] for s in seeds]
@@ -453,7 +456,7 @@ def _seed_lines(all_seeds: dict[str, dict[str, Any]], layer: int) -> list[str]:
         resid = [max(all_seeds[s][v]["max_abs_resid_by_layer"]) for s in seeds]
         lines.append(
             f"- {v}: loss {max(loss) - min(loss):.4f}, first-token attention (layer {layer}) "
-            f"{max(attn) - min(attn):.4f}, max |residual| {max(resid) - min(resid):.2f}."
+            f"{max(attn) - min(attn):.4f}, max |residual| (largest layer) {max(resid) - min(resid):.2f}."
         )
     if "baseline" in variants:
         lines += ["", "The goals above, seed by seed (each seed's strongest baseline layer):", ""]
