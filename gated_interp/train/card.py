@@ -322,7 +322,8 @@ def write_card(
         ]
     lines += [
         "",
-        "These are small models trained on a CPU for a few million tokens. Sinks need many training",
+        f"These are small models trained on a CPU for {summary['tokens_seen'] / 1e6:.0f}M tokens each. Sinks need "
+        "many training",
         "tokens to form (Gu et al. report none below about 100M tokens for a 60M-parameter model), so the",
         "contrast here is a small-scale echo of the paper's (baseline F-Attn 0.467 against 0.048-0.073 with",
         "gates on 15B MoE models), not a reproduction of its size.",
