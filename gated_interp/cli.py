@@ -249,8 +249,10 @@ def run_demo(args: argparse.Namespace) -> int:
     written = []
     for variant in _progress(variants, "demo", args.quiet):
         model = load_model(variant, args)
-        path, first_token[variant.name], largest[variant.name] = demo_variant(model, variant.name, args.prompt, out)
-        lengths.add(int(model.to_tokens(args.prompt).shape[-1]))
+        path, first_token[variant.name], largest[variant.name], n_tokens = demo_variant(
+            model, variant.name, args.prompt, out
+        )
+        lengths.add(n_tokens)
         written.append(path)
         _release(model)
     n_tokens = lengths.pop() if len(lengths) == 1 else None  # variants with different tokenizers: no one level
@@ -260,8 +262,9 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, Any, Any]:
-    """The variant's attention-map figure, and its per-layer first-token attention and largest activation."""
+def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, Any, Any, int]:
+    """The variant's attention-map figure, its per-layer first-token attention and largest activation,
+    and the prompt's length in its tokens."""
     import matplotlib.pyplot as plt
     import torch
 
@@ -287,7 +290,7 @@ def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, A
     plt.close(fig)
     by_layer = analysis.first_token_attention_by_layer(cache).cpu()
     largest = analysis.max_abs_resid_by_layer(cache).cpu()
-    return path, by_layer, largest
+    return path, by_layer, largest, len(str_tokens)
 
 
 def demo_data(prompt: str, n_tokens: int | None = None) -> str:
@@ -311,7 +314,7 @@ def comparison_figures(
 
     uniform = (
         (analysis.uniform_first_token_attention(n_tokens), f"uniform attention over {n_tokens} tokens")
-        if n_tokens is not None and n_tokens >= 2
+        if n_tokens is not None
         else None
     )
     figures = (
