@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import sys
+import tempfile
 
 import pytest
 import torch
+from hypothesis import configuration as hypothesis_configuration
+from hypothesis import settings
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
@@ -19,6 +24,18 @@ from helpers import GATES, make_tiny, parity_folders, parity_model  # noqa: E402
 # The models here are tiny: one thread is fastest, and it avoids OpenMP threads spinning against
 # other jobs on a small shared machine (2 threads under load made a 9-token forward take 0.4 s).
 torch.set_num_threads(1)
+
+# Hypothesis keeps an example database and caches in `./.hypothesis/` by default, which left a
+# folder in the checkout after every run. Here: no database (a failure is reported with its
+# example, not replayed on the next run), and whatever else it stores goes to a temporary folder
+# removed at exit, one per process (xdist workers each get theirs), unless
+# HYPOTHESIS_STORAGE_DIRECTORY names one.
+settings.register_profile("gated_interp", database=None)
+settings.load_profile("gated_interp")
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    _hypothesis_home = tempfile.mkdtemp(prefix="gated_interp_hypothesis_")
+    hypothesis_configuration.set_hypothesis_home_dir(_hypothesis_home)
+    atexit.register(shutil.rmtree, _hypothesis_home, ignore_errors=True)
 
 
 @pytest.fixture(params=GATES)
