@@ -1,7 +1,7 @@
 """`gated-interp`: the command line (also `python -m gated_interp`).
 
     gated-interp demo  --size tiny --out figures         # the authors' attention-map demo
-    gated-interp sinks --size 1B --csv sinks.csv         # F-Attn, sink rate, M-Act, gate, loss
+    gated-interp sinks --size 1B --csv sinks.csv         # first-token attention, sink rate, max |resid|, gate, loss
     gated-interp info  gate_headwise                     # what a checkpoint is, without building it
 
 Variants are `baseline`, `gate_headwise` and `gate_elementwise` (resolved for `--size tiny` to the
@@ -120,10 +120,11 @@ def _add_demo(commands: Any) -> None:
 def _add_sinks(commands: Any) -> None:
     sinks = commands.add_parser(
         "sinks",
-        help="table of F-Attn, sink rate, M-Act, mean gate score and loss per variant",
-        description="Measure every variant on the same prompts: F-Attn (mean attention to the first "
-        "token), sink rate (Gu et al., eps 0.3), M-Act (mean over layers of the largest |hidden state|), "
-        "mean gate score (NaN when ungated) and next-token loss.",
+        help="table of first_token_attention, sink_rate, max_abs_resid, mean_gate and loss per variant",
+        description="Measure every variant on the same prompts: first_token_attention (the paper's F-Attn: "
+        "mean attention to the first token), sink_rate (Gu et al., eps 0.3), max_abs_resid (the paper's M-Act: "
+        "mean over layers of the largest |resid_post|), mean_gate (mean gate score, NaN when ungated) and "
+        "loss (next-token loss).",
     )
     _add_model_options(sinks)
     sinks.add_argument(
@@ -321,12 +322,19 @@ def comparison_figures(
         (
             FIRST_TOKEN_FIGURE,
             first_token,
-            "attention to the first token",
-            "First-token attention by layer",
+            "first_token_attention",
+            "first_token_attention by layer: attention to the first token",
             False,
             uniform,
         ),
-        (MASSIVE_FIGURE, largest, "max |hidden state| (log)", "Largest activation by layer", True, None),
+        (
+            MASSIVE_FIGURE,
+            largest,
+            "max_abs_resid (log scale)",
+            "max_abs_resid by layer: largest |resid_post| value",
+            True,
+            None,
+        ),
     )
     paths = []
     for file_name, values, ylabel, title, log_scale, reference in figures:
@@ -355,7 +363,7 @@ def run_sinks(args: argparse.Namespace) -> int:
     if args.limit is not None:
         prompts = prompts[: args.limit]
     print(f"prompts: {source} ({len(prompts)} sequences)", file=sys.stderr)
-    table = measure(variants, prompts, args)
+    table = compare_variants_one_at_a_time(variants, prompts, args)
     print(format_table(table))
     if args.csv is not None:
         table.to_csv(args.csv)
@@ -383,12 +391,11 @@ def _heldout_tokens() -> Any | None:
         return None
 
 
-def measure(variants: list[Variant], prompts: Any, args: argparse.Namespace) -> Any:
-    """`compare_variants`, one model in memory at a time."""
+def compare_variants_one_at_a_time(variants: list[Variant], prompts: Any, args: argparse.Namespace) -> Any:
+    """`compare_variants`' table, loading one model at a time (1B models are ~7 GB each)."""
     import pandas as pd
 
     from gated_interp.analysis import compare_variants
-    from gated_interp.analysis.compare import DEPRECATED_COLUMNS
 
     frames = []
     for variant in _progress(variants, "sinks", args.quiet):
@@ -396,9 +403,7 @@ def measure(variants: list[Variant], prompts: Any, args: argparse.Namespace) -> 
         if not _takes_text(model, prompts):
             raise CheckpointError(f"{variant.name}: the checkpoint has no tokenizer files, so it cannot read text")
         frames.append(
-            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet).drop(
-                columns=list(DEPRECATED_COLUMNS)
-            )  # deprecated copies
+            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet)
         )
         _release(model)
     return pd.concat(frames)
@@ -408,22 +413,11 @@ def _takes_text(model: Any, prompts: Any) -> bool:
     return model.tokenizer is not None or not isinstance(prompts, list)
 
 
-TABLE_HEADERS = {
-    "first_token_attention": "F-Attn",
-    "sink_rate": "sink rate",
-    "max_abs_resid": "M-Act",
-    "mean_gate": "mean gate",
-}
-
-
 def format_table(table: Any) -> str:
-    """The table with the paper's column names, 4 decimals (M-Act 1) and '-' for an absent gate."""
-
-    formatters = {
-        TABLE_HEADERS.get(column, column): ("{:.1f}" if column == "max_abs_resid" else "{:.4f}").format
-        for column in table.columns
-    }
-    return table.rename(columns=TABLE_HEADERS).to_string(formatters=formatters, na_rep="-")
+    """The table under its column names (those of the CSV and of `compare_variants`), 4 decimals
+    (max_abs_resid 1) and '-' for an absent gate."""
+    formatters = {column: ("{:.1f}" if column == "max_abs_resid" else "{:.4f}").format for column in table.columns}
+    return table.to_string(formatters=formatters, na_rep="-")
 
 
 # ---- info ----------------------------------------------------------------------------------------

@@ -18,11 +18,9 @@ from gated_interp.analysis import (
     gate_values,
     head_averaged_patterns,
     key_importance,
-    m_act,
     massive_activations,
     max_abs_resid,
     max_abs_resid_by_layer,
-    max_activation_by_layer,
     mean_gate_by_head,
     mean_gate_score,
     sink_rate,
@@ -171,8 +169,8 @@ def test_gate_stats_constant_gate(constant_gate_model):
     assert list(stats[["layer", "head"]].itertuples(index=False, name=None)) == [
         (layer, h) for layer in range(2) for h in range(4)
     ]
-    assert stats["mean"].to_numpy() == pytest.approx(0.3)
-    assert (stats["frac_below_0.5"] == 1.0).all() and (stats["frac_below_0.1"] == 0.0).all()
+    assert stats["mean_gate"].to_numpy() == pytest.approx(0.3)
+    assert (stats["gate_frac_below_0.5"] == 1.0).all() and (stats["gate_frac_below_0.1"] == 0.0).all()
     assert stats["position_std"].to_numpy() == pytest.approx(0.0, abs=1e-6)
     assert stats["gate_pos0"].to_numpy() == pytest.approx(0.3)
     assert stats["gate_other"].to_numpy() == pytest.approx(0.3)
@@ -192,7 +190,7 @@ def test_gate_stats_query_dependence():
     head0, head1 = stats.iloc[0], stats.iloc[1]
     assert head0["position_std"] == pytest.approx(0.5) and head1["position_std"] == pytest.approx(0.0)
     assert head0["gate_pos0"] == 1.0 and head0["gate_other"] == pytest.approx(1 / 3)
-    assert head0["frac_below_0.5"] == 0.5 and head1["frac_below_0.1"] == 1.0
+    assert head0["gate_frac_below_0.5"] == 0.5 and head1["gate_frac_below_0.1"] == 1.0
 
 
 def test_gate_measurements_refuse_a_baseline(tmp_path):
@@ -222,14 +220,10 @@ def test_planted_massive_activation(tmp_path):
     assert list(frame["layer"]) == [0, 1]
     for row in frame.itertuples():
         assert (row.batch, row.position, row.dim) == (1, 2, 7)  # the residual stream carries it on
-        assert row.massive and row.n_massive == 1 and row.max_abs > 4000 and row.ratio > 1000
-    assert max_abs_resid(cache) == pytest.approx(frame["max_abs"].mean())
-    with pytest.deprecated_call():
-        assert m_act(cache) == max_abs_resid(cache)
-    with pytest.deprecated_call():
-        assert torch.equal(max_activation_by_layer(cache), max_abs_resid_by_layer(cache))
+        assert row.massive and row.n_massive == 1 and row.max_abs_resid > 4000 and row.ratio > 1000
+    assert max_abs_resid(cache) == pytest.approx(frame["max_abs_resid"].mean())
     torch.testing.assert_close(
-        max_abs_resid_by_layer(cache), torch.tensor(frame["max_abs"].to_numpy(), dtype=torch.float32)
+        max_abs_resid_by_layer(cache), torch.tensor(frame["max_abs_resid"].to_numpy(), dtype=torch.float32)
     )
 
     _, clean = model.run_with_cache(tokens)
@@ -242,7 +236,7 @@ def test_massive_ignores_padding_and_needs_ratio():
     resid[0, 1, 3] = 300.0  # > 100 but only 300 x the median
     cache = {"blocks.0.hook_resid_post": resid}
     row = massive_activations(cache, attention_mask=torch.tensor([[1, 1, 0]])).iloc[0]
-    assert (row.position, row.dim, row.max_abs, row.value) == (1, 3, 300.0, 300.0)
+    assert (row.position, row.dim, row.max_abs_resid, row.value) == (1, 3, 300.0, 300.0)
     assert row.median_abs == 1.0 and not row.massive
     assert massive_activations(cache, attention_mask=torch.tensor([[1, 1, 0]]), ratio=200.0).iloc[0].massive
     unmasked = massive_activations(cache).iloc[0]
@@ -268,8 +262,6 @@ def test_compare_variants_columns_and_values(two_variants):
         "max_abs_resid",
         "mean_gate",
         "loss",
-        "f_attn",
-        "m_act",
     ]
     assert math.isnan(frame.loc["baseline", "mean_gate"])
     assert 0 < frame.loc["gate_elementwise", "mean_gate"] < 1
@@ -281,14 +273,9 @@ def test_compare_variants_columns_and_values(two_variants):
         expected = float(first_token_attention(cache, mask, per="model"))
         assert frame.loc[name, "first_token_attention"] == pytest.approx(expected)
         assert frame.loc[name, "max_abs_resid"] == pytest.approx(max_abs_resid(cache, mask))
-        assert frame.loc[name, "f_attn"] == frame.loc[name, "first_token_attention"]  # deprecated copy
-        assert frame.loc[name, "m_act"] == frame.loc[name, "max_abs_resid"]
     # Batching (with its own padding per batch) changes none of the pooled numbers.
     batched = compare_variants(two_variants, tokens, attention_mask=mask, batch_size=1, progress=False)
     pd.testing.assert_frame_equal(batched, frame, rtol=1e-5)
-    # The old full-cache path gives the same table.
-    cached = compare_variants(two_variants, tokens, attention_mask=mask, batch_size=2, progress=False, method="cache")
-    pd.testing.assert_frame_equal(cached, frame, rtol=1e-5)
 
 
 def test_compare_variants_bootstrap_intervals(two_variants):
@@ -341,5 +328,5 @@ def test_measure_variant_is_a_row_of_compare_variants(two_variants):
     frame = compare_variants(two_variants, tokens, progress=False)
     for name, model in two_variants.items():
         row = measure_variant(model, tokens, progress=False)
-        assert list(row) == list(frame.columns)  # deprecated copies f_attn, m_act included
+        assert list(row) == list(frame.columns)
         assert row == pytest.approx(frame.loc[name].to_dict(), nan_ok=True)

@@ -71,7 +71,7 @@ def test_sinks_prints_table_and_writes_csv(released, tmp_path, capsys):
     code = main(["sinks", "--size", "1B", "--prompts", str(prompts), "--csv", str(csv), "--device", "cpu", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    for header in ("F-Attn", "sink rate", "M-Act", "mean gate", "loss", *VARIANTS):
+    for header in ("first_token_attention", "sink_rate", "max_abs_resid", "mean_gate", "loss", *VARIANTS):
         assert header in printed
     table = pd.read_csv(csv, index_col="variant")
     assert list(table.index) == list(VARIANTS)

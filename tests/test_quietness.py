@@ -56,7 +56,7 @@ def test_hand_built_heads_land_in_their_classes(model):
     assert list(table.label) == [f"L{layer}H{h}" for layer in range(2) for h in range(4)]
     assert table.value_norm_ratio.to_numpy() == pytest.approx([0.1] * 8)
     assert table.first_token_attention.to_list() == pytest.approx([1, 0, 0, 1, 0, 0, 0, 0])
-    assert table.mean_gate.to_list() == pytest.approx([1, 0.1, 1, 0.1] + [0.8] * 4)
+    assert table.gate_other.to_list() == pytest.approx([1, 0.1, 1, 0.1] + [0.8] * 4)
     # output / typical value norm: sink-reading head writes 0.1; gated heads write their gate.
     assert table.output_ratio.to_list() == pytest.approx([0.1, 0.1, 1.0, 0.01, 0.1, 0.8, 0.8, 0.8])
     assert list(table.quiet) == ["sink", "gate", "active", "sink+gate", "quiet (other)", "active", "active", "active"]
@@ -79,7 +79,7 @@ def test_padding_is_left_out(model):
 def test_on_a_real_cache_and_bad_input(model):
     _, cache = model.run_with_cache(random_tokens(model, 2, 6))
     table = head_quietness(cache)
-    assert len(table) == 8 and table.output_ratio.gt(0).all() and table.mean_gate.between(0, 1).all()
+    assert len(table) == 8 and table.output_ratio.gt(0).all() and table.gate_other.between(0, 1).all()
     with pytest.raises(KeyError, match="hook_pattern"):
         head_quietness({}, model=model)
     with pytest.raises(ValueError, match="W_O"):

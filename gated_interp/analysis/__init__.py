@@ -16,8 +16,9 @@ and returns tensors or DataFrames; drawing them is `gated_interp.plotting`'s job
 At long context a full cache does not fit (every layer's `[batch, head, pos, pos]` pattern):
 `analysis.streaming` computes the same numbers from a model and tokens, one layer at a time and
 without the pattern (`streaming.first_token_attention(model, tokens)`, `measure(model, tokens)`).
-`compare_variants` streams. One name per quantity: first_token_attention (F-Attn), sink_rate,
-max_abs_resid (M-Act), mean_gate, loss.
+`compare_variants` streams. Both paths compute each quantity with the one function of
+`analysis.reductions`, under one name: first_token_attention (the paper's F-Attn), sink_rate,
+max_abs_resid (the paper's M-Act), mean_gate, loss (and gate_frac_below_0.1, ...).
 
 Layers and heads are 0-based throughout.
 """
@@ -37,13 +38,8 @@ from gated_interp.analysis.interventions import (
     remove_sink,
     zero_ablate_heads,
 )
-from gated_interp.analysis.massive import (
-    m_act,
-    massive_activations,
-    max_abs_resid,
-    max_abs_resid_by_layer,
-    max_activation_by_layer,
-)
+from gated_interp.analysis.massive import massive_activations, max_abs_resid, max_abs_resid_by_layer
+from gated_interp.analysis.measurement import Measurement
 from gated_interp.analysis.quietness import head_quietness
 from gated_interp.analysis.sinks import (
     first_token_attention,
@@ -53,7 +49,7 @@ from gated_interp.analysis.sinks import (
     sink_rate,
     uniform_first_token_attention,
 )
-from gated_interp.analysis.streaming import Measurement, measure
+from gated_interp.analysis.streaming import measure
 
 __all__ = [
     "Measurement",
@@ -72,11 +68,9 @@ __all__ = [
     "head_quietness",
     "intervene",
     "key_importance",
-    "m_act",
     "massive_activations",
     "max_abs_resid",
     "max_abs_resid_by_layer",
-    "max_activation_by_layer",
     "mean_ablate_heads",
     "mean_gate_by_head",
     "mean_gate_score",

@@ -7,8 +7,8 @@ returns, or a plain `{hook_name: tensor}` dict of the same keys (batch dimension
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from jaxtyping import Bool, Int
@@ -16,11 +16,7 @@ from torch import Tensor
 
 from gated_interp import hooks
 
-# Short name of a hook → (key template from the hook table, what `names_filter` must let through to keep it).
-HOOKS = {
-    short: (hooks.spec(short).template, word)
-    for short, word in (("pattern", "pattern"), ("gate", "hook_gate"), ("z", "hook_z"), ("resid_post", "resid_post"))
-}
+T = TypeVar("T")
 
 
 def _as_dict(cache: Any) -> Mapping[str, Tensor]:
@@ -38,7 +34,7 @@ def _cache_model_is_ungated(cache: Any) -> bool:
 
 
 def layers_with(cache: Any, hook: str) -> list[int]:
-    """Sorted layer indices for which the cache holds `hook` (a key of `HOOKS`)."""
+    """Sorted layer indices for which the cache holds `hook` (a short name of `gated_interp.hooks`)."""
     wanted = hooks.spec(hook)
     # The hook table parses the keys; only the real names count (not aliases, not `_grad` keys).
     return sorted(
@@ -50,20 +46,23 @@ def layers_with(cache: Any, hook: str) -> list[int]:
     )
 
 
-def missing_hook_error(hook: str, what: str) -> KeyError:
-    template, filter_word = HOOKS[hook]
+def missing_hook_error(hook: str, what: str, where: str | None = None) -> KeyError:
+    """The one message for an activation a cache lacks: which hook, who needs it, how to keep it."""
+    spec = hooks.spec(hook, where)
+    filter_word = spec.template.rsplit(".", 1)[-1]  # e.g. hook_pattern
     # A dict cache carries no model, so an ungated model's cache also lands here: say so.
     ungated = " (or, for gate hooks, the cache comes from an ungated baseline model, which has none)"
     return KeyError(
-        f"the cache has no {template.format(layer='{l}')} activations, which {what} needs: run "
+        f"the cache has no {spec.template.format(layer='{l}')} activations, which {what} needs: run "
         f"model.run_with_cache(tokens) without a names_filter that drops them, or with a names_filter "
-        f'that keeps them, e.g. names_filter=lambda name: "{filter_word}" in name' + (ungated if hook == "gate" else "")
+        f'that keeps them, e.g. names_filter=lambda name: "{filter_word}" in name'
+        + (ungated if spec.gated_only else "")
     )
 
 
 def require_layers(cache: Any, hook: str, what: str) -> list[int]:
     """Layers holding `hook`; raises a `KeyError` naming the fix when there are none."""
-    if hook == "gate":
+    if hooks.spec(hook).gated_only:
         require_gated(cache, what)
     layers = layers_with(cache, hook)
     if not layers:
@@ -80,16 +79,37 @@ def require_gated(cache: Any, what: str) -> None:
         )
 
 
-def get(cache: Any, hook: str, layer: int, what: str) -> Tensor:
-    """The activation `hook` of `layer`, with a batch dimension even if the cache removed it."""
-    key = HOOKS[hook][0].format(layer=layer)
-    if hook == "gate":
+def get(cache: Any, hook: str, layer: int | None, what: str, where: str | None = None) -> Tensor:
+    """The activation `hook` of `layer` (None for hooks outside the blocks; `where` picks the
+    RMSNorm of `scale`/`normalized`), with a batch dimension even if the cache removed it."""
+    spec = hooks.spec(hook, where)
+    if spec.gated_only:
         require_gated(cache, what)
     store = _as_dict(cache)
+    key = spec.name(layer)
     if key not in store:
-        raise missing_hook_error(hook, what)
+        raise missing_hook_error(hook, what, where)
     value = store[key]
     return value if _has_batch_dim(cache) else value[None]
+
+
+def per_layer(
+    cache: Any,
+    hook: str,
+    attention_mask: Int[Tensor, "batch pos"] | None,
+    what: str,
+    reduce: Callable[[Tensor, Bool[Tensor, "batch pos"]], T],
+) -> tuple[list[int], list[T]]:
+    """`reduce(activation, real)` for every layer the cache holds `hook` of, in layer order, read
+    one layer at a time (never stacked, so no second copy of all layers is made). `real` is the
+    real-position mask `[batch, pos]` (pos = the key positions of a pattern)."""
+    layers = require_layers(cache, hook, what)
+    results = []
+    for layer in layers:
+        value = get(cache, hook, layer, what)
+        n_pos = value.shape[-1] if hook == "pattern" else value.shape[1]  # a pattern's mask covers its keys
+        results.append(reduce(value, real_positions(attention_mask, value.shape[0], n_pos, value.device)))
+    return layers, results
 
 
 def real_positions(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from jaxtyping import Int
@@ -13,9 +13,6 @@ from gated_interp.analysis._inputs import Prompts
 from gated_interp.analysis.streaming import QUANTITIES, measure
 
 COLUMNS = QUANTITIES
-# Deprecated column names (the paper's F-Attn and M-Act), kept as copies for code written against
-# earlier versions; use first_token_attention and max_abs_resid.
-DEPRECATED_COLUMNS = {"f_attn": "first_token_attention", "m_act": "max_abs_resid"}
 
 
 def measure_variant(
@@ -26,17 +23,11 @@ def measure_variant(
     eps: float = 0.3,
     progress: bool = True,
     desc: str = "",
-    method: Literal["stream", "cache"] = "stream",
 ) -> dict[str, float]:
     """First-token attention, sink rate, max |resid_post| (M-Act), mean gate score (NaN if
     ungated) and loss of one model on the prompts, pooled over batches exactly as one big batch
-    would give them: `streaming.measure(...).summary()`, plus the deprecated keys f_attn and m_act
-    (copies, as in `compare_variants`' table)."""
-    row = measure(
-        model, prompts, attention_mask, batch_size, eps, method=method, progress=progress or None, desc=desc
-    ).summary()
-    row.update({old: row[new] for old, new in DEPRECATED_COLUMNS.items()})
-    return row
+    would give them: `streaming.measure(...).summary()`, one row of `compare_variants`' table."""
+    return measure(model, prompts, attention_mask, batch_size, eps, progress=progress or None, desc=desc).summary()
 
 
 def compare_variants(
@@ -49,7 +40,6 @@ def compare_variants(
     n_boot: int = 0,
     ci: float = 0.95,
     seed: int = 0,
-    method: Literal["stream", "cache"] = "stream",
 ) -> pd.DataFrame:
     """Run every model on the same prompts (strings, right-padded per batch, or a `[batch, pos]`
     token tensor with an optional `attention_mask`).
@@ -61,9 +51,7 @@ def compare_variants(
 
     With `n_boot > 0`, each column gains `<column>_lo` and `<column>_hi`: a percentile-bootstrap
     `ci` interval over sequences (`n_boot` resamples, fixed by `seed`). Memory grows linearly
-    with the context (`method="stream"`, see `analysis.streaming`); `method="cache"` is the old
-    full-pattern path. The columns f_attn and m_act are deprecated copies of first_token_attention
-    and max_abs_resid.
+    with the context (see `analysis.streaming`).
     """
     if not models:
         raise ValueError("no models given: pass a dict {variant name: model}")
@@ -72,7 +60,7 @@ def compare_variants(
     rows = {}
     for name, model in models.items():
         progress_arg = progress or None  # None: the per-layer bar still shows for long contexts
-        m = measure(model, prompts, attention_mask, batch_size, eps, method=method, progress=progress_arg, desc=name)
+        m = measure(model, prompts, attention_mask, batch_size, eps, progress=progress_arg, desc=name)
         row = m.summary()
         if n_boot:
             for column, (lo, hi) in m.bootstrap(n_boot, ci, seed).items():
@@ -82,7 +70,5 @@ def compare_variants(
     if n_boot:
         columns += [f"{column}_{end}" for column in COLUMNS for end in ("lo", "hi")]
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
-    for old, new in DEPRECATED_COLUMNS.items():
-        frame[old] = frame[new]
     frame.index.name = "variant"
     return frame

@@ -34,8 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from gated_interp.analysis._cache import _as_dict
-from gated_interp.hooks import hook_name
+from gated_interp.analysis._cache import get
 
 __all__ = ["gate_attribution", "gate_attribution_stack", "top_gate_contributors"]
 
@@ -50,16 +49,6 @@ def _model_of(cache: Any, model: Any) -> Any:
     if not model.cfg.is_gated:
         raise ValueError("gate_attribution needs a gated model, but this one has cfg.gate == 'none'")
     return model
-
-
-def _get(cache: Any, name: str, what: str) -> Tensor:
-    store = _as_dict(cache)
-    if name not in store:
-        raise KeyError(
-            f"the cache has no {name!r}, which {what} needs: run model.run_with_cache(tokens) without a "
-            "names_filter (or one that keeps hook_embed, hook_z, hook_mlp_out, ln1.hook_scale and hook_gate_logits)"
-        )
-    return store[name]
 
 
 def _positions(pos: int | list[int] | Tensor | None, n_pos: int) -> Tensor:
@@ -97,9 +86,7 @@ def gate_attribution_stack(
     if not 0 <= head < cfg.n_heads:
         raise ValueError(f"head {head} is outside 0..{cfg.n_heads - 1}")
     what = "gate_attribution"
-    embed = _get(cache, "hook_embed", what)
-    if embed.ndim != 3:
-        raise ValueError(f"gate_attribution needs a cache with a batch dimension, got hook_embed {tuple(embed.shape)}")
+    embed = get(cache, "embed", None, what)  # [batch, pos, d_model]
     index = _positions(pos, embed.shape[1]).to(embed.device)
     f64 = torch.float64
 
@@ -109,13 +96,13 @@ def gate_attribution_stack(
     components, labels = [at(embed)], ["embed"]
     for source in range(layer):
         attn = model.blocks[source].attn
-        z = at(_get(cache, hook_name("z", source), what))  # [batch, pos, head, d_head]
+        z = at(get(cache, "z", source, what))  # [batch, pos, head, d_head]
         per_head = torch.einsum("bphd,hdm->hbpm", z, attn.W_O.detach().to(f64))
         components += list(per_head)
         labels += [f"L{source}H{h}" for h in range(cfg.n_heads)]
         components.append(attn.b_O.detach().to(f64).expand_as(components[0]))
         labels.append(f"L{source} b_O")
-        components.append(at(_get(cache, hook_name("mlp_out", source), what)))
+        components.append(at(get(cache, "mlp_out", source, what)))
         labels.append(f"L{source} mlp_out")
     stack = torch.stack(components)  # [component, batch, pos, d_model]
 
@@ -123,7 +110,7 @@ def gate_attribution_stack(
     W_G = attn.W_G.detach()[head].to(f64)  # [d_model, gate]
     b_G = attn.b_G.detach()[head].to(f64)  # [gate]
     if apply_ln:
-        scale = at(_get(cache, hook_name("scale", layer, "ln1"), what))  # [batch, pos, 1]
+        scale = at(get(cache, "scale", layer, what, where="ln1"))  # [batch, pos, 1]
         stack = stack / scale * model.blocks[layer].ln1.w.detach().to(f64)
     out = stack @ W_G  # [component, batch, pos, gate]
     out = torch.cat([out, b_G.expand_as(out[:1])])
@@ -152,7 +139,7 @@ def gate_attribution(
     For each (pos, gate[, batch]) the contributions sum to the gate logit (`apply_ln=True`).
     """
     stack, labels = gate_attribution_stack(cache, layer, head, pos, apply_ln, model)
-    n_pos_total = _as_dict(cache)["hook_embed"].shape[1]
+    n_pos_total = get(cache, "embed", None, "gate_attribution").shape[1]
     positions = _positions(pos, n_pos_total).tolist()
     gate_index = list(range(stack.shape[-1]))
     if direction is not None:

@@ -14,13 +14,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from gated_interp.analysis._cache import get, real_positions, require_layers
-
-
-def _gate(cache: Any, layer: int, attention_mask: Tensor | None, what: str) -> tuple[Tensor, Tensor]:
-    """Gate scores `[batch, pos, head, gate]` (float32) and real positions `[batch, pos]`."""
-    gate = get(cache, "gate", layer, what).float()
-    return gate, real_positions(attention_mask, gate.shape[0], gate.shape[1], gate.device)
+from gated_interp.analysis import reductions
+from gated_interp.analysis._cache import get, per_layer, real_positions
 
 
 def gate_values(
@@ -28,65 +23,71 @@ def gate_values(
 ) -> Float[Tensor, "n"]:
     """Every gate score of `layer` (all layers if None) at real positions, flat: `[n]`, ready
     for a histogram."""
-    layers = require_layers(cache, "gate", "gate_values") if layer is None else [layer]
-    values = []
-    for each in layers:
-        gate, real = _gate(cache, each, attention_mask, "gate_values")
-        values.append(gate[real].flatten())
-    return torch.cat(values)
+    if layer is None:
+        _, values = per_layer(
+            cache, "gate", attention_mask, "gate_values", lambda gate, real: gate[real].float().flatten()
+        )
+        return torch.cat(values)
+    gate = get(cache, "gate", layer, "gate_values")
+    return gate[real_positions(attention_mask, gate.shape[0], gate.shape[1], gate.device)].float().flatten()
 
 
-def mean_gate_score(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
-    """The paper's mean gate score: over all layers, real positions, heads and gate elements."""
-    return float(gate_values(cache, None, attention_mask).mean())
+def _gate_sums(cache: Any, attention_mask: Tensor | None, what: str) -> tuple[list[int], list[tuple[Tensor, Tensor]]]:
+    """Per layer: gate scores summed per sequence and head `[batch, head]`, and how many there are `[batch]`."""
+    return per_layer(
+        cache,
+        "gate",
+        attention_mask,
+        what,
+        lambda gate, real: (reductions.gate_sum(gate, real), reductions.gate_positions(real, gate.shape[-1])),
+    )
 
 
 def mean_gate_by_head(
     cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer head"]:
     """Mean gate score of each head (over real positions and gate elements): `[layer, head]`."""
-    layers = require_layers(cache, "gate", "mean_gate_by_head")
-    means = []
-    for layer in layers:
-        gate, real = _gate(cache, layer, attention_mask, "mean_gate_by_head")
-        means.append(gate[real].mean(dim=(0, 2)))  # gate[real] is [n_real, head, gate]
-    return torch.stack(means)
+    _, sums = _gate_sums(cache, attention_mask, "mean_gate_by_head")
+    return torch.stack([reductions.pool_mean(total, count, reductions.NO_REAL_POSITION) for total, count in sums])
+
+
+def mean_gate_score(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+    """The paper's mean gate score (`mean_gate`): over all layers, real positions, heads and gate
+    elements (every head has as many scores, so it is the mean of the per-head means)."""
+    return float(mean_gate_by_head(cache, attention_mask).mean())
 
 
 def gate_stats(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> pd.DataFrame:
     """One row per (layer, head), columns:
 
-    layer, head; mean (mean gate score); frac_below_0.1, frac_below_0.5 (fraction of gate values,
-    over real positions and elements); position_std (std over real positions of the head's
-    element-mean gate, population std, averaged over sequences: how query-dependent the gate is;
-    NaN when no sequence has two real tokens); gate_pos0 (mean gate at position 0); gate_other
-    (mean gate over real positions >= 1, NaN for one-token sequences).
+    layer, head; mean_gate (mean gate score); gate_frac_below_0.1, gate_frac_below_0.5 (fraction
+    of gate values, over real positions and elements); position_std (std over real positions of
+    the head's element-mean gate, population std, averaged over sequences: how query-dependent the
+    gate is; NaN when no sequence has two real tokens); gate_pos0 (mean gate at position 0);
+    gate_other (mean gate over real positions >= 1, NaN for one-token sequences).
     """
-    layers = require_layers(cache, "gate", "gate_stats")
-    rows = []
-    for layer in layers:
-        gate, real = _gate(cache, layer, attention_mask, "gate_stats")
-        values = gate[real]  # [n_real, head, gate]
-        per_position = gate.mean(-1)  # [batch, pos, head]
-        weights = real.float()[..., None]  # [batch, pos, 1]
-        count = weights.sum(1)  # [batch, 1]
-        mean_b = (per_position * weights).sum(1) / count.clamp(min=1)
-        var_b = (((per_position - mean_b[:, None]) ** 2) * weights).sum(1) / count.clamp(min=1)
-        has_two = count[:, 0] >= 2
-        position_std = var_b.sqrt()[has_two].mean(0) if has_two.any() else torch.full_like(mean_b[0], float("nan"))
-        rest = weights[:, 1:]
-        gate_other = (per_position[:, 1:] * rest).sum((0, 1)) / rest.sum((0, 1)) if rest.sum() > 0 else None
-        for head in range(gate.shape[2]):
-            rows.append(
-                {
-                    "layer": layer,
-                    "head": head,
-                    "mean": float(values[:, head].mean()),
-                    "frac_below_0.1": float((values[:, head] < 0.1).float().mean()),
-                    "frac_below_0.5": float((values[:, head] < 0.5).float().mean()),
-                    "position_std": float(position_std[head]),
-                    "gate_pos0": float(per_position[:, 0, head].mean()),
-                    "gate_other": float(gate_other[head]) if gate_other is not None else float("nan"),
-                }
-            )
+
+    def reduce(gate: Tensor, real: Tensor) -> dict[str, Tensor]:
+        count = reductions.gate_positions(real, gate.shape[-1])
+        later = reductions.first_token_queries(real)
+        columns = {
+            "mean_gate": reductions.pool_mean(reductions.gate_sum(gate, real), count, reductions.NO_REAL_POSITION)
+        }
+        for threshold in reductions.GATE_THRESHOLDS:
+            below = reductions.gate_below(gate, real, threshold)
+            columns[f"gate_frac_below_{threshold}"] = reductions.pool_mean(below, count, reductions.NO_REAL_POSITION)
+        columns["position_std"] = reductions.gate_position_std(gate, real).nanmean(0)
+        columns["gate_pos0"] = reductions.gate_at_first(gate).mean(0)
+        after = reductions.gate_after_first(gate, real)
+        columns["gate_other"] = (
+            after.sum(0) / later.sum() if later.sum() > 0 else torch.full_like(after[0], float("nan"))
+        )
+        return columns
+
+    layers, tables = per_layer(cache, "gate", attention_mask, "gate_stats", reduce)
+    rows = [
+        {"layer": layer, "head": head, **{name: float(values[head]) for name, values in columns.items()}}
+        for layer, columns in zip(layers, tables)
+        for head in range(len(columns["mean_gate"]))
+    ]
     return pd.DataFrame(rows)

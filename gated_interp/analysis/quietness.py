@@ -21,22 +21,16 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from gated_interp.analysis._cache import _as_dict, real_positions
-from gated_interp.hooks import hook_name
+from gated_interp.analysis import reductions
+from gated_interp.analysis._cache import get, real_positions
 
 __all__ = ["QUIET_CLASSES", "head_quietness"]
 
 QUIET_CLASSES = ("active", "sink", "gate", "sink+gate", "quiet (other)")
 
 
-def _fetch(cache: Any, name: str) -> Tensor:
-    store = _as_dict(cache)
-    if name not in store:
-        raise KeyError(
-            f"the cache has no {name!r}, which head_quietness needs: run model.run_with_cache(tokens) without "
-            "a names_filter, or with one that keeps hook_pattern, hook_v, hook_z (and hook_gate when gated)"
-        )
-    return store[name].double()
+def _fetch(cache: Any, hook: str, layer: int) -> Tensor:
+    return get(cache, hook, layer, "head_quietness").double()
 
 
 def head_quietness(
@@ -54,14 +48,15 @@ def head_quietness(
     - `first_token_attention`: mean attention of queries >= 1 to key position 0.
     - `value_norm_ratio`: `|v_0 W_O[h]|` over the mean `|v_s W_O[h]|` of keys s >= 1: the value
       the head would write from the sink, relative to an ordinary token's (sinks carry small values).
-    - `mean_gate`: mean gate score (over queries >= 1 and gate elements); 1.0 for ungated models.
+    - `gate_other`: mean gate score over queries >= 1 and gate elements (as in `gate_stats`);
+      NaN for ungated models, which count as never closed.
     - `output_ratio`: mean `|z_t W_O[h]|` over queries t >= 1, relative to the mean `|v_s W_O[h]|`
       of keys s >= 1, i.e. to what the head writes when it copies one ordinary token through an
       open gate. The value norms are the head's own scale, independent of where it attends and of
       its gate; `output_ratio` near 0 means a quiet head.
     - `quiet`: "active" if `output_ratio >= quiet_below`; otherwise "sink" when
       `first_token_attention >= sink_attention` and `value_norm_ratio <= sink_value`, "gate" when
-      `mean_gate <= closed_gate`, "sink+gate" when both hold, "quiet (other)" when neither does.
+      `gate_other <= closed_gate`, "sink+gate" when both hold, "quiet (other)" when neither does.
 
     Needs `hook_pattern`, `hook_v`, `hook_z` (and `hook_gate` for gated models) of every layer, and
     the model's `W_O` (from `cache.model`, or `model=`). `attention_mask [batch, pos]` marks real
@@ -73,32 +68,39 @@ def head_quietness(
     cfg = model.cfg
     rows = []
     for layer in range(cfg.n_layers):
-        pattern = _fetch(cache, hook_name("pattern", layer))  # [batch, head, q, k]
+        pattern = _fetch(cache, "pattern", layer)  # [batch, head, q, k]
         batch, _, n_q, n_k = pattern.shape
         if n_q != n_k or n_q < 2:
             raise ValueError("head_quietness needs a full forward pass of at least 2 tokens (queries = keys)")
         real = real_positions(attention_mask, batch, n_k, pattern.device)
         later = real[:, 1:].double()  # [batch, pos - 1]: real positions >= 1
-        if later.sum() == 0:
-            raise ValueError("no real position >= 1: every sequence in the batch is a single token")
+        n_later = reductions.first_token_queries(real)  # [batch]
+        if n_later.sum() == 0:
+            raise ValueError(reductions.NO_LATER_QUERY)
         W_O = model.blocks[layer].attn.W_O.detach().double()  # [head, d_head, d_model]
-        v = _fetch(cache, hook_name("v", layer)).repeat_interleave(cfg.n_groups, dim=2)
+        v = _fetch(cache, "v", layer).repeat_interleave(cfg.n_groups, dim=2)
         value_norm = torch.einsum("bphd,hdm->bphm", v, W_O).norm(dim=-1)  # [batch, pos, head]
-        z = _fetch(cache, hook_name("z", layer))
+        z = _fetch(cache, "z", layer)
         out_norm = torch.einsum("bphd,hdm->bphm", z, W_O).norm(dim=-1)  # [batch, pos, head]
 
         def over_later(x: Tensor, later: Tensor = later) -> Tensor:  # x [batch, pos - 1, head] → [head]
             return (x * later[..., None]).sum(dim=(0, 1)) / later.sum()
 
-        to_first = over_later(pattern[:, :, 1:, 0].transpose(1, 2))
+        to_first = reductions.pool_mean(
+            reductions.first_token_attention(pattern[..., reductions.FIRST_TOKEN], real),
+            n_later,
+            reductions.NO_LATER_QUERY,
+        )
         typical_value = over_later(value_norm[:, 1:])
         value_ratio = value_norm[:, 0].mean(0) / typical_value
         output_ratio = over_later(out_norm[:, 1:]) / typical_value
         if cfg.is_gated:
-            gate = _fetch(cache, hook_name("gate", layer)).mean(-1)  # [batch, pos, head]
-            mean_gate = over_later(gate[:, 1:])
+            gate = _fetch(cache, "gate", layer)  # [batch, pos, head, gate]
+            gate_other = reductions.pool_mean(
+                reductions.gate_after_first(gate, real), n_later, reductions.NO_LATER_QUERY
+            )
         else:
-            mean_gate = torch.ones(cfg.n_heads, dtype=torch.float64)
+            gate_other = torch.full((cfg.n_heads,), float("nan"), dtype=torch.float64)
         for head in range(cfg.n_heads):
             rows.append(
                 {
@@ -107,13 +109,13 @@ def head_quietness(
                     "label": f"L{layer}H{head}",
                     "first_token_attention": to_first[head].item(),
                     "value_norm_ratio": value_ratio[head].item(),
-                    "mean_gate": mean_gate[head].item(),
+                    "gate_other": gate_other[head].item(),
                     "output_ratio": output_ratio[head].item(),
                 }
             )
     table = pd.DataFrame(rows)
     sink = (table.first_token_attention >= sink_attention) & (table.value_norm_ratio <= sink_value)
-    closed = table.mean_gate <= closed_gate
+    closed = table.gate_other <= closed_gate  # False for NaN: an ungated head never closes
     quiet = table.output_ratio < quiet_below
     label = pd.Series("quiet (other)", index=table.index)
     label[sink & closed] = "sink+gate"

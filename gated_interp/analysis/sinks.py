@@ -20,13 +20,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from gated_interp.analysis._cache import get, real_positions, require_layers
-
-
-def _patterns(cache: Any, what: str) -> list[Float[Tensor, "batch head q_pos k_pos"]]:
-    """Every cached layer's pattern, in layer order (read one at a time: never stacked, so no
-    second copy of all layers' patterns is made)."""
-    return [get(cache, "pattern", layer, what) for layer in require_layers(cache, "pattern", what)]
+from gated_interp.analysis import reductions
+from gated_interp.analysis._cache import get, per_layer, require_layers
 
 
 def first_token_attention(
@@ -43,21 +38,17 @@ def first_token_attention(
     """
     if per not in ("head", "layer", "model"):
         raise ValueError(f"per must be 'head', 'layer' or 'model', got {per!r}")
-    patterns = _patterns(cache, "first_token_attention")
-    batch, _, n_q, n_k = patterns[0].shape
-    if n_q < 2:
-        raise ValueError("first_token_attention needs sequences of at least 2 tokens: query 0 only sees itself")
-    queries = real_positions(attention_mask, batch, n_k, patterns[0].device)[:, n_k - n_q :][:, 1:].float()
-    if queries.sum() == 0:
-        raise ValueError("no real query at position >= 1: every sequence in the batch is a single token")
-    # Attention of queries >= 1 to key 0, [batch, head, q_pos - 1], weighted by real queries.
-    result = torch.stack([(p[..., 1:, 0].float() * queries[:, None, :]).sum(dim=(0, 2)) for p in patterns])
-    result = result / queries.sum()
-    if per == "head":
-        return result
-    if per == "layer":
-        return result.mean(dim=1)
-    return result.mean()
+
+    def reduce(pattern: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+        n_q, n_k = pattern.shape[-2:]
+        if n_q < 2:
+            raise ValueError("first_token_attention needs sequences of at least 2 tokens: query 0 only sees itself")
+        to_first = pattern[..., reductions.FIRST_TOKEN]  # [batch, head, q_pos]
+        return reductions.first_token_attention(to_first, real), reductions.first_token_queries(real[:, n_k - n_q :])
+
+    _, per_seq = per_layer(cache, "pattern", attention_mask, "first_token_attention", reduce)
+    result = torch.stack([reductions.pool_mean(sums, counts, reductions.NO_LATER_QUERY) for sums, counts in per_seq])
+    return reductions.average_over(result, per)
 
 
 def first_token_attention_by_layer(
@@ -93,30 +84,20 @@ def key_importance(
     left out of the average. `analysis.streaming.key_importance(model, tokens)` gives the same
     without a cache.
     """
-    patterns = _patterns(cache, "key_importance")
-    batch, _, n_q, n_k = patterns[0].shape
-    if n_q != n_k:
-        raise ValueError("key_importance needs a cache of a full forward pass (queries = keys), not a KV-cached step")
-    if not 0 <= key_position < n_k:
-        raise ValueError(f"key_position {key_position} is outside the cached sequence length {n_k}")
-    real = real_positions(attention_mask, batch, n_k, patterns[0].device)
-    queries = real[:, key_position:].float()  # [batch, q >= k]
-    counts = queries.sum(dim=1)  # [batch]
-    # Per layer: attention of queries >= k to key k, [batch, head, q >= k], averaged over real queries.
-    per_seq = torch.stack(
-        [
-            (p[:, :, key_position:, key_position].float() * queries[:, None, :]).sum(-1) / counts.clamp(min=1)[:, None]
-            for p in patterns
-        ]
-    )  # [layer, batch, head]
-    # A sequence whose key position is padding has no importance for it.
-    per_seq = per_seq.masked_fill(~real[:, key_position][None, :, None], float("nan"))
-    per_seq = per_seq.permute(1, 0, 2)  # [batch, layer, head]
-    if per_sequence:
-        return per_seq
-    if torch.isnan(per_seq[:, 0, 0]).all():
-        raise ValueError(f"key position {key_position} is padding in every sequence of the batch")
-    return per_seq.nanmean(dim=0)
+
+    def reduce(pattern: Tensor, real: Tensor) -> Tensor:
+        n_q, n_k = pattern.shape[-2:]
+        if n_q != n_k:
+            raise ValueError(
+                "key_importance needs a cache of a full forward pass (queries = keys), not a KV-cached step"
+            )
+        if not 0 <= key_position < n_k:
+            raise ValueError(f"key_position {key_position} is outside the cached sequence length {n_k}")
+        return reductions.key_importance(pattern[..., key_position], real, key_position)
+
+    _, per_seq = per_layer(cache, "pattern", attention_mask, "key_importance", reduce)
+    importance = torch.stack(per_seq, dim=1)  # [batch, layer, head]
+    return importance if per_sequence else reductions.pool_key_importance(importance, key_position)
 
 
 def sink_rate(
@@ -128,12 +109,8 @@ def sink_rate(
     """Gu et al.'s sink rate: the fraction of (layer, head) pairs whose importance of
     `key_position` exceeds `eps`, computed per sequence and averaged over sequences (as they
     average the metric over their 100 sequences). Returns a float in [0, 1]."""
-    per_seq = key_importance(cache, key_position, attention_mask, per_sequence=True)
-    valid = ~torch.isnan(per_seq[:, 0, 0])
-    if not valid.any():
-        raise ValueError(f"key position {key_position} is padding in every sequence of the batch")
-    rates = (per_seq[valid] > eps).float().mean(dim=(1, 2))
-    return float(rates.mean())
+    importance = key_importance(cache, key_position, attention_mask, per_sequence=True)
+    return reductions.pool_sink_rate(importance, eps, key_position)
 
 
 def head_averaged_patterns(

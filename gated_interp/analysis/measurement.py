@@ -1,0 +1,164 @@
+"""`Measurement`: one model's per-sequence reductions, pooled into the table quantities on demand.
+
+`streaming.measure(model, tokens)` fills it, one layer at a time, with the reductions of
+`analysis.reductions`; its methods pool them with the same module's `pool_*` functions, so a
+quantity means the same here as in the cache-based functions. Quantities keep one name
+everywhere: `loss`, `first_token_attention` (the paper's F-Attn), `sink_rate`, `max_abs_resid`
+(the paper's M-Act: mean over layers of the largest |resid_post|), `mean_gate`; per layer
+`first_token_attention_by_layer`, `max_abs_resid_by_layer`, `mean_gate_by_layer`; and
+`gate_frac_below_0.1`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from gated_interp.analysis import reductions
+from gated_interp.analysis.bootstrap import bootstrap_samples
+
+QUANTITIES = ("first_token_attention", "sink_rate", "max_abs_resid", "mean_gate", "loss")
+
+
+@dataclass
+class Measurement:
+    """Per-sequence reductions of one model's run over `seq` sequences; pooled by the methods.
+
+    Sums over real positions per sequence, so that pooling over any subset of sequences (the
+    bootstrap's resamples) gives exactly what one batch of those sequences would.
+    """
+
+    gated: bool
+    key_position: int
+    eps: float
+    n_real: Float[Tensor, "seq"]  # real tokens
+    loss_sum: Float[Tensor, "seq"]  # summed next-token loss over predicted pairs
+    n_predicted: Float[Tensor, "seq"]
+    first_token_sum: Float[Tensor, "seq layer head"]  # attention of real queries >= 1 to key 0, summed
+    n_queries: Float[Tensor, "seq"]  # real queries >= 1
+    key_importance: Float[Tensor, "seq layer head"]  # Gu et al.'s importance of key_position (NaN if padding)
+    max_abs_resid: Float[Tensor, "seq layer"]  # largest |resid_post| over real positions
+    gate_sum: Float[Tensor, "seq layer head"] | None = None  # gate scores summed over real positions, elements
+    # how many of them are below each of `reductions.GATE_THRESHOLDS`
+    gate_below: Float[Tensor, "seq layer head threshold"] | None = None
+    n_gate: Float[Tensor, "seq"] | None = None  # real positions x gate width
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_sequences(self) -> int:
+        return self.n_real.shape[0]
+
+    def select(self, index: Int[Tensor, "n"]) -> Measurement:
+        """The same measurement over the sequences `index` (repeats allowed: a resample)."""
+        taken = {
+            name: (value[index] if isinstance(value, Tensor) else value)
+            for name, value in self.__dict__.items()
+            if name != "extra"
+        }
+        return Measurement(**taken)
+
+    # pooled quantities, exactly as one batch of all these sequences gives them
+    def loss(self) -> float:
+        total = self.n_predicted.sum()
+        return float(self.loss_sum.sum() / total) if total > 0 else float("nan")
+
+    def first_token_attention(
+        self, per: Literal["head", "layer", "model"] = "model"
+    ) -> Float[Tensor, "layer head"] | Float[Tensor, "layer"] | Float[Tensor, ""]:
+        """Mean attention of real queries >= 1 to position 0: `[layer, head]`, `[layer]` or 0-d."""
+        by_head = reductions.pool_mean(self.first_token_sum, self.n_queries, reductions.NO_LATER_QUERY)
+        return reductions.average_over(by_head, per)
+
+    def key_importance_mean(self) -> Float[Tensor, "layer head"]:
+        """Importance of `key_position` averaged over the sequences where it is a real token."""
+        return reductions.pool_key_importance(self.key_importance, self.key_position)
+
+    def sink_rate(self) -> float:
+        return reductions.pool_sink_rate(self.key_importance, self.eps, self.key_position)
+
+    def max_abs_resid_by_layer(self) -> Float[Tensor, "layer"]:
+        return self.max_abs_resid.max(0).values
+
+    def mean_gate_by_layer(self) -> Float[Tensor, "layer"]:
+        """Mean gate score per layer (NaN if ungated): every head has as many scores, so it is the
+        mean of the per-head means."""
+        if not self.gated:
+            return torch.full((self.max_abs_resid.shape[1],), float("nan"))
+        return reductions.pool_mean(self.gate_sum, self.n_gate, reductions.NO_REAL_POSITION).mean(-1)
+
+    def mean_gate(self) -> float:
+        return float(self.mean_gate_by_layer().mean()) if self.gated else float("nan")
+
+    def gate_frac_below(self, threshold: float = 0.1) -> float:
+        """`gate_frac_below_<threshold>`: the fraction of gate values below `threshold` (one of
+        `reductions.GATE_THRESHOLDS`), averaged over (layer, head); NaN if ungated."""
+        if threshold not in reductions.GATE_THRESHOLDS:
+            raise ValueError(
+                f"threshold must be one of {reductions.GATE_THRESHOLDS} (those are counted), got {threshold}"
+            )
+        if not self.gated:
+            return float("nan")
+        below = self.gate_below[..., reductions.GATE_THRESHOLDS.index(threshold)]
+        return float(reductions.pool_mean(below, self.n_gate, reductions.NO_REAL_POSITION).mean())
+
+    def summary(self) -> dict[str, float]:
+        """The five pooled quantities of `QUANTITIES`, as floats (mean_gate NaN if ungated)."""
+        return {name: self.summary_of(name) for name in QUANTITIES}
+
+    def bootstrap(self, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Percentile-bootstrap interval over sequences of each quantity of `summary()`."""
+        if not 0 < ci < 1:
+            raise ValueError(f"ci must be a coverage between 0 and 1 (e.g. 0.95), got {ci}")
+
+        def statistic(rows: Tensor) -> Tensor:
+            picked = self.select(rows.long())
+            values = {}
+            for name in QUANTITIES:
+                try:  # a resample without a real query (or key) has no value: NaN, left out below
+                    values[name] = picked.summary_of(name)
+                except ValueError:
+                    values[name] = float("nan")
+            return torch.tensor([values[name] for name in QUANTITIES], dtype=torch.float64)
+
+        samples = bootstrap_samples(torch.arange(self.n_sequences), statistic, n_boot, seed)
+        alpha = (1 - ci) / 2
+        result = {}
+        for i, name in enumerate(QUANTITIES):
+            column = samples[:, i]
+            column = column[~torch.isnan(column)]
+            if column.numel() == 0:
+                result[name] = (float("nan"), float("nan"))
+                continue
+            lo, hi = torch.quantile(column, torch.tensor([alpha, 1 - alpha], dtype=column.dtype))
+            result[name] = (float(lo), float(hi))
+        return result
+
+    def summary_of(self, name: str) -> float:
+        """One quantity of `summary()` (computing only that one)."""
+        compute = {
+            "first_token_attention": lambda: float(self.first_token_attention("model")),
+            "sink_rate": self.sink_rate,
+            "max_abs_resid": lambda: float(self.max_abs_resid_by_layer().mean()),
+            "mean_gate": self.mean_gate,
+            "loss": self.loss,
+        }
+        if name not in compute:
+            raise KeyError(f"no quantity {name!r}: choose from {QUANTITIES}")
+        return compute[name]()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Pooled quantities and per-layer lists (JSON-ready: an ungated model has no gate keys),
+        one name per quantity."""
+        result: dict[str, Any] = self.summary()
+        if not self.gated:
+            del result["mean_gate"]
+        result["first_token_attention_by_layer"] = self.first_token_attention("layer").tolist()
+        result["max_abs_resid_by_layer"] = self.max_abs_resid_by_layer().tolist()
+        if self.gated:
+            result["mean_gate_by_layer"] = self.mean_gate_by_layer().tolist()
+            result["gate_frac_below_0.1"] = self.gate_frac_below(0.1)
+        return result

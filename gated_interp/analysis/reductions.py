@@ -1,0 +1,168 @@
+"""Each measured quantity, defined once: one layer's activations → one value per sequence.
+
+Every function here takes one layer's tensors and `real [batch, pos]` (True at real tokens; see
+`_cache.real_positions`) and returns per-sequence values `[batch, ...]`: sums with their counts
+where the quantity is a mean, so that pooling over any set of sequences (one batch, several
+batches, a bootstrap resample) is one division, done by the `pool_*` functions at the end. The
+cache-based functions (`sinks`, `gates`, `massive`, `quietness`) and the streaming loop
+(`streaming.measure`) both call these, so the two paths cannot drift apart.
+
+Everything is computed in float32 at least (float64 inputs stay float64).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+# The key position whose attention "first-token attention" measures. The one place that decides
+# it: padding is on the right, so position 0 is every sequence's first real token.
+FIRST_TOKEN = 0
+# Gate scores below these count as closed in `gate_below` (`gate_frac_below_0.1`, `..._0.5`).
+GATE_THRESHOLDS = (0.1, 0.5)
+# Why a pooled mean has nothing to average.
+NO_LATER_QUERY = "no real query at position >= 1: every sequence in the batch is a single token"
+NO_REAL_POSITION = "no real position in the batch: the attention_mask is all zeros"
+
+
+def _wide(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+# ---- first-token attention (the paper's F-Attn) ------------------------------------------------
+def first_token_queries(real: Bool[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
+    """How many real queries follow the first token (query 0 only sees itself, so it is left out)."""
+    return real[:, FIRST_TOKEN + 1 :].float().sum(-1)
+
+
+def first_token_attention(
+    to_first: Float[Tensor, "batch head q_pos"], real: Bool[Tensor, "batch k_pos"]
+) -> Float[Tensor, "batch head"]:
+    """Attention that the real queries after the first token give to it, summed per sequence.
+
+    `to_first` is every query's attention weight to key `FIRST_TOKEN`; the queries are the last
+    `q_pos` of the `k_pos` positions (all of them in a full forward pass). Divide the pooled sums by
+    the pooled `first_token_queries` (`pool_mean`) for the mean."""
+    n_q, n_k = to_first.shape[-1], real.shape[-1]
+    queries = real[:, n_k - n_q :][:, FIRST_TOKEN + 1 :].to(to_first.device)  # [batch, q_pos - 1]
+    return (_wide(to_first[..., FIRST_TOKEN + 1 :]) * queries[:, None, :]).sum(-1)
+
+
+# ---- key importance and sink rate (Gu et al.) --------------------------------------------------
+def key_importance(
+    to_key: Float[Tensor, "batch head pos"], real: Bool[Tensor, "batch pos"], key_position: int
+) -> Float[Tensor, "batch head"]:
+    """Gu et al.'s importance of `key_position`: its attention averaged over the real queries
+    i >= key_position of each sequence (`to_key` from a full forward pass: queries = keys). NaN in
+    sequences where `key_position` is padding."""
+    real = real.to(to_key.device)
+    queries = real[:, key_position:].float()  # [batch, q >= k]
+    summed = (_wide(to_key[..., key_position:]) * queries[:, None]).sum(-1)
+    importance = summed / queries.sum(-1).clamp(min=1)[:, None]
+    return importance.masked_fill(~real[:, key_position, None], float("nan"))
+
+
+def _real_key_sequences(importance: Float[Tensor, "seq layer head"], key_position: int) -> Bool[Tensor, "seq"]:
+    valid = ~torch.isnan(importance[:, 0, 0])
+    if not valid.any():
+        raise ValueError(
+            f"key position {key_position} is padding in every sequence: choose a smaller key_position "
+            "or pass sequences that reach it"
+        )
+    return valid
+
+
+def pool_key_importance(importance: Float[Tensor, "seq layer head"], key_position: int) -> Float[Tensor, "layer head"]:
+    """Importance averaged over the sequences in which the key is a real token."""
+    return importance[_real_key_sequences(importance, key_position)].mean(0)
+
+
+def pool_sink_rate(importance: Float[Tensor, "seq layer head"], eps: float, key_position: int) -> float:
+    """Gu et al.'s sink rate: per sequence, the fraction of (layer, head) pairs whose importance
+    exceeds `eps`; averaged over the sequences in which the key is a real token."""
+    valid = _real_key_sequences(importance, key_position)
+    return float((importance[valid] > eps).float().mean(dim=(1, 2)).mean())
+
+
+# ---- residual stream (the paper's M-Act) -------------------------------------------------------
+def max_abs_resid(resid: Float[Tensor, "batch pos d_model"], real: Bool[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
+    """Largest |resid| value over each sequence's real positions (pool with `.max(0)`)."""
+    magnitude = _wide(resid).abs().amax(-1).masked_fill(~real.to(resid.device), float("-inf"))
+    return magnitude.amax(-1)
+
+
+# ---- gate scores ------------------------------------------------------------------------------
+def gate_positions(real: Bool[Tensor, "batch pos"], gate_width: int) -> Float[Tensor, "batch"]:
+    """How many gate scores each head has per sequence: real positions x gate elements."""
+    return real.float().sum(-1) * gate_width
+
+
+def gate_sum(
+    gate: Float[Tensor, "batch pos head gate"], real: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "batch head"]:
+    """Gate scores summed over real positions and gate elements (the mean gate's numerator)."""
+    return (_wide(gate) * real.to(gate.device)[..., None, None]).sum(dim=(1, 3))
+
+
+def gate_below(
+    gate: Float[Tensor, "batch pos head gate"], real: Bool[Tensor, "batch pos"], threshold: float
+) -> Float[Tensor, "batch head"]:
+    """How many gate scores at real positions are below `threshold`."""
+    return ((gate < threshold) & real.to(gate.device)[..., None, None]).sum(dim=(1, 3)).float()
+
+
+def gate_at_first(gate: Float[Tensor, "batch pos head gate"]) -> Float[Tensor, "batch head"]:
+    """Element-mean gate at the first token (`gate_pos0`; pool with `.mean(0)`)."""
+    return _wide(gate[:, FIRST_TOKEN]).mean(-1)
+
+
+def gate_after_first(
+    gate: Float[Tensor, "batch pos head gate"], real: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "batch head"]:
+    """Element-mean gate summed over the real positions after the first token (`gate_other`'s
+    numerator; its count is `first_token_queries`)."""
+    later = real[:, FIRST_TOKEN + 1 :].to(gate.device)
+    return (_wide(gate).mean(-1)[:, FIRST_TOKEN + 1 :] * later[..., None]).sum(1)
+
+
+def gate_position_std(
+    gate: Float[Tensor, "batch pos head gate"], real: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "batch head"]:
+    """Population std over real positions of each head's element-mean gate: how query-dependent
+    the gate is. NaN for sequences with fewer than two real tokens."""
+    per_position = _wide(gate).mean(-1)  # [batch, pos, head]
+    weights = real.to(gate.device).float()[..., None]  # [batch, pos, 1]
+    count = weights.sum(1)  # [batch, 1]
+    mean = (per_position * weights).sum(1) / count.clamp(min=1)
+    var = (((per_position - mean[:, None]) ** 2) * weights).sum(1) / count.clamp(min=1)
+    return var.sqrt().masked_fill(count < 2, float("nan"))
+
+
+# ---- loss ------------------------------------------------------------------------------------
+def predicted_tokens(real: Bool[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
+    """How many next-token predictions `model.loss_fn(..., attention_mask)` counts per sequence:
+    pairs of adjacent real tokens."""
+    return (real[:, 1:] & real[:, :-1]).float().sum(-1)
+
+
+# ---- pooling over sequences -------------------------------------------------------------------
+def pool_mean(sums: Float[Tensor, "seq *rest"], counts: Float[Tensor, "seq"], if_empty: str) -> Float[Tensor, "*rest"]:
+    """The pooled mean of per-sequence sums: every counted item of every sequence weighs the same
+    (exactly what one batch of all these sequences gives). Raises `ValueError(if_empty)` when
+    nothing is counted."""
+    total = counts.sum()
+    if total == 0:
+        raise ValueError(if_empty)
+    return sums.sum(0) / total
+
+
+def average_over(
+    by_head: Float[Tensor, "layer head"], per: Literal["head", "layer", "model"]
+) -> Float[Tensor, "layer head"] | Float[Tensor, "layer"] | Float[Tensor, ""]:
+    """`[layer, head]` as it is (`per="head"`), averaged over heads (`"layer"`), or over both (`"model"`)."""
+    if per not in ("head", "layer", "model"):
+        raise ValueError(f"per must be 'head', 'layer' or 'model', got {per!r}")
+    return {"head": by_head, "layer": by_head.mean(-1), "model": by_head.mean()}[per]
