@@ -4,12 +4,14 @@ their model card's figures are reproduced from the shipped held-out windows."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import require_bundled
 
 import gated_interp
@@ -74,10 +76,47 @@ def test_bundle_is_small():
     assert total < 30e6
 
 
-def test_generation_from_a_story_prompt(measured):
-    model = measured["gate_headwise"]["model"]
-    text = model.generate("Once upon a time", max_new_tokens=12, do_sample=False, verbose=False)
+@pytest.mark.parametrize("variant", gated_interp.VARIANTS)
+def test_greedy_generation_is_the_argmax_chain_of_plain_forwards(measured, variant):
+    """Greedy decoding with the KV cache, without it, and one full forward per new token taking the
+    argmax of the last position: the same tokens. The text is the decoded chain, BOS left out."""
+    model, n_new = measured[variant]["model"], 12
+    prompt = model.to_tokens("Once upon a time")
+    chain = prompt
+    with torch.no_grad():
+        for _ in range(n_new):
+            chain = torch.cat([chain, model(chain)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    for use_past_kv_cache in (True, False):
+        generated = model.generate(
+            prompt, n_new, stop_at_eos=False, do_sample=False, use_past_kv_cache=use_past_kv_cache, verbose=False
+        )
+        assert torch.equal(generated, chain), f"use_past_kv_cache={use_past_kv_cache}"
+    text = model.generate("Once upon a time", n_new, stop_at_eos=False, do_sample=False, verbose=False)
+    assert text == model.tokenizer.decode(chain[0].tolist(), skip_special_tokens=True)
     assert text.startswith("Once upon a time") and len(text) > len("Once upon a time")
+
+
+def test_sampling_with_a_seed_reproduces(measured):
+    model = measured["gate_headwise"]["model"]
+    prompt = model.to_tokens("Once upon a time")
+
+    def sample(seed: int) -> torch.Tensor:
+        return model.generate(prompt, 12, stop_at_eos=False, do_sample=True, seed=seed, verbose=False)
+
+    first = sample(0)
+    assert first.shape == (1, prompt.shape[1] + 12) and torch.equal(first[:, : prompt.shape[1]], prompt)
+    assert torch.equal(sample(0), first)
+    assert not torch.equal(sample(1), first)  # the seed, not a fixed choice, picks the tokens
+
+
+def _source_copy(destination: Path) -> Path:
+    """What a wheel is built from (pyproject.toml, README.md, the package), copied: setuptools
+    builds in the source folder (`build/`, `*.egg-info/`), and the checkout must stay clean."""
+    destination.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, destination / name)
+    shutil.copytree(REPO / "gated_interp", destination / "gated_interp", ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
 
 
 @pytest.mark.slow
@@ -85,6 +124,7 @@ def test_loads_from_an_installed_wheel_offline(tmp_path):
     """Build the wheel, install it alone into a folder, and load every variant from there with the
     hub switched off and an empty hub cache: the package data must carry the models."""
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    source = _source_copy(tmp_path / "source")
     subprocess.run(
         [
             sys.executable,
@@ -96,9 +136,10 @@ def test_loads_from_an_installed_wheel_offline(tmp_path):
             "-q",
             "-w",
             str(wheel_dir),
-            str(REPO),
+            str(source),
         ],
         check=True,
+        cwd=tmp_path,
     )
     (wheel,) = wheel_dir.glob("gated_interp-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
