@@ -12,7 +12,7 @@ from helpers import random_tokens, without_shape_checks
 
 from gated_interp.patching import attribution_patching, metrics
 from gated_interp.patching.atp_star import atp_star
-from gated_interp.patching.attribution import _corrupted_with_grads
+from gated_interp.patching.runs import corrupted_with_grads as _corrupted_with_grads
 
 
 @pytest.fixture(scope="module", params=["headwise", "elementwise"])

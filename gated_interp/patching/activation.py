@@ -11,6 +11,7 @@ sweep costs a few forwards per layer instead of one per head.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -22,7 +23,8 @@ from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.cache import CacheLike
 from gated_interp.hooks import hook_name, names_filter
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.metrics import Metric
+from gated_interp.patching.metrics import Metric, metric_scalar
+from gated_interp.patching.runs import token_batch
 from gated_interp.patching.sites import RESID_ACTIVATIONS, Site, site
 
 # Default cap on tokens per patched forward (copies × prompts × positions): large enough to
@@ -73,20 +75,8 @@ def patch_heads(
     axes = [range(model.cfg.n_layers), range(n_heads)]
     if per_position:
         axes.append(range(corrupted_tokens.shape[-1]))
-    return _sweep(
-        model,
-        corrupted_tokens,
-        clean_cache,
-        metric,
-        where,
-        axes,
-        batch_size,
-        attention_mask,
-        progress,
-        n_boot,
-        ci,
-        seed,
-    )
+    options = SweepOptions(batch_size, attention_mask, progress, n_boot, ci, seed)
+    return _sweep(model, corrupted_tokens, clean_cache, metric, where, axes, options)
 
 
 def patch_resid(
@@ -111,20 +101,20 @@ def patch_resid(
         raise ValueError(f"patch_resid patches {RESID_ACTIVATIONS}, got {activation!r}; use patch_heads for heads")
     where = site(model, activation)
     axes = [range(model.cfg.n_layers), range(corrupted_tokens.shape[-1])]
-    return _sweep(
-        model,
-        corrupted_tokens,
-        clean_cache,
-        metric,
-        where,
-        axes,
-        batch_size,
-        attention_mask,
-        progress,
-        n_boot,
-        ci,
-        seed,
-    )
+    options = SweepOptions(batch_size, attention_mask, progress, n_boot, ci, seed)
+    return _sweep(model, corrupted_tokens, clean_cache, metric, where, axes, options)
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How `patch_heads` and `patch_resid` run their sweep (their shared keyword arguments)."""
+
+    batch_size: int | None
+    attention_mask: Int[Tensor, "batch pos"] | None
+    progress: bool
+    n_boot: int
+    ci: float
+    seed: int
 
 
 def _clean(clean_cache: CacheLike, where: Site, layer: int) -> Tensor:
@@ -142,20 +132,14 @@ def _sweep(
     metric: Metric,
     where: Site,
     axes: list[range],
-    batch_size: int | None,
-    attention_mask: Int[Tensor, "batch pos"] | None,
-    progress: bool,
-    n_boot: int = 0,
-    ci: float = 0.95,
-    seed: int = 0,
+    options: SweepOptions,
 ) -> Float[Tensor, "..."] | tuple[Tensor, Tensor, Tensor]:
-    """Run every patch in the grid `axes` (layer first), `batch_size` patches per forward; with
-    `n_boot`, also the bootstrap interval of each patch's mean per-prompt metric."""
+    """Run every patch in the grid `axes` (layer first), `options.batch_size` patches per forward;
+    with `options.n_boot`, also the bootstrap interval of each patch's mean per-prompt metric."""
+    batch_size, attention_mask, n_boot = options.batch_size, options.attention_mask, options.n_boot
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
-    tokens = torch.as_tensor(corrupted_tokens, device=model.cfg.device)
-    if tokens.ndim == 1:
-        tokens = tokens[None]
+    tokens = token_batch(model, corrupted_tokens)
     n_prompts, n_pos = tokens.shape
     clean = [where.canonical(checked_clean(clean_cache, where, layer, tokens.shape)) for layer in axes[0]]
 
@@ -177,7 +161,7 @@ def _sweep(
         corrupted_resid = corrupted_resid_pre(model, tokens, attention_mask)
     values = torch.empty(len(patches), dtype=result_dtype(model))
     per_prompt = torch.empty(len(patches), n_prompts, dtype=torch.float64) if n_boot else None
-    bar = tqdm(total=len(patches), desc=f"patching {where.activation}", disable=not progress)
+    bar = tqdm(total=len(patches), desc=f"patching {where.activation}", disable=not options.progress)
     for layer in axes[0]:
         in_layer = (patches[:, 0] == layer).nonzero()[:, 0]
         for start in range(0, len(in_layer), batch_size):
@@ -215,7 +199,8 @@ def _sweep(
     shape = tuple(len(a) for a in axes)
     if not n_boot:
         return values.reshape(shape)
-    lo, hi = bootstrap_ci(per_prompt.T, n_boot=n_boot, ci=ci, seed=seed)  # [prompt, patch] → [patch]
+    # [prompt, patch] → [patch]
+    lo, hi = bootstrap_ci(per_prompt.T, n_boot=n_boot, ci=options.ci, seed=options.seed)
     return values.reshape(shape), lo.to(values.dtype).reshape(shape), hi.to(values.dtype).reshape(shape)
 
 
@@ -355,14 +340,3 @@ def _patch_hook(act: Tensor, hook: object, where: Site, n: int, copies: Tensor, 
 def result_dtype(model: HookedGatedQwen3) -> torch.dtype:
     """Dtype of patching results: float32 like TransformerLens, float64 for float64 models (exactness checks)."""
     return torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
-
-
-def metric_scalar(value: Tensor | float) -> Tensor:
-    """A metric's value as a 0-d tensor; a per-prompt (non-scalar) value is an error."""
-    value = torch.as_tensor(value)
-    if value.numel() != 1:
-        raise ValueError(
-            f"the metric must return a scalar for the batch it is given, got shape {tuple(value.shape)}; "
-            "average over prompts inside the metric (e.g. logit_diff does)"
-        )
-    return value.reshape(())

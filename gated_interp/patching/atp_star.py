@@ -32,8 +32,9 @@ from torch import Tensor
 
 from gated_interp.hooks import hook_name
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import metric_scalar, result_dtype
+from gated_interp.patching.activation import result_dtype
 from gated_interp.patching.metrics import Metric
+from gated_interp.patching.runs import clean_run, corrupted_with_grads, token_batch
 
 ATP_STAR_ACTIVATIONS = ("z", "gate_logits", "q", "k")
 
@@ -83,8 +84,8 @@ def atp_star(
         raise ValueError(f"AtP* covers {ATP_STAR_ACTIVATIONS}, got {unknown}; use method='atp' for other activations")
     if "gate_logits" in activations and not model.cfg.is_gated:
         raise ValueError("'gate_logits' needs a gated model, but this one has cfg.gate == 'none'")
-    clean_tokens = _batch(model, clean_tokens)
-    tokens = _batch(model, corrupted_tokens)
+    clean_tokens = token_batch(model, clean_tokens)
+    tokens = token_batch(model, corrupted_tokens)
     if clean_tokens.shape != tokens.shape:
         raise ValueError(
             f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens {tuple(tokens.shape)} must have the "
@@ -92,11 +93,7 @@ def atp_star(
         )
     clean_names, corrupted_names = _needed(activations)
     n_layers = model.cfg.n_layers
-    clean_keys = {hook_name(n, layer) for n in clean_names for layer in range(n_layers)}
-    with torch.no_grad():
-        _, clean = model.run_with_cache(
-            clean_tokens, attention_mask=attention_mask, names_filter=lambda name: name in clean_keys
-        )
+    _, clean = clean_run(model, clean_tokens, _hook_names(clean_names, n_layers), attention_mask)
     drops = list(range(n_layers)) if grad_drop and n_layers > 1 else [None]
     total: dict[str, Tensor] = {}
     for drop in drops:
@@ -115,9 +112,9 @@ def atp_star(
     return {a: (total[a] * scale).to(result_dtype(model)).cpu() for a in activations}
 
 
-def _batch(model: HookedGatedQwen3, tokens: Tensor) -> Tensor:
-    tokens = torch.as_tensor(tokens, device=model.cfg.device)
-    return tokens[None] if tokens.ndim == 1 else tokens
+def _hook_names(short_names: set[str], n_layers: int) -> list[str]:
+    """Full hook names of `short_names` in every layer, in a fixed order (the hooks' order)."""
+    return [hook_name(name, layer) for layer in range(n_layers) for name in sorted(short_names)]
 
 
 def _corrupted_with_grads(
@@ -128,35 +125,16 @@ def _corrupted_with_grads(
     attention_mask: Int[Tensor, "batch pos"] | None,
     drop: int | None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Corrupted activations `{f"{name}.{layer}": act}` and the metric's gradients at hook_z and
-    hook_pattern, with the backward pass blocked at block `drop`'s outputs (GradDrop) if given."""
-    acts: dict[str, Tensor] = {}
-
-    def as_leaf(embed: Tensor, hook: object) -> Tensor:
-        return embed.detach().requires_grad_(True)
-
-    def keep(act: Tensor, hook: object, key: str) -> None:
-        acts[key] = act
+    """Corrupted activations at `short_names` in every layer and the metric's gradients at hook_z
+    and hook_pattern, with the backward pass blocked at block `drop`'s outputs (GradDrop) if given."""
 
     def block_grad(act: Tensor, hook: object) -> Tensor:
         return act.detach()  # same value forward, no gradient back through this block's output
 
-    hooks = [(hook_name("embed"), as_leaf)]
-    for layer in range(model.cfg.n_layers):
-        for name in short_names:
-            key = f"{name}.{layer}"
-            hooks.append((hook_name(name, layer), lambda a, hook, key=key: keep(a, hook, key)))
-    if drop is not None:
-        hooks += [(hook_name("attn_out", drop), block_grad), (hook_name("mlp_out", drop), block_grad)]
-    with torch.enable_grad():
-        logits = model.run_with_hooks(tokens, attention_mask=attention_mask, fwd_hooks=hooks)
-        value = metric_scalar(metric(logits))
-        if not value.requires_grad:
-            raise ValueError("the metric's value does not depend on the logits through autograd (was it detached?)")
-        wanted = [k for k in acts if k.split(".")[0] in ("z", "pattern")]
-        found = torch.autograd.grad(value, [acts[k] for k in wanted], allow_unused=True)
-    grads = {k: torch.zeros_like(acts[k]) if g is None else g for k, g in zip(wanted, found)}
-    return {k: a.detach() for k, a in acts.items()}, grads
+    names = _hook_names(short_names, model.cfg.n_layers)
+    wanted = _hook_names(short_names & {"z", "pattern"}, model.cfg.n_layers)
+    blocked = [] if drop is None else [(hook_name(out, drop), block_grad) for out in ("attn_out", "mlp_out")]
+    return corrupted_with_grads(model, tokens, metric, names, attention_mask, grad_names=wanted, extra_hooks=blocked)
 
 
 def _estimate(
@@ -172,10 +150,10 @@ def _estimate(
         return clean[hook_name(name, layer)].double()
 
     def x(name: str) -> Tensor:
-        return acts[f"{name}.{layer}"].double()
+        return acts[hook_name(name, layer)].double()
 
     def g(name: str) -> Tensor:
-        return grads[f"{name}.{layer}"].double()
+        return grads[hook_name(name, layer)].double()
 
     if activation in ("z", "gate_logits"):
         if activation == "z":

@@ -16,9 +16,10 @@ from torch import Tensor
 
 from gated_interp.cache import CacheLike
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import checked_clean, metric_scalar, result_dtype
+from gated_interp.patching.activation import checked_clean, result_dtype
 from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.metrics import Metric
+from gated_interp.patching.runs import clean_run, corrupted_with_grads, token_batch
 from gated_interp.patching.sites import GATE_ACTIVATIONS, site
 
 
@@ -59,10 +60,7 @@ def attribution_patching(
         raise ValueError(f"method must be 'atp' (attribution patching) or 'atp*' (AtP*), got {method!r}")
     activations = tuple(activations) if activations is not None else default_activations(model)
     names = {site(model, a).hook_name(layer) for a in activations for layer in range(model.cfg.n_layers)}
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(
-            clean_tokens, attention_mask=attention_mask, names_filter=lambda name: name in names
-        )
+    _, clean_cache = clean_run(model, clean_tokens, names, attention_mask)
     return attribution_patching_from_cache(
         model, corrupted_tokens, clean_cache, metric, activations, per_position, attention_mask
     )
@@ -84,9 +82,8 @@ def attribution_patching_from_cache(
     """
     activations = tuple(activations) if activations is not None else default_activations(model)
     sites = [site(model, a) for a in activations]
-    tokens = torch.as_tensor(corrupted_tokens, device=model.cfg.device)
-    tokens = tokens[None] if tokens.ndim == 1 else tokens
-    acts, grads = _corrupted_with_grads(
+    tokens = token_batch(model, corrupted_tokens)
+    acts, grads = corrupted_with_grads(
         model,
         tokens,
         metric,
@@ -109,32 +106,3 @@ def attribution_patching_from_cache(
             per_layer.append(summed)
         results[where.activation] = torch.stack(per_layer).to(result_dtype(model)).cpu()
     return results
-
-
-def _corrupted_with_grads(
-    model: HookedGatedQwen3,
-    tokens: Int[Tensor, "batch pos"],
-    metric: Metric,
-    names: list[str],
-    attention_mask: Int[Tensor, "batch pos"] | None,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The corrupted activations at `names` and d metric / d activation, from one backward."""
-    acts: dict[str, Tensor] = {}
-
-    def as_leaf(embed: Tensor, hook: object) -> Tensor:
-        # Grads flow from here, whether or not the weights require grad (frozen models too); the
-        # weights' own .grad is never touched because only activation grads are asked for.
-        return embed.detach().requires_grad_(True)
-
-    def keep(act: Tensor, hook: object) -> None:
-        acts[hook.name] = act
-
-    hooks = [("hook_embed", as_leaf)] + [(name, keep) for name in names]
-    with torch.enable_grad():
-        logits = model.run_with_hooks(tokens, attention_mask=attention_mask, fwd_hooks=hooks)
-        value = metric_scalar(metric(logits))
-        if not value.requires_grad:
-            raise ValueError("the metric's value does not depend on the logits through autograd (was it detached?)")
-        found = torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)
-    grads = {n: torch.zeros_like(acts[n]) if g is None else g for n, g in zip(names, found)}
-    return {n: a.detach() for n, a in acts.items()}, grads

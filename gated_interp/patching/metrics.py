@@ -60,3 +60,14 @@ def normalized_metric(metric: Metric, clean_value: float | Tensor, corrupted_val
         return (metric(logits) - corrupted) / scale
 
     return normalized
+
+
+def metric_scalar(value: Tensor | float) -> Tensor:
+    """A metric's value as a 0-d tensor; a per-prompt (non-scalar) value is an error."""
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise ValueError(
+            f"the metric must return a scalar for the batch it is given, got shape {tuple(value.shape)}; "
+            "average over prompts inside the metric (e.g. logit_diff does)"
+        )
+    return value.reshape(())

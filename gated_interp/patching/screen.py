@@ -20,9 +20,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import corrupted_resid_pre, metric_scalar, result_dtype, run_patch_chunk
+from gated_interp.patching.activation import DEFAULT_MAX_TOKENS, corrupted_resid_pre, result_dtype, run_patch_chunk
 from gated_interp.patching.atp_star import atp_star
-from gated_interp.patching.metrics import Metric
+from gated_interp.patching.metrics import Metric, metric_scalar
+from gated_interp.patching.runs import clean_run, token_batch
 from gated_interp.patching.sites import site
 
 
@@ -83,21 +84,16 @@ def screen_and_verify(
     top = order[: min(top_k, len(order))]
     patches = torch.stack([top // n_heads, top % n_heads], dim=1)  # [k, (layer, head)]
 
-    tokens = torch.as_tensor(corrupted_tokens, device=model.cfg.device)
-    tokens = tokens[None] if tokens.ndim == 1 else tokens
-    clean = torch.as_tensor(clean_tokens, device=model.cfg.device)
-    clean = clean[None] if clean.ndim == 1 else clean
+    tokens = token_batch(model, corrupted_tokens)
     names = {where.hook_name(layer) for layer in range(n_layers)}
+    clean_logits, clean_cache = clean_run(model, token_batch(model, clean_tokens), names, attention_mask)
     with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(
-            clean, attention_mask=attention_mask, names_filter=lambda name: name in names
-        )
         clean_value = float(metric_scalar(metric(clean_logits)))
         corrupted_value = float(metric_scalar(metric(model(tokens, attention_mask=attention_mask))))
     canonical = [where.canonical(clean_cache[where.hook_name(layer)]) for layer in range(n_layers)]
     resid = corrupted_resid_pre(model, tokens, attention_mask)
     if batch_size is None:
-        batch_size = max(1, 8192 // tokens.numel())
+        batch_size = max(1, DEFAULT_MAX_TOKENS // tokens.numel())
     exact = torch.empty(len(patches), dtype=result_dtype(model))
     bar = tqdm(total=len(patches), desc=f"verifying {activation}", disable=not progress)
     for layer in patches[:, 0].unique().tolist():
