@@ -6,9 +6,7 @@ point runs in a fresh subprocess, so its peak resident memory (`VmHWM` from /pro
 `getrusage` where that is missing: tracemalloc would miss torch's allocations) is its own:
 
   method=before  what compare_variants did before streaming (replayed here): run_with_cache of every
-                 layer's pattern, then measurements from float32 stacks of all layers' patterns; --before cache
-                 uses compare_variants(method="cache") instead (refused up front, with the estimate,
-                 when it cannot fit)
+                 layer's pattern, then measurements from float32 stacks of all layers' patterns
   method=stream  compare_variants(...) (the default): each layer reduced in its hooks, attention
                  to token 0 from queries and keys in chunks, the fused attention kernel kept
 
@@ -121,9 +119,7 @@ def worker(method: str, n_tokens: int, device: str) -> dict:
         if method == "before":
             row = before_streaming(model, tokens)
         else:
-            row = compare_variants({"gate_headwise": model}, tokens, batch_size=1, progress=False, method=method).iloc[
-                0
-            ]
+            row = compare_variants({"gate_headwise": model}, tokens, batch_size=1, progress=False).iloc[0]
     except MemoryError as error:
         return {"method": method, "tokens": n_tokens, "refused": str(error)}
     if device == "cuda":
@@ -163,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--before",
-        choices=["before", "cache"],
+        choices=["before"],
         default="before",
-        help="the full-cache side: the pre-streaming code (default) or compare_variants(method='cache')",
+        help="the full-cache side: the pre-streaming code (compare_variants no longer has a full-cache path)",
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true", help="run only the full-cache side")
