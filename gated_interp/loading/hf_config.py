@@ -18,32 +18,6 @@ from gated_interp.config import GatedQwen3Config
 from gated_interp.loading.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2")
-# Keys we interpret; everything else in config.json is carried in cfg.hf_extra and written back.
-_INTERPRETED = {
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "intermediate_size",
-    "vocab_size",
-    "rms_norm_eps",
-    "rope_theta",
-    "rope_scaling",
-    "rope_parameters",
-    "tie_word_embeddings",
-    "headwise_attn_output_gate",
-    "elementwise_attn_output_gate",
-    "use_qk_norm",
-    "qkv_bias",
-    "attention_bias",
-    "max_position_embeddings",
-    "model_type",
-    "architectures",
-    "torch_dtype",
-    "dtype",
-    "auto_map",
-}
 
 
 def read_config_json(folder: Path) -> dict[str, Any]:
@@ -65,6 +39,7 @@ def read_config_json(folder: Path) -> dict[str, Any]:
 # Hugging Face's Qwen3Config / Qwen2Config default when config.json has no rope_theta
 # (`RotaryEmbeddingConfigMixin.default_theta`): the same value, so the model equals HF's.
 HF_DEFAULT_ROPE_THETA = 10_000.0
+# The keys we interpret, by the check `validate_hf_config` makes of each.
 _POSITIVE_INTS = (
     "hidden_size",
     "num_hidden_layers",
@@ -83,6 +58,14 @@ _FLAGS = (
     "attention_bias",
     "tie_word_embeddings",
 )
+_POSITIVE_NUMBERS = ("rms_norm_eps", "rope_theta")
+_ROPE_OBJECTS = ("rope_scaling", "rope_parameters")
+# Interpreted without a type check: model_type is checked against SUPPORTED_MODEL_TYPES,
+# hf_config_from writes its own architectures and torch_dtype, and auto_map (the authors' code,
+# never imported) is not carried.
+_UNCHECKED = ("model_type", "architectures", "torch_dtype", "dtype", "auto_map")
+# Everything not interpreted is carried in cfg.hf_extra and written back.
+_INTERPRETED = frozenset(_POSITIVE_INTS + _FLAGS + _POSITIVE_NUMBERS + _ROPE_OBJECTS + _UNCHECKED)
 
 
 def _bad(key: str, value: Any, wanted: str) -> CheckpointError:
@@ -105,10 +88,10 @@ def validate_hf_config(hf: dict[str, Any]) -> None:
         value = hf.get(key)
         if value is not None and not isinstance(value, bool):
             raise _bad(key, value, "true or false")
-    for key in ("rms_norm_eps", "rope_theta"):
+    for key in _POSITIVE_NUMBERS:
         if hf.get(key) is not None:
             _positive_number(key, hf[key])
-    for key in ("rope_scaling", "rope_parameters"):
+    for key in _ROPE_OBJECTS:
         value = hf.get(key)
         if value is not None and not isinstance(value, dict):
             raise _bad(key, value, 'an object such as {"rope_type": "linear", "factor": 2.0} or null')
