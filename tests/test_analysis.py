@@ -330,3 +330,13 @@ def test_measure_variant_is_a_row_of_compare_variants(two_variants):
         row = measure_variant(model, tokens, progress=False)
         assert list(row) == list(frame.columns)
         assert row == pytest.approx(frame.loc[name].to_dict(), nan_ok=True)
+
+
+def test_retired_names_are_gone():
+    # One name per quantity: the paper's F-Attn and M-Act are first_token_attention and max_abs_resid.
+    import gated_interp.analysis as analysis
+
+    for retired in ("m_act", "f_attn", "max_activation_by_layer"):
+        assert not hasattr(analysis, retired)
+    with pytest.raises(TypeError):
+        compare_variants({}, torch.zeros(1, 2, dtype=torch.long), method="cache")

@@ -84,3 +84,13 @@ def test_on_a_real_cache_and_bad_input(model):
         head_quietness({}, model=model)
     with pytest.raises(ValueError, match="W_O"):
         head_quietness(dict(cache.cache_dict))
+
+
+def test_an_ungated_model_has_no_gate_score_and_never_closes(tmp_path):
+    # gate_other is gate_stats' quantity (mean gate over queries >= 1): NaN without a gate, as in
+    # every other table, so no head of a baseline is classed as quiet through its gate.
+    baseline, _, _ = build(tmp_path, gate="none", seed=2)
+    _, cache = baseline.run_with_cache(random_tokens(baseline, 2, 6))
+    table = head_quietness(cache)
+    assert table.gate_other.isna().all()
+    assert not table.quiet.isin(["gate", "sink+gate"]).any()
