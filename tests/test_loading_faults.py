@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformer_lens import ActivationCache, HookedRootModule
 
 import gated_interp
 from gated_interp import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
@@ -531,7 +532,24 @@ def test_cli_help_does_not_import_torch():
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
 
 
-def test_every_package_export_still_imports():
+def test_every_package_export_is_the_object_its_module_defines():
+    """`gated_interp.X` (imported lazily) is the very object of the module `_LAZY` names, and a
+    class or function was defined there, not merely re-exported from somewhere else."""
+    import importlib
+
+    assert sorted(gated_interp.__all__) == sorted(gated_interp._LAZY)
     for name in gated_interp.__all__:
-        assert getattr(gated_interp, name) is not None
-    from gated_interp import GatedActivationCache, HookedGatedQwen3, load_hooked  # noqa: F401
+        module = importlib.import_module(gated_interp._LAZY[name])
+        exported = getattr(gated_interp, name)
+        assert exported is getattr(module, name), f"gated_interp.{name} is not {module.__name__}.{name}"
+        if isinstance(exported, type) or callable(exported):
+            assert (exported.__module__, exported.__name__) == (module.__name__, name)
+        assert name in dir(gated_interp)
+    from gated_interp import GatedActivationCache, HookedGatedQwen3, load_hooked
+
+    assert issubclass(HookedGatedQwen3, HookedRootModule) and issubclass(GatedActivationCache, ActivationCache)
+    assert load_hooked is gated_interp.loading.load.load_hooked
+    assert issubclass(CheckpointError, Exception) and issubclass(NonFiniteWeightsWarning, Warning)
+    assert set(gated_interp.VARIANTS) == {"baseline", "gate_headwise", "gate_elementwise"}
+    with pytest.raises(AttributeError, match="no attribute 'not_an_export'"):
+        gated_interp.not_an_export  # noqa: B018
