@@ -19,6 +19,7 @@ from gated_interp.plotting.gates import gate_heatmap, gate_histograms
 from gated_interp.plotting.intervals import interval_bars
 from gated_interp.plotting.layers import layer_colorbar, plot_by_layer
 from gated_interp.plotting.patching import patching_heatmap, patching_heatmaps
+from gated_interp.plotting.training import training_curves
 
 __all__ = [
     "PAPER_DEMO_LAYERS",
@@ -35,5 +36,6 @@ __all__ = [
     "plot_by_layer",
     "save_demo_figure",
     "shared_scale",
+    "training_curves",
     "variant_style",
 ]
