@@ -29,7 +29,7 @@ def _bundled_file(name: str) -> Path:
     if not path.is_file():
         raise CheckpointError(
             f"{path} is missing: the bundled tiny models are not installed; reinstall gated-interp or "
-            "rebuild them with `python -m gated_interp.train` and `python -m gated_interp.train.card`"
+            "rebuild them from a clone with `python -m gated_interp.train` and `python -m maintainer.model_card`"
         )
     return path
 

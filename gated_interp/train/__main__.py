@@ -1,7 +1,7 @@
 """`python -m gated_interp.train`: train the tiny variants (baseline, gate_headwise, gate_elementwise).
 
     python -m gated_interp.train --corpus CORPUS_DIR                  # writes runs/tiny
-    python -m gated_interp.train.card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
+    python -m maintainer.model_card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
 
 Stopping and resuming: a run stopped by --max-minutes, --stop-after-steps or an interruption
 continues from its last checkpoint (every --save-interval steps) with
@@ -17,7 +17,7 @@ process, e.g. on two cores
 
     python -m gated_interp.train --corpus C --threads 1 --variants baseline --out runs/a &
     python -m gated_interp.train --corpus C --threads 1 --variants gate_headwise gate_elementwise --out runs/b
-    python -m gated_interp.train.card --run runs/a runs/b --corpus C --out OUT_DIR
+    python -m maintainer.model_card --run runs/a runs/b --corpus C --out OUT_DIR
 
 Same flags in every process give the same tokenizer, data order and initial weights as one
 process training all variants; the card combines the run folders (and checks that they agree).
@@ -25,8 +25,8 @@ process training all variants; the card combines the run folders (and checks tha
 CORPUS_DIR holds `train.txt` and `valid.txt`: plain UTF-8 text, documents separated by one blank
 line. The books the bundled models were trained on are listed in
 `gated_interp/checkpoints/tiny/CORPUS.md`. Training never writes into the bundled models' folder
-(`gated_interp/checkpoints/tiny`); `gated_interp.train.card` copies a finished run there only when
-told to with `--out`.
+(`gated_interp/checkpoints/tiny`); the maintainer command `python -m maintainer.model_card` (run from
+a clone's root: it is not installed) copies a finished run there only when told to with `--out`.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.resolve() == TINY_DIR.resolve() or TINY_DIR.resolve() in args.out.resolve().parents:
         print(
             f"error: --out {args.out} is inside the bundled models' folder; train into another folder "
-            "(default runs/tiny) and copy a finished run with python -m gated_interp.train.card",
+            "(default runs/tiny) and copy a finished run with python -m maintainer.model_card",
             file=sys.stderr,
         )
         return 2
