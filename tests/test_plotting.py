@@ -138,10 +138,19 @@ def test_plot_by_layer_draws_from_zero_with_a_reference_level():
 
 
 def test_plot_by_layer_from_analysis(tmp_path):
+    """The curve drawn is the analysis' value for each 0-based layer: the attention of queries
+    >= 1 to token 0, averaged over heads, read here straight from the cached patterns."""
     model, _, _ = make_tiny(tmp_path, gate="none")
     _, cache = model.run_with_cache(random_tokens(model, 1, 5))
     fig = plot_by_layer({"baseline": first_token_attention_by_layer(cache)}, "F-Attn", "F-Attn by layer")
-    assert len(fig.axes[0].get_lines()[0].get_xdata()) == model.cfg.n_layers
+    (ax,) = fig.axes
+    (line,) = ax.get_lines()
+    expected = [float(cache["pattern", layer][0, :, 1:, 0].mean()) for layer in range(model.cfg.n_layers)]
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(model.cfg.n_layers))
+    np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-5)
+    assert line.get_label() == "baseline" and line.get_color() == VARIANT_COLORS["baseline"]
+    assert ax.get_title() == "F-Attn by layer" and ax.get_ylabel() == "F-Attn" and ax.get_xlabel() == "Layer"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline"]
 
 
 def test_gate_histograms_from_dicts_and_frames(tmp_path):
