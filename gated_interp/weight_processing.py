@@ -127,13 +127,18 @@ def needs_own_unembedding(state_dict: StateDict, fold_ln: bool, center_unembed: 
     )
 
 
-def fold_value_biases_updates(state_dict: StateDict, cfg: GatedQwen3Config) -> Updates:
+def refuse_gated_value_bias_fold(cfg: GatedQwen3Config) -> None:
+    """Raise when `cfg` has a gate: its value biases are not a constant `b_O` could absorb."""
     if cfg.is_gated:
         raise ValueError(
             f"fold_value_biases cannot apply to a gated model (gate={cfg.gate!r}): the gate scales each "
             "head's value-bias contribution per query, so it is not a constant that b_O could absorb. "
             "Leave fold_value_biases=False."
         )
+
+
+def fold_value_biases_updates(state_dict: StateDict, cfg: GatedQwen3Config) -> Updates:
+    refuse_gated_value_bias_fold(cfg)
     for layer in range(cfg.n_layers):
         attn = f"blocks.{layer}.attn"
         b_V = state_dict[f"{attn}._b_V"].repeat_interleave(cfg.n_groups, dim=0)  # [head, d_head]
@@ -142,3 +147,82 @@ def fold_value_biases_updates(state_dict: StateDict, cfg: GatedQwen3Config) -> U
         through_O = torch.einsum("hd,hdm->m", b_V.to(work), W_O.to(work))
         yield f"{attn}.b_O", (b_O.to(work) + through_O).to(b_O.dtype)
         yield f"{attn}._b_V", torch.zeros_like(state_dict[f"{attn}._b_V"])
+
+
+class WeightProcessingMixin:
+    """The steps above on a live `HookedGatedQwen3`, in place, with TransformerLens' method names.
+
+    Inside these methods, `fold_layer_norm(...)` and `center_unembed(...)` are this module's
+    state-dict functions (a method's own name is not in scope in its body); `process_weights_`
+    takes TransformerLens' option names, which shadow them, so it calls only the `*_updates` steps.
+    """
+
+    def process_weights_(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        fold_value_biases: bool = False,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> WeightProcessingMixin:
+        """TransformerLens' weight processing, in place; the function computed stays the same.
+
+        `fold_ln` folds every RMSNorm weight into the matrices that read it (see
+        `gated_interp.weight_processing`), sets the norm weights to ones and
+        `cfg.normalization_type` to "RMSPre". A tied model is untied first (`W_U` becomes its own
+        copy; `W_E` is unchanged). Hook values are unchanged (to float rounding); only weights move.
+        `center_unembed` subtracts `W_U`'s mean over the vocabulary (logits shift by a constant per
+        position). `fold_value_biases` (ungated models) moves `b_V` into `b_O`. The options
+        TransformerLens offers that cannot hold on this architecture raise: `center_writing_weights`
+        (RMSNorm does not remove the mean) and `refactor_factored_attn_matrices` (rotary).
+        """
+        if center_writing_weights:
+            raise ValueError(
+                "center_writing_weights cannot apply to an RMSNorm model: RMSNorm does not subtract the "
+                "mean, so removing the mean from the weights that write to the residual stream changes "
+                "what every norm outputs (TransformerLens skips it for RMSNorm models too). Leave it False."
+            )
+        if refactor_factored_attn_matrices:
+            raise ValueError(
+                "refactor_factored_attn_matrices cannot apply with rotary embeddings: the QK circuit depends "
+                "on the query and key positions (and here on the q/k norms). Leave it False."
+            )
+        if fold_value_biases:
+            refuse_gated_value_bias_fold(self.cfg)  # before any change
+        if self.unembed.tied and needs_own_unembedding(self.state_dict(), fold_ln, center_unembed):
+            self.unembed.untie()
+            self.cfg.tie_word_embeddings = False
+        steps = [
+            (fold_ln, lambda state: fold_layer_norm_updates(state, self.cfg, in_place=True)),
+            (center_unembed, lambda state: center_unembed_updates(state, in_place=True)),
+            (fold_value_biases, lambda state: fold_value_biases_updates(state, self.cfg)),
+        ]
+        with torch.no_grad():
+            for wanted, updates in steps:
+                if wanted:
+                    state = self.state_dict()  # views of the live tensors
+                    for name, value in updates(state):
+                        if value.data_ptr() != state[name].data_ptr():
+                            state[name].copy_(value)
+        if fold_ln:
+            self.cfg.normalization_type = "RMSPre"
+        return self
+
+    def fold_layer_norm(
+        self, state_dict: dict[str, Tensor] | None = None, fold_biases: bool = False, center_weights: bool = False
+    ) -> WeightProcessingMixin | dict[str, Tensor]:
+        """Fold the RMSNorm weights into the weights that read them. Without `state_dict`, folds
+        this model in place (as `process_weights_(fold_ln=True)`) and returns it; with one (TL
+        2.x's form), returns a folded copy of that state dict and leaves the model alone."""
+        if fold_biases or center_weights:
+            raise ValueError(
+                "fold_biases/center_weights apply to LayerNorm only: RMSNorm has no bias and does not "
+                "subtract the mean (TransformerLens folds RMSNorm with both off). Leave them False."
+            )
+        if state_dict is not None:
+            return fold_layer_norm(state_dict, self.cfg)
+        return self.process_weights_(fold_ln=True)
+
+    def center_unembed(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """TL 2.x's state-dict form: a copy with `W_U`, `b_U` centred over the vocabulary."""
+        return center_unembed(state_dict)
