@@ -37,51 +37,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from random_checkpoint import write_random_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from reference import random_released_checkpoint, tiny_config  # noqa: E402
+import gated_interp as gi
+from gated_interp.config import GatedQwen3Config
 
-import gated_interp as gi  # noqa: E402
-
-# Model shapes. "100m": ~100M parameters (untied 16k vocabulary), grouped-query attention.
+# Model shapes. "small": a quick run (7M parameters); "100m": ~100M parameters (untied 16k
+# vocabulary), grouped-query attention. Qwen3's rope_theta and context, unlike the tiny models.
+_SMALL = GatedQwen3Config.tiny(d_model=256, d_head=64, d_mlp=768, d_vocab=8000, rope_theta=1_000_000.0, n_ctx=4096)
 SIZES: dict[str, dict[str, Any]] = {
     "100m": dict(
-        config=dict(
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            num_key_value_heads=4,
-            head_dim=64,
-            intermediate_size=2048,
-            vocab_size=16000,
-            rope_theta=1_000_000.0,
-            max_position_embeddings=4096,
-        ),
+        config=replace(_SMALL, d_model=768, n_layers=12, n_heads=12, n_key_value_heads=4, d_mlp=2048, d_vocab=16000),
         batch=4,
         seq=256,
     ),
-    "small": dict(
-        config=dict(
-            hidden_size=256,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=64,
-            intermediate_size=768,
-            vocab_size=8000,
-            rope_theta=1_000_000.0,
-            max_position_embeddings=4096,
-        ),
-        batch=2,
-        seq=128,
-    ),
+    "small": dict(config=_SMALL, batch=2, seq=128),
 }
 
 
@@ -102,22 +77,8 @@ class Figure:
 # ---- checkpoints ------------------------------------------------------------------------------
 
 
-def hf_config(size: str, gate: str = "none") -> dict[str, Any]:
-    return tiny_config(
-        **SIZES[size]["config"],
-        headwise_attn_output_gate=gate == "headwise",
-        elementwise_attn_output_gate=gate == "elementwise",
-    )
-
-
-def write_checkpoint(folder: Path, config: dict[str, Any], dtype: torch.dtype, seed: int = 0) -> Path:
-    """Random weights in the released format (config.json + model.safetensors) in `dtype`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state_dict = random_released_checkpoint(config, seed=seed, dtype=dtype)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "model.safetensors"))
-    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
-    (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": dtype_name}, indent=2))
-    return folder
+def model_config(size: str, gate: str = "none") -> GatedQwen3Config:
+    return replace(SIZES[size]["config"], gate=gate)
 
 
 def n_params(folder: Path) -> int:
@@ -169,18 +130,18 @@ def load_hf(folder: Path, attn_implementation: str) -> torch.nn.Module:
 
 def speed_figures(size: str, work: Path, repeats: int, warmup: int) -> tuple[list[Figure], dict[str, Any]]:
     spec = SIZES[size]
-    folder = write_checkpoint(work / "baseline_fp32", hf_config(size), torch.float32)
+    folder = write_random_checkpoint(work / "baseline_fp32", model_config(size), torch.float32)
     ours = gi.load_hooked(folder, progress=False)
     hf_sdpa = load_hf(folder, "sdpa")
     hf_eager = load_hf(folder, "eager")
     gated = {
         gate: gi.load_hooked(
-            write_checkpoint(work / f"{gate}_fp32", hf_config(size, gate), torch.float32), progress=False
+            write_random_checkpoint(work / f"{gate}_fp32", model_config(size, gate), torch.float32), progress=False
         )
         for gate in ("headwise", "elementwise")
     }
     tokens = torch.randint(
-        0, spec["config"]["vocab_size"], (spec["batch"], spec["seq"]), generator=torch.Generator().manual_seed(0)
+        0, spec["config"].d_vocab, (spec["batch"], spec["seq"]), generator=torch.Generator().manual_seed(0)
     )
 
     info: dict[str, Any] = {"n_params": n_params(folder), "batch": spec["batch"], "seq": spec["seq"]}
@@ -266,7 +227,7 @@ def memory_figures(size: str, work: Path) -> tuple[list[Figure], dict[str, Any]]
     for dtype, label in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
         folder = work / f"baseline_{label}"
         if not (folder / "model.safetensors").exists():
-            write_checkpoint(folder, hf_config(size), dtype)
+            write_random_checkpoint(folder, model_config(size), dtype)
         probe = load_memory(folder)
         loaded_bytes = probe["n_params"] * 4  # loaded as float32
         value = (probe["peak"] - probe["before"]) / loaded_bytes

@@ -31,17 +31,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = dict(
-    hidden_size=256,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=32,
-    intermediate_size=512,
-    vocab_size=4096,
+# The released 1B models' attention shape (28 layers, 16 query over 8 key-value heads, headwise
+# gate) at a small width; Qwen3's rope_theta, and a context as long as the longest length timed.
+SHAPE = dict(
+    d_model=256,
+    n_layers=28,
+    n_heads=16,
+    n_key_value_heads=8,
+    d_mlp=512,
     rope_theta=1_000_000.0,
-    max_position_embeddings=8192,
-    headwise_attn_output_gate=True,
+    n_ctx=8192,
+    gate="headwise",
 )
 GOALS_GIB = {2048: 2.0, 8192: 8.0}
 
@@ -57,16 +57,12 @@ def peak_rss_bytes() -> int:
 
 
 def build_model(folder: Path, device: str):
-    sys.path.insert(0, str(REPO / "tests"))
-    from reference import random_released_checkpoint, tiny_config
-    from safetensors.torch import save_file
+    from random_checkpoint import write_random_checkpoint
 
     import gated_interp
+    from gated_interp.config import GatedQwen3Config
 
-    config = tiny_config(**CONFIG)
-    state = random_released_checkpoint(config, seed=0)
-    (folder / "config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    write_random_checkpoint(folder, GatedQwen3Config.tiny(**SHAPE), seed=0)
     return gated_interp.load_hooked(str(folder), device=device, progress=False)
 
 
@@ -104,7 +100,7 @@ def worker(method: str, n_tokens: int, device: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp), device)
-    tokens = torch.randint(0, CONFIG["vocab_size"], (1, n_tokens), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, n_tokens), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         model(tokens[:, :64], return_type=None)  # warm-up
         start = time.perf_counter()

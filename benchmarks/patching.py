@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from functools import partial
@@ -25,30 +24,26 @@ from pathlib import Path
 
 import torch
 import transformer_lens.patching as tl_patching
-from safetensors.torch import save_file
+from random_checkpoint import write_random_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference import random_released_checkpoint, tiny_config  # noqa: E402
-
-import gated_interp  # noqa: E402
-from gated_interp.patching import logit_diff, patch_heads  # noqa: E402
+import gated_interp
+from gated_interp.config import GatedQwen3Config
+from gated_interp.patching import logit_diff, patch_heads
 
 
 def build_model(args: argparse.Namespace, folder: Path) -> gated_interp.HookedGatedQwen3:
-    config = tiny_config(
-        hidden_size=args.d_model,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        head_dim=args.d_head,
-        intermediate_size=args.d_mlp,
-        vocab_size=args.vocab,
-        headwise_attn_output_gate=args.gate == "headwise",
-        elementwise_attn_output_gate=args.gate == "elementwise",
+    cfg = GatedQwen3Config.tiny(
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        n_key_value_heads=args.kv_heads,
+        d_head=args.d_head,
+        d_mlp=args.d_mlp,
+        d_vocab=args.vocab,
+        n_ctx=512,  # only generation reads it; 512 as the checkpoint always said
+        gate=args.gate,
     )
-    state_dict = random_released_checkpoint(config, seed=args.seed)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
+    write_random_checkpoint(folder, cfg, seed=args.seed)
     return gated_interp.load_hooked(str(folder), device="cpu", progress=False).eval()
 
 

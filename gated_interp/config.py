@@ -121,6 +121,24 @@ class GatedQwen3Config:
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
+    @classmethod
+    def tiny(cls, **overrides: Any) -> GatedQwen3Config:
+        """The bundled tiny models' architecture (4 layers, 4 query heads over 2 key-value heads,
+        d_model 128), with any field overridden: the one starting point of every small model that
+        `gated_interp.train` and the benchmarks build."""
+        fields_ = dict(
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            n_key_value_heads=2,
+            d_head=32,
+            d_mlp=384,
+            d_vocab=4096,
+            n_ctx=256,
+            rope_theta=10_000.0,  # not Qwen3's 1e6: contexts here are a few hundred tokens
+        )
+        return cls(**{**fields_, **overrides})
+
     @property
     def is_gated(self) -> bool:
         """Whether attention has the output gate (headwise or elementwise)."""

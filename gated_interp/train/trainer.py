@@ -30,22 +30,10 @@ from gated_interp.model import HookedGatedQwen3
 
 
 def default_architecture(**overrides) -> GatedQwen3Config:
-    """The tiny models' architecture: a `GatedQwen3Config` whose per-run fields (`d_vocab` from the
-    tokenizer, `n_ctx` from `seq_len`, `gate` from the variant) are filled in when the models are built."""
-    fields_ = dict(
-        d_model=128,
-        n_layers=4,
-        n_heads=4,
-        n_key_value_heads=2,
-        d_head=32,
-        d_mlp=384,
-        d_vocab=4096,
-        n_ctx=256,
-        rope_theta=10_000.0,  # not Qwen3's 1e6: contexts here are a few hundred tokens
-        device="cpu",
-    )
-    fields_.update(overrides)
-    return GatedQwen3Config(**fields_)
+    """The tiny models' architecture (`GatedQwen3Config.tiny`, on the CPU): its per-run fields
+    (`d_vocab` from the tokenizer, `n_ctx` from `seq_len`, `gate` from the variant) are filled in
+    when the models are built."""
+    return GatedQwen3Config.tiny(**{"device": "cpu", **overrides})
 
 
 # The architecture keys of the old flat `train_config` layout (training summaries and the bundled
