@@ -157,12 +157,37 @@ def test_remove_sink_renormalises(gated):
     assert not torch.allclose(cache["resid_post", 1], clean["resid_post", 1])
 
 
-def test_remove_sink_with_padding_keeps_rows_finite(gated):
+def test_remove_sink_with_padding_acts_on_each_sequence_as_alone(gated):
+    """Right padding: the real positions of each row get exactly what the sequence gets run alone
+    under the same intervention, every logit stays finite, position 0 (which only sees itself) is
+    untouched, and query 1 (whose attention to token 0 is removed) changes."""
     model = gated[0]
     tokens = random_tokens(model, 2, 5)
     mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])
     logits = model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=remove_sink(model))
     assert torch.isfinite(logits).all()
+    alone = [model.run_with_hooks(tokens[i : i + 1, : int(mask[i].sum())], fwd_hooks=remove_sink(model)) for i in (0, 1)]
+    torch.testing.assert_close(logits[0], alone[0][0])
+    torch.testing.assert_close(logits[1, :2], alone[1][0])
+    clean = model(tokens, attention_mask=mask)
+    torch.testing.assert_close(logits[:, 0], clean[:, 0])
+    assert not torch.allclose(logits[1, 1], clean[1, 1], atol=1e-3)
+
+
+def test_remove_sink_empties_a_row_that_only_attended_to_the_sink(gated):
+    """A query whose whole attention was on token 0 has nothing left to renormalise: its row
+    becomes zeros (the head writes nothing there), not 0/0 = NaN. Query 0 keeps its row, other
+    rows are renormalised over the remaining keys, and heads not chosen are left alone."""
+    model = gated[0]
+    ((name, hook),) = remove_sink(model, layers=[1], heads=[0])
+    assert name == "blocks.1.attn.hook_pattern"
+    rows = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.125, 0.375]])
+    pattern = rows.expand(2, model.cfg.n_heads, 3, 3).clone()
+    new = hook(pattern.clone(), None)
+    assert torch.isfinite(new).all()
+    expected = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.25, 0.75]])
+    torch.testing.assert_close(new[:, 0], expected.expand(2, 3, 3))
+    torch.testing.assert_close(new[:, 1:], pattern[:, 1:])
 
 
 # ---- effects -----------------------------------------------------------------------------------
