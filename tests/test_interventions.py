@@ -166,7 +166,9 @@ def test_remove_sink_with_padding_acts_on_each_sequence_as_alone(gated):
     mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])
     logits = model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=remove_sink(model))
     assert torch.isfinite(logits).all()
-    alone = [model.run_with_hooks(tokens[i : i + 1, : int(mask[i].sum())], fwd_hooks=remove_sink(model)) for i in (0, 1)]
+    alone = [
+        model.run_with_hooks(tokens[i : i + 1, : int(mask[i].sum())], fwd_hooks=remove_sink(model)) for i in (0, 1)
+    ]
     torch.testing.assert_close(logits[0], alone[0][0])
     torch.testing.assert_close(logits[1, :2], alone[1][0])
     clean = model(tokens, attention_mask=mask)
