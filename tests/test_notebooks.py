@@ -1,38 +1,332 @@
-"""Every notebook runs top to bottom on the bundled tiny models without a cell raising.
+"""Every notebook runs top to bottom on the bundled tiny models, and prints what its text says.
 
 Executed with papermill (kernel `python3`, working directory `notebooks/`) into a temporary copy,
-so the committed notebooks and their outputs are left alone.
+so the committed notebooks and their outputs are left alone. The copy gets one more cell at the
+end, which prints the values the notebook's prose states (as JSON, full precision); each
+`check_*` below compares them with the prose, within the precision the prose writes them in
+(`stated("0.045")` is 0.045 +- 0.0005), so a change that moves a number the text quotes fails
+here, naming the sentence.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import nbformat
 import papermill  # a dev dependency: missing, it fails the run rather than skipping the notebooks
 import pytest
 from helpers import require_bundled
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = ("01_quickstart", "02_attention_sinks", "03_gate_sparsity", "04_patching")
+GATED = ("gate_headwise", "gate_elementwise")
+RECORD_MARKER = "RECORDED NOTEBOOK VALUES: "
+
+
+def stated(text: str, about: float | None = None):
+    """A number the prose writes as `text`: equal within half its last digit, or within `about`
+    where the prose says "about"."""
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return pytest.approx(float(text), abs=about if about is not None else 0.5 * 10**-decimals + 1e-12)
+
+
+class Claims:
+    """Collects every claim that does not hold, so that one run reports all of them."""
+
+    def __init__(self, notebook: str) -> None:
+        self.notebook, self.failed = notebook, []
+
+    def check(self, holds: bool, claim: str, measured: object) -> None:
+        if not holds:
+            self.failed.append(f"{claim!r}: measured {measured}")
+
+    def report(self) -> None:
+        assert not self.failed, f"{self.notebook}: the text says what the outputs do not:\n" + "\n".join(self.failed)
+
+
+# ---- 01 -----------------------------------------------------------------------------------------
+RECORD_01 = {
+    "n_layers": "cfg.n_layers",
+    "demo_layers": "list(layers)",
+    "gate_hooks": "{n: sum('gate' in h for h in m.hook_dict) for n, m in models.items()}",
+    "first_token": "{n: v.tolist() for n, v in first_token.items()}",
+}
+
+
+def check_01(values: dict, claims: Claims) -> None:
+    claims.check(values["n_layers"] == 4, "the small models bundled with the package (their 4 layers, 0-3)", values)
+    claims.check(values["demo_layers"] == [0, 1, 2, 3], "their 4 layers, 0-3 (demo layers)", values["demo_layers"])
+    hooks = values["gate_hooks"]
+    claims.check(
+        hooks == {"baseline": 0, "gate_headwise": 12, "gate_elementwise": 12},
+        "The gate is three hooks per layer (`z_pre_gate`, `gate_logits`, `gate`)",
+        hooks,
+    )
+    first = values["first_token"]
+    claims.check(
+        all(first["baseline"][layer] > first[g][layer] for layer in (1, 2, 3) for g in GATED),
+        "the baseline gives the first token more attention than both gated models in layers 1-3",
+        first,
+    )
+    claims.check(
+        first["gate_headwise"][0] < first["baseline"][0] < first["gate_elementwise"][0],
+        "in layer 0 it falls between them, above headwise and below elementwise",
+        first,
+    )
+
+
+# ---- 02 -----------------------------------------------------------------------------------------
+RECORD_02 = {
+    "n_sequences": "int(tokens.shape[0])",
+    "loss_gap": "loss_gap",
+    "lengths": "list(lengths)",
+    "long": "{f'{t} {v}': {c: float(r[c]) for c in ('first_token_attention', 'first_token_attention_lo', "
+    "'first_token_attention_hi', 'loss')} for (t, v), r in long_table.iterrows()}",
+    "per_head": "{n: {'mean': float(v.mean()), 'max': float(v.max())} for n, v in per_head.items()}",
+    "quiet": "{n: {str(k): int(c) for k, c in counts.loc[n].items()} for n in counts.index}",
+    "raw": "raw",
+    "ratio": "ratio",
+    "ratio_layer": "{n: int(f.loc[f.ratio.idxmax(), 'layer']) for n, f in massive.items()}",
+    "sink_delta": "{c: delta[c].to_dict() for c in delta.columns}",
+    "sink_low": "{c: low[c].to_dict() for c in low.columns}",
+    "sink_high": "{c: high[c].to_dict() for c in high.columns}",
+    "opened": "{n: {s: opened.loc[(n, s)][['loss', 'first_token_attention', 'max_abs_resid']].astype(float).to_dict()"
+    " for s in ('trained gates', 'all gates = 1')} for n in gated}",
+}
+
+
+def check_02(values: dict, claims: Claims) -> None:
+    claims.check(values["n_sequences"] == 16, "on these 16 windows", values["n_sequences"])
+    # Section 1: the paired loss differences.
+    for name, about in (("gate_headwise", "0.04"), ("gate_elementwise", "0.08")):
+        mean, _, high = values["loss_gap"][name]
+        claims.check(-mean == stated(about), f"{name} lower by about {about} nats per sequence", mean)
+        claims.check(high < 0, f"{name}: the paired 95% interval excludes 0", values["loss_gap"][name])
+    # Section 1b: long context.
+    claims.check(values["lengths"] == [128, 512, 1024], "128 tokens, then 4x and 8x it (512 and 1,024)", values)
+    long = values["long"]
+    for name in ("baseline", *GATED):
+        fall = long[f"128 {name}"]["first_token_attention"] / long[f"1024 {name}"]["first_token_attention"]
+        claims.check(fall == stated("5", about=0.5), f"{name}: falls by about 5x from 128 to 1,024 tokens", fall)
+    for length in values["lengths"]:
+        base = long[f"{length} baseline"]
+        for name in GATED:
+            claims.check(
+                base["first_token_attention_lo"] > long[f"{length} {name}"]["first_token_attention_hi"],
+                f"the baseline stays above {name} at {length} tokens with non-overlapping intervals",
+                (base, long[f"{length} {name}"]),
+            )
+        claims.check(
+            long[f"{length} gate_elementwise"]["loss"] < base["loss"],
+            f"the elementwise model keeps a lower loss than the baseline at {length} tokens",
+            (long[f"{length} gate_elementwise"]["loss"], base["loss"]),
+        )
+    for length in (128, 1024):
+        lead = (
+            long[f"{length} baseline"]["first_token_attention"]
+            / long[f"{length} gate_headwise"]["first_token_attention"]
+        )
+        claims.check(lead == stated("2.1"), f"baseline / headwise about 2.1x at {length} tokens", lead)
+    # At 128 tokens the text says "0.006 above", the printed losses differ by 0.0065 (0.00654).
+    for length, gap in ((128, "0.0065"), (512, "-0.002"), (1024, "-0.011")):
+        measured = long[f"{length} gate_headwise"]["loss"] - long[f"{length} baseline"]["loss"]
+        claims.check(measured == stated(gap), f"headwise loss minus baseline's {gap} at {length} tokens", measured)
+    # Section 2: heads.
+    base_heads = values["per_head"]["baseline"]
+    claims.check(base_heads["mean"] == stated("0.10"), "first-token attention is 0.10 on average", base_heads)
+    claims.check(base_heads["max"] == stated("0.23"), "at most 0.23 in any head", base_heads)
+    quiet = values["quiet"]
+    claims.check(quiet["baseline"].get("active") == 16, "the baseline has no quiet heads at all", quiet)
+    for name in GATED:
+        claims.check(
+            quiet[name].get("sink", 0) == 0 and quiet[name].get("gate", 0) >= 14,
+            f"{name}: nearly every head is quiet, all of them through the gate, none through a sink",
+            quiet[name],
+        )
+    # Massive activations.
+    for name, text in (("baseline", "31.7"), ("gate_elementwise", "7.9"), ("gate_headwise", "5.3")):
+        claims.check(values["raw"][name] == stated(text), f"the raw maximum ({text}) of {name}", values["raw"][name])
+    ratio = values["ratio"]
+    claims.check(ratio["gate_elementwise"] == stated("65", about=1), "elementwise about 65x its median", ratio)
+    claims.check(values["ratio_layer"]["gate_elementwise"] == 0, "elementwise: (layer 0)", values["ratio_layer"])
+    claims.check(ratio["baseline"] == stated("86"), "the baseline's 86x", ratio)
+    claims.check(ratio["gate_headwise"] == stated("29", about=1), "headwise about 29x", ratio)
+    claims.check(
+        ratio["gate_elementwise"] / ratio["baseline"] == stated("0.75", about=0.05),
+        "three quarters of the baseline's",
+        ratio["gate_elementwise"] / ratio["baseline"],
+    )
+    # Recap: removing the sink, opening the gates.
+    everywhere = {name: column["all layers"] for name, column in values["sink_delta"].items()}
+    for name, text in (("baseline", "0.045"), ("gate_headwise", "0.030"), ("gate_elementwise", "0.029")):
+        claims.check(everywhere[name] == stated(text), f"removing the sink everywhere costs {name} +{text}", everywhere)
+    claims.check(
+        all(values["sink_low"]["baseline"]["all layers"] < values["sink_high"][name]["all layers"] for name in GATED),
+        "the 95% intervals over the 16 windows overlap",
+        (values["sink_low"], values["sink_high"]),
+    )
+    one_layer = max(v for column in values["sink_delta"].values() for k, v in column.items() if k != "all layers")
+    claims.check(
+        one_layer < 0.0115, "removing it from one layer at a time costs every variant at most +0.011", one_layer
+    )
+    for name in GATED:
+        before, after = values["opened"][name]["trained gates"], values["opened"][name]["all gates = 1"]
+        cost = after["loss"] - before["loss"]
+        claims.check(1.95 <= cost <= 2.55, f"opening the gates costs {name} 2-2.5 nats", cost)
+        for quantity in ("first_token_attention", "max_abs_resid"):
+            claims.check(
+                after[quantity] <= 1.05 * before[quantity],
+                f"{name}: opening brings back no {quantity} (stays or falls)",
+                (before[quantity], after[quantity]),
+            )
+
+
+# ---- 03 -----------------------------------------------------------------------------------------
+RECORD_03 = {
+    "n_evaluation": "int(eval_tokens.shape[0])",
+    "mean_gate": "{n: float(pooled[n].mean()) for n in gated}",
+    "cost": "{n: f['delta_loss'].to_dict() for n, f in effects.items()}",
+    "cost_lo": "{n: f['delta_loss_lo'].to_dict() for n, f in effects.items()}",
+    "cost_hi": "{n: f['delta_loss_hi'].to_dict() for n, f in effects.items()}",
+    "token0_tighter": "{n: [int((f.gate_pos0 < f.gate_other).sum()), len(f)] for n, f in stats.items()}",
+    "logit_pos0_vs_later": "{n: [float(means.loc[n, 'logit_pos0']), float(means.loc[n, 'logit_later'])] "
+    "for n in gated}",
+    "layer0_reads": "{k: float(v) for k, v in first[[label.startswith('L0') for label in "
+    "first.index.get_level_values('label')]][['from_head', 'from_mlp']].abs().max().items()}",
+    "largest_mlp": "{f'{n} L{l}H{h}': t[t.kind == 'mlp'].groupby('component').contribution.sum().abs().idxmax() "
+    "for (n, l, h), t in first_tables.items() if l >= 1}",
+}
+
+
+def check_03(values: dict, claims: Claims) -> None:
+    claims.check(values["n_evaluation"] == 8, "8 evaluation windows", values["n_evaluation"])
+    for name in GATED:
+        below, heads = values["token0_tighter"][name]
+        claims.check(below == heads, f"{name}: every head gates the first token more tightly", (below, heads))
+        pos0, later = values["logit_pos0_vs_later"][name]
+        claims.check(pos0 < later, f"{name}: the gate is more closed at the first position", (pos0, later))
+        claims.check(values["mean_gate"][name] == stated("0.3", about=0.05), "the mean gate is about 0.3", values)
+    claims.check(
+        values["layer0_reads"] == {"from_head": 0.0, "from_mlp": 0.0},
+        "Layer-0 gates read only the embedding",
+        values["layer0_reads"],
+    )
+    largest = list(values["largest_mlp"].values())
+    claims.check(
+        largest.count("L0 mlp_out") > len(largest) / 2,
+        "what closes it there is mostly the MLP outputs (the layer-0 MLP most of all)",
+        largest,
+    )
+    cost, lo, hi = values["cost"], values["cost_lo"], values["cost_hi"]
+    for name, opened, closed in (("gate_headwise", "2.71", "1.40"), ("gate_elementwise", "2.09", "1.42")):
+        claims.check(
+            cost[name]["fix 1.0 (open)"] == stated(opened), f"{name}: opening every gate +{opened}", cost[name]
+        )
+        claims.check(
+            cost[name]["fix 0.0 (closed)"] == stated(closed), f"{name}: closing every gate +{closed}", cost[name]
+        )
+        claims.check(
+            lo[name]["fix 1.0 (open)"] > hi[name]["fix 0.0 (closed)"],
+            f"{name}: the intervals separate the two ends",
+            (lo[name], hi[name]),
+        )
+    separation = {name: lo[name]["fix 1.0 (open)"] - hi[name]["fix 0.0 (closed)"] for name in GATED}
+    claims.check(
+        separation["gate_elementwise"] < separation["gate_headwise"],
+        "they separate the two ends for both variants (for gate_elementwise barely)",
+        separation,
+    )
+    for name, text in (("gate_headwise", "0.21"), ("gate_elementwise", "0.28")):
+        claims.check(cost[name]["mean per head"] == stated(text), f"query dependence +{text} nats ({name})", cost)
+        claims.check(lo[name]["mean per head"] > 0, f"{name}: query dependence is beyond noise", lo[name])
+    for name, text in (("gate_headwise", "0.01"), ("gate_elementwise", "0.06")):
+        pattern = cost[name]["fix at mean score"] - cost[name]["mean per head"]
+        claims.check(pattern == stated(text), f"the per-head pattern +{text} nats ({name})", pattern)
+        widths = [hi[name][row] - lo[name][row] for row in ("fix at mean score", "mean per head")]
+        claims.check(pattern < min(widths), f"{name}: smaller than the width of their intervals", (pattern, widths))
+
+
+# ---- 04 -----------------------------------------------------------------------------------------
+RECORD_04 = {
+    "task": "{n: {k: float(v) for k, v in r.items()} for n, r in task.iterrows()}",
+    "screened_in": "screened_in",
+    "agreement": "agreement",
+    "induction": "induction",
+}
+
+
+def check_04(values: dict, claims: Claims) -> None:
+    for name, row in values["task"].items():
+        claims.check(
+            row["metric clean"] > 0 > row["metric corrupted"],
+            f"{name}: she - he positive on the clean prompts and negative on the corrupted ones",
+            row,
+        )
+    claims.check(
+        all(n == 3 for n in values["screened_in"].values()),
+        "AtP* puts the three heads that exhaustive patching ranks highest among its top six in every variant",
+        values["screened_in"],
+    )
+    claims.check(
+        values["agreement"]["z"] > 0.9, "the linear approximation is good for head outputs", values["agreement"]
+    )
+    claims.check(
+        all(gain < 1.0 for gain in values["induction"].values()),
+        "a task the bundled tiny models cannot do yet: induction",
+        values["induction"],
+    )
+
+
+FACTS: dict[str, tuple[dict[str, str], Callable[[dict, Claims], None]]] = {
+    "01_quickstart": (RECORD_01, check_01),
+    "02_attention_sinks": (RECORD_02, check_02),
+    "03_gate_sparsity": (RECORD_03, check_03),
+    "04_patching": (RECORD_04, check_04),
+}
+
+
+def recording_cell(expressions: dict[str, str]) -> str:
+    """Source of a cell that prints `{name: value of expression}` as one JSON line."""
+    items = "".join(f"    {name!r}: {expression},\n" for name, expression in expressions.items())
+    return f"import json as _json\n\nprint({RECORD_MARKER!r} + _json.dumps({{\n{items}}}, default=float))\n"
+
+
+def recorded_values(executed: Path) -> dict:
+    """The JSON line the recording cell printed, read from the executed notebook's outputs."""
+    last = nbformat.read(executed, as_version=4).cells[-1]
+    text = "".join(output.get("text", "") for output in last.outputs if output.get("output_type") == "stream")
+    (line,) = [line for line in text.splitlines() if line.startswith(RECORD_MARKER)]
+    return json.loads(line.removeprefix(RECORD_MARKER))
 
 
 def test_every_notebook_is_tested():
-    assert sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+    assert sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS) == sorted(FACTS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name: str, tmp_path: Path) -> None:
+def test_notebook_runs_and_prints_what_its_text_says(name: str, tmp_path: Path) -> None:
     require_bundled()
+    expressions, check = FACTS[name]
+    notebook = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(recording_cell(expressions)))
+    source, executed = tmp_path / f"{name}_source.ipynb", tmp_path / f"{name}.ipynb"
+    nbformat.write(notebook, source)
     started = time.time()
-    # A cell that raises makes papermill raise PapermillExecutionError, which fails the test.
+    # A cell that raises (the notebooks' own asserts included) makes papermill raise
+    # PapermillExecutionError, which fails the test.
     papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / f"{name}.ipynb"),
-        str(tmp_path / f"{name}.ipynb"),
+        str(source),
+        str(executed),
         parameters={"SIZE": "tiny", "DEVICE": "cpu"},
         kernel_name="python3",
         cwd=str(NOTEBOOKS_DIR),
         progress_bar=False,
     )
     print(f"{name}: {time.time() - started:.1f} s")
+    claims = Claims(name)
+    check(recorded_values(executed), claims)
+    claims.report()
