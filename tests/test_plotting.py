@@ -183,9 +183,15 @@ def test_gate_plots_from_a_model_run(tmp_path):
     model, _, _ = make_tiny(tmp_path, gate="elementwise")
     _, cache = model.run_with_cache(random_tokens(model, 2, 5))
     fig = gate_histograms({"gate_elementwise": {layer: gate_values(cache, layer) for layer in range(2)}})
-    assert len(fig.axes) == 2
-    heat = gate_heatmap(mean_gate_by_head(cache), title="Mean gate, elementwise")
+    assert [ax.get_title() for ax in fig.axes] == ["gate_elementwise, layer 0", "gate_elementwise, layer 1"]
+    for layer, ax in enumerate(fig.axes):  # the bars count that layer's gate scores, 50 bins over [0, 1]
+        expected, _ = np.histogram(cache["gate", layer].flatten().numpy(), bins=np.linspace(0.0, 1.0, 51))
+        np.testing.assert_array_equal([bar.get_height() for bar in ax.patches], expected)
+    mean_gate = mean_gate_by_head(cache)
+    heat = gate_heatmap(mean_gate, title="Mean gate, elementwise")
     ax = heat.axes[0]
+    expected_mean = cache["gate", 0].mean((0, 1, 3)), cache["gate", 1].mean((0, 1, 3))  # [head] per layer
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), torch.stack(expected_mean).numpy(), rtol=1e-5)
     assert ax.get_title() == "Mean gate, elementwise"
     assert ax.get_xlabel() == "Head" and ax.get_ylabel() == "Layer"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
