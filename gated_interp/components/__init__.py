@@ -27,7 +27,8 @@ checks that none is missing). Within one call the same name means the same size.
     n_axes       coordinates that name one patch (layer, head, position)
     x            the column axis of a patching result: head or position
     seq          sequences of a whole measurement, pooled across batches (`analysis.streaming`)
-    key          chosen key positions (`analysis.streaming.attention_to_keys`)
+    key          chosen key positions (`analysis.attention_to_keys`)
+    threshold    gate-score thresholds counted below (`analysis.reductions.GATE_THRESHOLDS`)
     boot         bootstrap resamples (`analysis.bootstrap`)
     rest         any trailing axes a statistic keeps (`analysis.bootstrap`)
     component    rows of a decomposition (`analysis.gate_attribution_stack`: embed, heads, biases, MLPs)
