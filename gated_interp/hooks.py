@@ -251,7 +251,7 @@ def names_filter(*shorts: str, layers: Iterable[int] | None = None) -> Callable[
 
 
 def markdown_table() -> str:
-    """The README's hook table, generated from `HOOKS` (tests/test_hooks_table.py keeps them equal)."""
+    """The README's hook table, generated from `HOOKS` (tests/model/test_hooks_table.py keeps them equal)."""
     rows = ["| hook | short | shape | what it holds | when |", "|---|---|---|---|---|"]
     for s in HOOKS:
         when = []

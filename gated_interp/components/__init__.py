@@ -1,6 +1,6 @@
 """The model's parts, each small enough to read on one screen.
 
-Axis glossary: every axis name used in a shape annotation of this package (tests/test_shapes.py
+Axis glossary: every axis name used in a shape annotation of this package (tests/model/test_shapes.py
 checks that none is missing). Within one call the same name means the same size.
     batch        sequences in the batch
     pos          token positions

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gated_interp.loading.errors import CheckpointError, ReleaseNotAvailable
 
-# The keys of config.VARIANT_GATES, repeated here so that the CLI needs no torch (tests/test_hooks_table.py).
+# The keys of config.VARIANT_GATES, repeated here so that the CLI needs no torch (tests/model/test_hooks_table.py).
 VARIANTS = ("baseline", "gate_headwise", "gate_elementwise")
 SIZES = ("1B", "tiny")
 HUB_REPO = "QwQZh/gated_attention"

@@ -18,7 +18,7 @@ import gated_interp
 from gated_interp.analysis.streaming import measure
 from gated_interp.loading.bundled import TINY_DIR, bundled_metrics, heldout_tokens
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

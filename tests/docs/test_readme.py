@@ -8,12 +8,14 @@ import re
 from pathlib import Path
 
 import matplotlib
+import pytest
 from helpers import require_bundled
 
 matplotlib.use("Agg")
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_python_examples_run():
     require_bundled()
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)

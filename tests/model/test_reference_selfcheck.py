@@ -1,14 +1,9 @@
 """Self-checks for tests/reference.py: against HF Qwen3 (no gate) and gate layout."""
 
-import os
-import sys
-
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_reference import hf_qwen3  # noqa: E402
-from reference import (  # noqa: E402
+from hf_reference import hf_qwen3
+from reference import (
     random_released_checkpoint,
     reference_activations,
     reference_logits,

@@ -145,6 +145,7 @@ _MEMORY_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("claim", ["header_length", "tensor_shape"])
 def test_header_claiming_gigabytes_fails_fast_in_little_memory(ckpt, claim):
     """A header that claims 1 TiB (as its own length, or as one tensor's size) is refused before

@@ -96,6 +96,7 @@ def test_loss_difference_has_no_gap_where_only_one_variant_was_evaluated():
     assert gated_line.get_ydata() == pytest.approx([-0.1] * 4)
 
 
+@pytest.mark.slow
 def test_importing_plotting_leaves_the_matplotlib_backend_alone():
     code = (
         "import matplotlib; matplotlib.use('svg'); import gated_interp.plotting.training; "

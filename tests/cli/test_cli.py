@@ -45,6 +45,7 @@ def is_png(path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_demo_writes_maps_and_comparison_figures(released, tmp_path, capsys):
     out = tmp_path / "figures"
     assert main(["demo", "--size", "1B", "--prompt", PROMPT, "--out", str(out), "--device", "cpu", "--quiet"]) == 0
@@ -189,6 +190,7 @@ def test_python_m_help():
     assert "demo" in result.stdout and "sinks" in result.stdout and "info" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_on_bundled_tiny_models(tmp_path):
     require_bundled()
     out = tmp_path / "figures"

@@ -20,7 +20,7 @@ import papermill  # a dev dependency: missing, it fails the run rather than skip
 import pytest
 from helpers import require_bundled
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = ("01_quickstart", "02_attention_sinks", "03_gate_sparsity", "04_patching")
 GATED = ("gate_headwise", "gate_elementwise")
 RECORD_MARKER = "RECORDED NOTEBOOK VALUES: "

@@ -69,6 +69,7 @@ def _padded_batch(lengths, side, vocab, seed):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 @given(case=model_cases())
 @torch.no_grad()
 def test_matches_reference(case):

@@ -15,7 +15,7 @@ from gated_interp import hooks
 from gated_interp.config import GATE_KINDS, VARIANT_GATES, GatedQwen3Config, gate_of, variant_of
 
 MODELS = PARITY_BUNDLED + tuple(RANDOM_WITH_BIASES)
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _switch_everything_on(model) -> None:
