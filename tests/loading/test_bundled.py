@@ -28,7 +28,7 @@ def _bundled_present() -> None:
 
 @pytest.fixture(scope="module")
 def measured() -> dict[str, dict]:
-    # The one measurement loop that wrote the card (gated_interp.train.card.measure).
+    # The one measurement loop that wrote the card (maintainer/model_card.py calls it too).
     tokens = heldout_tokens()
     results = {}
     for variant in gated_interp.VARIANTS:
