@@ -14,22 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
-from test_training import TINY_ARGS, write_corpus  # noqa: E402
+from training_corpus import TINY_ARGS, write_corpus  # noqa: E402
 
 import gated_interp  # noqa: E402
 from gated_interp.loading.bundled import TINY_DIR  # noqa: E402
 from gated_interp.train.__main__ import main as train_main  # noqa: E402
 from maintainer.model_card import log_trends, render  # noqa: E402
 from maintainer.model_card import main as card_main  # noqa: E402
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    write_corpus(folder, n_docs=6, seed=0)
-    write_corpus(folder, n_docs=2, seed=1)
-    return folder
 
 
 def test_card_renders_the_bundle_from_its_metrics(tmp_path):

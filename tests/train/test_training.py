@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from training_corpus import TINY_ARGS
 
 import gated_interp
 from gated_interp.train.__main__ import main as train_main
 from gated_interp.train.trainer import TrainConfig, build_models, default_architecture, lr_at
-
-WORDS = "the a little girl boy cat dog ran saw big small red house tree and then said she he it was".split()
-
-
-def write_corpus(folder, n_docs: int, seed: int) -> None:
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(n_docs):
-        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(40)).capitalize() + "." for _ in range(12)]
-        docs.append("\n".join(paragraphs))
-    (folder / ("train.txt" if seed == 0 else "valid.txt")).write_text("\n\n".join(docs) + "\n")
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    write_corpus(folder, n_docs=6, seed=0)
-    write_corpus(folder, n_docs=2, seed=1)
-    return folder
 
 
 @pytest.mark.slow
@@ -206,13 +186,6 @@ def test_cli_flags_keep_their_names_and_defaults(tmp_path):
     expected = dict(d_model=128, n_layers=4, n_heads=4, n_key_value_heads=2, d_head=32, d_mlp=384, rope_theta=10_000.0)
     assert {name: getattr(args, name) for name in expected} == expected
     assert (args.seq_len, args.batch_size, args.lr, args.weight_decay) == (256, 32, 3e-3, 0.1)
-
-
-TINY_ARGS = [
-    "--vocab-size", "300", "--d-model", "32", "--n-layers", "2", "--n-heads", "4", "--n-key-value-heads", "2",
-    "--d-head", "8", "--d-mlp", "64", "--seq-len", "32", "--batch-size", "8", "--warmup-steps", "2",
-    "--eval-windows", "2", "--threads", "1",
-]  # fmt: skip
 
 
 @pytest.mark.slow
