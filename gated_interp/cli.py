@@ -99,7 +99,13 @@ def _add_model_options(parser: argparse.ArgumentParser, variants: bool = True) -
         parser.add_argument(
             "--dtype", choices=DTYPES, default="float32", help="dtype to run the models in; default: float32"
         )
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        bars = parser.add_mutually_exclusive_group()
+        bars.add_argument("--quiet", action="store_true", help="no progress bars")
+        bars.add_argument(
+            "--progress",
+            action="store_true",
+            help="progress bars even when output is not a terminal (default: only on a terminal, for long work)",
+        )
 
 
 def _add_demo(commands: Any) -> None:
@@ -215,7 +221,7 @@ def load_model(variant: Variant, args: argparse.Namespace) -> Any:
 
     from gated_interp.loading.load import load_folder
 
-    return load_folder(variant.folder, device=args.device, dtype=getattr(torch, args.dtype), progress=not args.quiet)
+    return load_folder(variant.folder, device=args.device, dtype=getattr(torch, args.dtype), progress=_bars(args))
 
 
 def _release(model: Any) -> None:
@@ -231,10 +237,18 @@ def _release(model: Any) -> None:
         pass
 
 
-def _progress(items: Sequence[Any], desc: str, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
+def _bars(args: argparse.Namespace) -> bool | None:
+    """`progress` for the package's functions: False with --quiet, True with --progress, else None
+    (a bar only for long work on a terminal)."""
+    return False if args.quiet else True if args.progress else None
 
-    return tqdm(items, desc=desc, disable=quiet or len(items) < 2, unit="variant")
+
+def _progress(items: Sequence[Any], desc: str, args: argparse.Namespace) -> Any:
+    from gated_interp._progress import progress_bar
+
+    # One step per variant: worth a bar only when each is a released model, not a bundled tiny one.
+    long = len(items) > 1 and args.size != "tiny"
+    return progress_bar(items, progress=_bars(args), long=long, desc=desc, unit="variant")
 
 
 # ---- demo ---------------------------------------------------------------------------------------
@@ -248,7 +262,7 @@ def run_demo(args: argparse.Namespace) -> int:
     variants = resolve_variants(args.variants, args.size)
     first_token, largest, lengths = {}, {}, set()
     written = []
-    for variant in _progress(variants, "demo", args.quiet):
+    for variant in _progress(variants, "demo", args):
         model = load_model(variant, args)
         path, first_token[variant.name], largest[variant.name], n_tokens = demo_variant(
             model, variant.name, args.prompt, out
@@ -398,12 +412,12 @@ def compare_variants_one_at_a_time(variants: list[Variant], prompts: Any, args: 
     from gated_interp.analysis import compare_variants
 
     frames = []
-    for variant in _progress(variants, "sinks", args.quiet):
+    for variant in _progress(variants, "sinks", args):
         model = load_model(variant, args)
         if not _takes_text(model, prompts):
             raise CheckpointError(f"{variant.name}: the checkpoint has no tokenizer files, so it cannot read text")
         frames.append(
-            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet)
+            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=_bars(args))
         )
         _release(model)
     return pd.concat(frames)
