@@ -113,7 +113,8 @@ def _add_demo(commands: Any) -> None:
         "demo",
         help="head-averaged attention maps of four layers per variant (the authors' demo)",
         description="For each variant: run the prompt, draw the head-averaged attention maps of four "
-        "layers (0, 6, 20, 27 of a 28-layer model, counted from 0 as everywhere in this package: the paper's 'Layer 1, 7, 21, 28') to {variant}_selected_layer_attention_maps.png, then "
+        "layers (0, 6, 20, 27 of a 28-layer model, counted from 0 as everywhere in this package: the "
+        "paper's 'Layer 1, 7, 21, 28') to {variant}_selected_layer_attention_maps.png, then "
         f"compare the variants' first-token attention by layer ({FIRST_TOKEN_FIGURE}) and largest "
         f"activation by layer ({MASSIVE_FIGURE}).",
     )
@@ -129,7 +130,8 @@ def _add_sinks(commands: Any) -> None:
         help="table of first_token_attention, sink_rate, max_abs_resid, mean_gate and loss per variant",
         description="Measure every variant on the same prompts: first_token_attention (the paper's F-Attn: "
         "mean attention to the first token), sink_rate (Gu et al., eps 0.3), max_abs_resid (the paper's M-Act: "
-        "mean over layers of the largest |resid_post|), mean_gate (mean gate score; '-' in the table and empty in the CSV when ungated) and "
+        "mean over layers of the largest |resid_post|), mean_gate (mean gate score; '-' in the table and "
+        "empty in the CSV when ungated) and "
         "loss (next-token loss).",
     )
     _add_model_options(sinks)
@@ -328,7 +330,10 @@ def comparison_figures(
     from gated_interp import analysis, plotting
 
     uniform = (
-        (analysis.uniform_first_token_attention(n_tokens), f"uniform attention over {n_tokens} tokens")
+        (
+            analysis.uniform_first_token_attention(n_tokens),
+            f"uniform attention, {n_tokens} tokens (mean over queries i of 1/(i+1))",
+        )
         if n_tokens is not None
         else None
     )
