@@ -50,6 +50,8 @@ class GatedActivationCache(ActivationCache):
                 )
             elif found is not None and found[0].switch:
                 hint = f" (it fires only after model.set_{found[0].switch}(True))"
+            elif hooks.tl2_name_note(name) is not None:
+                hint = f": {hooks.tl2_name_note(name)}"
             raise KeyError(f"{key!r} → {name!r} is not in the cache{hint}")
         return self.cache_dict[name]
 

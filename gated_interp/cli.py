@@ -99,7 +99,13 @@ def _add_model_options(parser: argparse.ArgumentParser, variants: bool = True) -
         parser.add_argument(
             "--dtype", choices=DTYPES, default="float32", help="dtype to run the models in; default: float32"
         )
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        bars = parser.add_mutually_exclusive_group()
+        bars.add_argument("--quiet", action="store_true", help="no progress bars")
+        bars.add_argument(
+            "--progress",
+            action="store_true",
+            help="progress bars even when output is not a terminal (default: only on a terminal, for long work)",
+        )
 
 
 def _add_demo(commands: Any) -> None:
@@ -107,7 +113,8 @@ def _add_demo(commands: Any) -> None:
         "demo",
         help="head-averaged attention maps of four layers per variant (the authors' demo)",
         description="For each variant: run the prompt, draw the head-averaged attention maps of four "
-        "layers (1, 7, 21, 28 of a 28-layer model) to {variant}_selected_layer_attention_maps.png, then "
+        "layers (0, 6, 20, 27 of a 28-layer model, counted from 0 as everywhere in this package: the "
+        "paper's 'Layer 1, 7, 21, 28') to {variant}_selected_layer_attention_maps.png, then "
         f"compare the variants' first-token attention by layer ({FIRST_TOKEN_FIGURE}) and largest "
         f"activation by layer ({MASSIVE_FIGURE}).",
     )
@@ -123,7 +130,8 @@ def _add_sinks(commands: Any) -> None:
         help="table of first_token_attention, sink_rate, max_abs_resid, mean_gate and loss per variant",
         description="Measure every variant on the same prompts: first_token_attention (the paper's F-Attn: "
         "mean attention to the first token), sink_rate (Gu et al., eps 0.3), max_abs_resid (the paper's M-Act: "
-        "mean over layers of the largest |resid_post|), mean_gate (mean gate score, NaN when ungated) and "
+        "mean over layers of the largest |resid_post|), mean_gate (mean gate score; '-' in the table and "
+        "empty in the CSV when ungated) and "
         "loss (next-token loss).",
     )
     _add_model_options(sinks)
@@ -215,7 +223,7 @@ def load_model(variant: Variant, args: argparse.Namespace) -> Any:
 
     from gated_interp.loading.load import load_folder
 
-    return load_folder(variant.folder, device=args.device, dtype=getattr(torch, args.dtype), progress=not args.quiet)
+    return load_folder(variant.folder, device=args.device, dtype=getattr(torch, args.dtype), progress=_bars(args))
 
 
 def _release(model: Any) -> None:
@@ -231,10 +239,18 @@ def _release(model: Any) -> None:
         pass
 
 
-def _progress(items: Sequence[Any], desc: str, quiet: bool) -> Any:
-    from tqdm.auto import tqdm
+def _bars(args: argparse.Namespace) -> bool | None:
+    """`progress` for the package's functions: False with --quiet, True with --progress, else None
+    (a bar only for long work on a terminal)."""
+    return False if args.quiet else True if args.progress else None
 
-    return tqdm(items, desc=desc, disable=quiet or len(items) < 2, unit="variant")
+
+def _progress(items: Sequence[Any], desc: str, args: argparse.Namespace) -> Any:
+    from gated_interp._progress import progress_bar
+
+    # One step per variant: worth a bar only when each is a released model, not a bundled tiny one.
+    long = len(items) > 1 and args.size != "tiny"
+    return progress_bar(items, progress=_bars(args), long=long, desc=desc, unit="variant")
 
 
 # ---- demo ---------------------------------------------------------------------------------------
@@ -248,7 +264,7 @@ def run_demo(args: argparse.Namespace) -> int:
     variants = resolve_variants(args.variants, args.size)
     first_token, largest, lengths = {}, {}, set()
     written = []
-    for variant in _progress(variants, "demo", args.quiet):
+    for variant in _progress(variants, "demo", args):
         model = load_model(variant, args)
         path, first_token[variant.name], largest[variant.name], n_tokens = demo_variant(
             model, variant.name, args.prompt, out
@@ -314,7 +330,10 @@ def comparison_figures(
     from gated_interp import analysis, plotting
 
     uniform = (
-        (analysis.uniform_first_token_attention(n_tokens), f"uniform attention over {n_tokens} tokens")
+        (
+            analysis.uniform_first_token_attention(n_tokens),
+            f"uniform attention, {n_tokens} tokens (mean over queries i of 1/(i+1))",
+        )
         if n_tokens is not None
         else None
     )
@@ -398,12 +417,12 @@ def compare_variants_one_at_a_time(variants: list[Variant], prompts: Any, args: 
     from gated_interp.analysis import compare_variants
 
     frames = []
-    for variant in _progress(variants, "sinks", args.quiet):
+    for variant in _progress(variants, "sinks", args):
         model = load_model(variant, args)
         if not _takes_text(model, prompts):
             raise CheckpointError(f"{variant.name}: the checkpoint has no tokenizer files, so it cannot read text")
         frames.append(
-            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=not args.quiet)
+            compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=_bars(args))
         )
         _release(model)
     return pd.concat(frames)

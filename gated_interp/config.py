@@ -34,6 +34,9 @@ def gate_of(variant: str) -> str:
     return VARIANT_GATES[variant]
 
 
+# Standard deviation of the random initial weights (`HookedGatedQwen3.init_weights`), TL's `cfg.init_range`.
+INIT_STD = 0.02
+
 UNGROUP_UNSUPPORTED = (
     "ungroup_grouped_query_attention is not supported: hook_k/hook_v stay per key-value head "
     "([batch, pos, kv_head, d_head]). Use model.W_K / model.W_V (already expanded to every query head) "
@@ -160,6 +163,36 @@ class GatedQwen3Config:
     @property
     def rotary_dim(self) -> int:
         return self.d_head  # rotary covers the whole head
+
+    # Read-only TransformerLens fields for what this architecture does not have (TransformerLens'
+    # own values for "off"), so that code reading them takes the right branch.
+    @property
+    def output_logits_soft_cap(self) -> float:
+        return -1.0  # no soft cap on the logits (Gemma 2's); TransformerLens' "off"
+
+    @property
+    def attn_scores_soft_cap(self) -> float:
+        return -1.0  # no soft cap on the attention scores
+
+    @property
+    def use_local_attn(self) -> bool:
+        return False  # every layer attends to the whole causal context
+
+    @property
+    def num_experts(self) -> None:
+        return None  # a dense MLP, no mixture of experts
+
+    @property
+    def rmsnorm_uses_offset(self) -> bool:
+        return False  # Qwen3's RMSNorm multiplies by w, not (1 + w) as Gemma's does
+
+    @property
+    def init_range(self) -> float:
+        return INIT_STD  # the std of `HookedGatedQwen3.init_weights`
+
+    @property
+    def seed(self) -> None:
+        return None  # the config seeds nothing: `init_weights(seed=...)` takes the seed
 
     @property
     def n_groups(self) -> int:

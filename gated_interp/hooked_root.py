@@ -149,7 +149,7 @@ class HookedRoot(HookedRootModule):
     def _enable_hook_with_name(self, name: str, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
         self._check_switch(name)
         self._check_split_ln1(name, hook)
-        if name not in self.mod_dict:
+        if name not in self.hook_dict:  # mod_dict also holds modules that are no hooks
             raise KeyError(_unknown_hook_message(self, name))
         super()._enable_hook_with_name(hooks.resolve(name), hook, dir)
 
@@ -166,7 +166,7 @@ class HookedRoot(HookedRootModule):
         if isinstance(name, str):
             self._check_switch(name)
             self._check_split_ln1(name, hook)
-            if name not in self.mod_dict:
+            if name not in self.hook_dict:  # mod_dict also holds modules that are no hooks
                 raise KeyError(_unknown_hook_message(self, name))
             name = hooks.resolve(name)
         else:
@@ -316,7 +316,10 @@ class HookedRoot(HookedRootModule):
         resolved = [hooks.resolve(name) for name in names]
         off = [name for name in resolved if name in real and not self._switched_on(name)]
         unknown = [name for name, full in zip(names, resolved) if full not in real]
-        if unknown:
+        notes = [note for note in map(hooks.tl2_name_note, unknown) if note is not None]
+        if notes:
+            warn_at_user_line(f"names_filter kept no hook: {notes[0]}")
+        elif unknown:
             warn_at_user_line(
                 f"names_filter kept no hook: {unknown} are not hook names of this model (a list or string "
                 "names_filter takes full names, e.g. get_act_name('gate', 0); see gated_interp.hooks.HOOKS)"
@@ -350,6 +353,9 @@ def _resolve_names_filter(names_filter: Any) -> Any:
 
 
 def _unknown_hook_message(model: HookedRoot, name: str) -> str:
+    note = hooks.tl2_name_note(name)
+    if note is not None:
+        return note
     found = hooks.lookup(name)
     if found is not None and not found[0].exists_in(model.cfg):
         why = "only gated models have it" if found[0].gated_only else "it needs cfg.use_qk_norm"

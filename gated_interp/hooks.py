@@ -230,6 +230,32 @@ def resolve(name: str) -> str:
     return s.name(layer) + ("_grad" if name.endswith("_grad") else "")
 
 
+# TransformerLens 2.x names that have no hook of the same value here: naming them explains the
+# difference instead of resolving to a hook that holds something else.
+_TL2_QK_NORM = re.compile(r"^blocks\.(\d+)\.attn\.([qk])_norm\.hook_(normalized|scale)(_grad)?$")
+
+
+def tl2_name_note(name: str) -> str | None:
+    """Why a TransformerLens 2.x name with no exact counterpart is not a hook here (and what to use
+    instead), or None for any other name.
+
+    TransformerLens 2.x's Qwen3 hooks the q/k norms as `attn.q_norm.hook_normalized` (`q / rms(q)`,
+    before `q_norm.w`) and `hook_scale` (`rms(q)`); this model hooks their output `hook_q_normed`
+    (`q_norm.w * q / rms(q)`). Resolving one name to the other would hand back a different tensor."""
+    m = _TL2_QK_NORM.match(name)
+    if m is None:
+        return None
+    layer, which, part = m.group(1), m.group(2), m.group(3)
+    ours = f"blocks.{layer}.attn.hook_{which}_normed"
+    held = f"{which} / rms({which})" if part == "normalized" else f"rms({which})"
+    return (
+        f"{name!r} is TransformerLens 2.x's {which}_norm hook ({held}, before {which}_norm.w); this model hooks "
+        f"the norm's output {ours!r} ({which}_norm.w * {which} / rms({which})) and, before the norm, "
+        f"'blocks.{layer}.attn.hook_{which}'. Hook {ours!r} and divide by blocks[{layer}].attn.{which}_norm.w "
+        f"for TransformerLens' hook_normalized, or compute rms from hook_{which}."
+    )
+
+
 def names_filter(*shorts: str, layers: Iterable[int] | None = None) -> Callable[[str], bool]:
     """A `names_filter` for `run_with_cache` keeping the hooks with these short names (all if none
     given), in `layers` (all if None): `names_filter("pattern", "gate", layers=[0, 1])`."""

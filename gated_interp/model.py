@@ -15,13 +15,15 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import lm_cross_entropy_loss
 
 from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbedding, TransformerBlock, Unembed
-from gated_interp.config import N_DEVICES_UNSUPPORTED, GatedQwen3Config
+from gated_interp.config import INIT_STD, N_DEVICES_UNSUPPORTED, GatedQwen3Config
 from gated_interp.generation import GenerationMixin
 from gated_interp.hooked_root import HookedRoot
+from gated_interp.tl_compat import TransformerLensCompatMixin, check_kv_cache
 from gated_interp.tokenization import ModelInput, PaddingSide, TokenizationMixin
 from gated_interp.weight_processing import WeightProcessingMixin
 from gated_interp.weight_views import WeightViewsMixin
@@ -41,7 +43,14 @@ class Output(NamedTuple):
     loss: Float[Tensor, ""] | Float[Tensor, "batch pos-1"]
 
 
-class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, WeightProcessingMixin, HookedRoot):
+class HookedGatedQwen3(
+    TokenizationMixin,
+    GenerationMixin,
+    WeightViewsMixin,
+    WeightProcessingMixin,
+    TransformerLensCompatMixin,
+    HookedRoot,
+):
     """Qwen3 (RMSNorm, rotary, grouped-query attention, q/k norm, SwiGLU) whose attention output
     may be scaled by a sigmoid gate (`cfg.gate`: "none", "headwise" or "elementwise").
 
@@ -59,7 +68,9 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
       `OV`, `QK`, `tl_parameters`, `tokens_to_residual_directions`, `accumulated_bias`,
       `all_head_labels`, `all_composition_scores`;
     - `gated_interp.weight_processing.WeightProcessingMixin`: `process_weights_`,
-      `fold_layer_norm`, `center_unembed` (the state-dict functions sit beside it).
+      `fold_layer_norm`, `center_unembed`, `fold_value_biases` (the state-dict functions sit beside it);
+    - `gated_interp.tl_compat.TransformerLensCompatMixin`: `from_pretrained` (= `load_hooked`),
+      `input_to_embed`, `get_residual`, `get_pos_offset`, `move_model_modules_to_device`, `mps`.
     """
 
     def __init__(self, cfg: GatedQwen3Config, tokenizer: Any = None):
@@ -81,7 +92,7 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
         self.to(cfg.device)
 
     # ---- set-up --------------------------------------------------------------------------
-    def init_weights(self, seed: int = 0, std: float = 0.02) -> HookedGatedQwen3:
+    def init_weights(self, seed: int = 0, std: float = INIT_STD) -> HookedGatedQwen3:
         """Random initialisation for training from scratch: normal(0, std) matrices, output
         projections scaled by 1/sqrt(2 n_layers) (GPT-2 style, for a stable residual stream at
         init), unit norm weights, zero biases."""
@@ -140,7 +151,8 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
         prepend_bos: bool | None = None,
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         stop_at_layer: int | None = None,
-        past_kv_cache: list[KVCacheEntry] | None = None,
+        # TransformerLens' cache is in the annotation only so that it reaches the refusal naming it.
+        past_kv_cache: list[KVCacheEntry] | TransformerLensKeyValueCache | None = None,
         past_attention_mask: Int[Tensor, "batch past_pos"] | None = None,
         start_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
@@ -162,6 +174,7 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        check_kv_cache(past_kv_cache)
         if start_at_layer is None:
             given_tensor = not isinstance(input, (str, list, tuple))
             tokens, attention_mask = self._as_tokens(input, attention_mask, prepend_bos, padding_side)

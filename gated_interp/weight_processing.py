@@ -127,6 +127,19 @@ def needs_own_unembedding(state_dict: StateDict, fold_ln: bool, center_unembed: 
     )
 
 
+CENTER_WRITING_WEIGHTS_UNSUPPORTED = (
+    "center_writing_weights cannot apply to an RMSNorm model: RMSNorm does not subtract the mean, so "
+    "removing the mean from the weights that write to the residual stream changes what every norm "
+    "outputs (TransformerLens skips it for RMSNorm models too). Leave it False; load_hooked folds the "
+    "norm weights (fold_ln=True), which is the processing that holds here."
+)
+REFACTOR_UNSUPPORTED = (
+    "refactor_factored_attn_matrices cannot apply with rotary embeddings: the QK circuit depends on the "
+    "query and key positions (and here on the q/k norms). Leave it False; model.QK and model.OV give the "
+    "factored matrices as they are."
+)
+
+
 def refuse_gated_value_bias_fold(cfg: GatedQwen3Config) -> None:
     """Raise when `cfg` has a gate: its value biases are not a constant `b_O` could absorb."""
     if cfg.is_gated:
@@ -177,16 +190,9 @@ class WeightProcessingMixin:
         (RMSNorm does not remove the mean) and `refactor_factored_attn_matrices` (rotary).
         """
         if center_writing_weights:
-            raise ValueError(
-                "center_writing_weights cannot apply to an RMSNorm model: RMSNorm does not subtract the "
-                "mean, so removing the mean from the weights that write to the residual stream changes "
-                "what every norm outputs (TransformerLens skips it for RMSNorm models too). Leave it False."
-            )
+            raise ValueError(CENTER_WRITING_WEIGHTS_UNSUPPORTED)
         if refactor_factored_attn_matrices:
-            raise ValueError(
-                "refactor_factored_attn_matrices cannot apply with rotary embeddings: the QK circuit depends "
-                "on the query and key positions (and here on the q/k norms). Leave it False."
-            )
+            raise ValueError(REFACTOR_UNSUPPORTED)
         if fold_value_biases:
             refuse_gated_value_bias_fold(self.cfg)  # before any change
         if self.unembed.tied and needs_own_unembedding(self.state_dict(), fold_ln, center_unembed):
@@ -226,3 +232,21 @@ class WeightProcessingMixin:
     def center_unembed(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """TL 2.x's state-dict form: a copy with `W_U`, `b_U` centred over the vocabulary."""
         return center_unembed(state_dict)
+
+    def fold_value_biases(
+        self, state_dict: dict[str, Tensor] | None = None
+    ) -> WeightProcessingMixin | dict[str, Tensor]:
+        """`b_V` moved into `b_O` (ungated models; a gated model raises, naming why). Without
+        `state_dict`, folds this model in place and returns it; with one (TL 2.x's form), returns a
+        folded copy of that state dict and leaves the model alone."""
+        if state_dict is not None:
+            return fold_value_biases(state_dict, self.cfg)
+        return self.process_weights_(fold_ln=False, fold_value_biases=True)
+
+    def center_writing_weights(self, state_dict: dict[str, Tensor] | None = None) -> None:
+        """TransformerLens' method, which cannot hold for RMSNorm: it raises, saying why."""
+        raise ValueError(CENTER_WRITING_WEIGHTS_UNSUPPORTED)
+
+    def refactor_factored_attn_matrices(self, state_dict: dict[str, Tensor] | None = None) -> None:
+        """TransformerLens' method, which cannot hold with rotary: it raises, saying why."""
+        raise ValueError(REFACTOR_UNSUPPORTED)

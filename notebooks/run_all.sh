@@ -9,5 +9,17 @@ PYTHON="${PYTHON:-python}"
 for notebook in 01_quickstart 02_attention_sinks 03_gate_sparsity 04_patching; do
     start=$(date +%s)
     "$PYTHON" -m papermill "$notebook.ipynb" "$notebook.ipynb" -k python3 --cwd . --log-level WARNING --no-progress-bar "$@"
+    # Progress widgets (TransformerLens' sweep draws one) cannot render from a saved notebook: their
+    # stored text is the bar's first frame ("0/16"). Drop them.
+    "$PYTHON" - "$notebook.ipynb" <<'PY'
+import sys, nbformat
+path = sys.argv[1]
+nb = nbformat.read(path, as_version=4)
+for cell in nb.cells:
+    if cell.cell_type == "code":
+        cell.outputs = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+nb.metadata.pop("widgets", None)
+nbformat.write(nb, path)
+PY
     echo "$notebook: $(( $(date +%s) - start )) s"
 done

@@ -21,13 +21,13 @@ def measure_variant(
     batch_size: int | None = 8,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     eps: float = 0.3,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "",
 ) -> dict[str, float]:
     """First-token attention, sink rate, max |resid_post| (M-Act), mean gate score (NaN if
     ungated) and loss of one model on the prompts, pooled over batches exactly as one big batch
     would give them: `streaming.measure(...).summary()`, one row of `compare_variants`' table."""
-    return measure(model, prompts, attention_mask, batch_size, eps, progress=progress or None, desc=desc).summary()
+    return measure(model, prompts, attention_mask, batch_size, eps, progress=progress, desc=desc).summary()
 
 
 def compare_variants(
@@ -36,7 +36,7 @@ def compare_variants(
     batch_size: int | None = 8,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     eps: float = 0.3,
-    progress: bool = True,
+    progress: bool | None = None,
     n_boot: int = 0,
     ci: float = 0.95,
     seed: int = 0,
@@ -59,8 +59,7 @@ def compare_variants(
         raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
     rows = {}
     for name, model in models.items():
-        progress_arg = progress or None  # None: the per-layer bar still shows for long contexts
-        m = measure(model, prompts, attention_mask, batch_size, eps, progress=progress_arg, desc=name)
+        m = measure(model, prompts, attention_mask, batch_size, eps, progress=progress, desc=name)
         row = m.summary()
         if n_boot:
             for column, (lo, hi) in m.bootstrap(n_boot, ci, seed).items():

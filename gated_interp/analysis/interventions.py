@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from gated_interp._progress import progress_bar
 from gated_interp.analysis._inputs import Prompts, as_batches
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.hooks import hook_name
@@ -244,7 +244,7 @@ def ablation_effects(
     metric: Metric | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     batch_size: int | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     n_boot: int = 0,
     ci: float = 0.95,
     seed: int = 0,
@@ -323,7 +323,7 @@ def ablation_effects(
     if "clean" in interventions:
         raise ValueError('"clean" names the run without hooks: give that intervention another name')
     rows, per_seq = {}, []
-    for name, hooks in tqdm({"clean": [], **interventions}.items(), desc="interventions", disable=not progress):
+    for name, hooks in progress_bar({"clean": [], **interventions}.items(), progress=progress, desc="interventions"):
         rows[name], values = evaluate(hooks)
         per_seq.append(values)
     frame = pd.DataFrame.from_dict(rows, orient="index")

@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from gated_interp._progress import progress_bar, wanted
 from gated_interp.analysis import reductions
 from gated_interp.analysis._inputs import Prompts, as_batches, n_sequences
 from gated_interp.analysis.attention_to_keys import attention_to_keys
@@ -161,8 +161,8 @@ def measure(
     optional `attention_mask`), reduced per sequence in one forward pass per batch, each layer
     inside its hooks from queries and keys, without the attention pattern.
 
-    `progress`: a batch bar, plus a per-layer bar for sequences of `LONG_CONTEXT` tokens or more
-    (None: only for those); False for none.
+    `progress`: a batch bar (when there are several batches), plus a per-layer bar for sequences of
+    `LONG_CONTEXT` tokens or more. None (default): only on a terminal; True: always; False: never.
     """
     if key_position < 0:
         raise ValueError(f"key_position must be >= 0, got {key_position}")
@@ -171,14 +171,18 @@ def measure(
     losses, predicted, queries, reals = [], [], [], []
     total = math.ceil(n_sequences(prompts) / batch_size) if batch_size else 1
     batches = as_batches(model, prompts, batch_size, attention_mask)
-    for tokens, mask in tqdm(batches, total=total, desc=desc or "measure", disable=progress is not True):
+    for tokens, mask in progress_bar(batches, progress=progress, long=total > 1, total=total, desc=desc or "measure"):
         if tokens.shape[1] < 2:
             raise ValueError("measurements need sequences of at least 2 tokens (attention to token 0 and loss)")
         if key_position >= tokens.shape[1]:
             raise ValueError(f"key_position {key_position} is outside the sequence length {tokens.shape[1]}")
         long = tokens.shape[1] >= LONG_CONTEXT
-        show_layers = progress is not False and long
-        bar = tqdm(total=model.cfg.n_layers, desc=f"{desc or 'measure'} layers", leave=False) if show_layers else None
+        show_layers = wanted(progress, long)
+        bar = (
+            progress_bar(progress=True, total=model.cfg.n_layers, desc=f"{desc or 'measure'} layers", leave=False)
+            if show_layers
+            else None
+        )
         reducer = _Reducer(model, mask, key_position, bar)
         reducer.layer_hooks = _layer_hooks or {}
         try:

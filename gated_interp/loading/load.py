@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from gated_interp._progress import progress_bar
 from gated_interp.config import GatedQwen3Config
 from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning
 from gated_interp.loading.hf_config import config_from_hf, read_config_json
@@ -23,8 +23,15 @@ from gated_interp.loading.resolve import resolve_checkpoint
 from gated_interp.loading.state_dict import IGNORED_SUFFIXES, by_hf_name, expected_hf_shapes, hf_to_ours
 from gated_interp.loading.weight_files import WeightFiles
 from gated_interp.model import HookedGatedQwen3
+from gated_interp.weight_processing import (
+    CENTER_WRITING_WEIGHTS_UNSUPPORTED,
+    REFACTOR_UNSUPPORTED,
+    refuse_gated_value_bias_fold,
+)
 
 logger = logging.getLogger(__name__)
+# Checkpoints smaller than this load in a second or two: no bar, even on a terminal.
+LONG_LOAD_BYTES = 256 * 2**20
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
@@ -34,9 +41,12 @@ def load_hooked(
     size: str = "1B",
     device: str | None = None,
     dtype: torch.dtype | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     fold_ln: bool = True,
     center_unembed: bool = False,
+    fold_value_biases: bool = False,
+    center_writing_weights: bool = False,
+    refactor_factored_attn_matrices: bool = False,
 ) -> HookedGatedQwen3:
     """Load a released-format checkpoint as a hooked model.
 
@@ -51,6 +61,10 @@ def load_hooked(
     `fold_ln=False` keeps the checkpoint's weights as they are on disk. `center_unembed=True`
     centres `W_U` over the vocabulary as TransformerLens' default does (logits then differ from
     the released model's by a constant per position); it is off so that logits stay the model's.
+    `progress`: None (default) draws a loading bar only on a terminal and only for checkpoints of
+    256 MiB or more; True always, False never. `fold_value_biases` (ungated models only) moves `b_V` into `b_O`;
+    TransformerLens' `center_writing_weights` and `refactor_factored_attn_matrices` cannot hold on
+    this architecture and raise, saying why, before anything is read.
     """
     folder = resolve_checkpoint(name_or_path, size)
     return load_folder(
@@ -60,6 +74,9 @@ def load_hooked(
         progress=progress,
         fold_ln=fold_ln,
         center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+        center_writing_weights=center_writing_weights,
+        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
     )
 
 
@@ -68,10 +85,18 @@ def load_folder(
     *,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
-    progress: bool = True,
+    progress: bool | None = None,
     fold_ln: bool = True,
     center_unembed: bool = False,
+    fold_value_biases: bool = False,
+    center_writing_weights: bool = False,
+    refactor_factored_attn_matrices: bool = False,
 ) -> HookedGatedQwen3:
+    # TransformerLens' options that cannot hold here fail before a byte of weights is read.
+    if center_writing_weights:
+        raise ValueError(CENTER_WRITING_WEIGHTS_UNSUPPORTED)
+    if refactor_factored_attn_matrices:
+        raise ValueError(REFACTOR_UNSUPPORTED)
     hf = read_config_json(folder)
     files = WeightFiles(folder)
     names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES)}
@@ -85,6 +110,8 @@ def load_folder(
     if cfg.tie_word_embeddings and "lm_head.weight" in names:
         check_tied_copy(files, folder)  # some tied checkpoints still store a copy: it must be one
         names.discard("lm_head.weight")
+    if fold_value_biases:
+        refuse_gated_value_bias_fold(cfg)
     check_tensors(names, files, cfg, folder)
     files.check_float(names)
 
@@ -93,7 +120,10 @@ def load_folder(
     table = by_hf_name(cfg)
     non_finite = []
     with torch.no_grad():
-        for name in tqdm(sorted(names), desc=f"loading {folder.name}", disable=not progress, leave=False):
+        long = sum(path.stat().st_size for path in files.files) >= LONG_LOAD_BYTES
+        for name in progress_bar(
+            sorted(names), progress=progress, long=long, desc=f"loading {folder.name}", leave=False
+        ):
             tensor = files.get(name)
             if not bool(torch.isfinite(tensor).all()):
                 non_finite.append(name)
@@ -101,8 +131,8 @@ def load_folder(
                 params[our_name].copy_(part)
     if non_finite:
         warn_non_finite(folder, non_finite)
-    if fold_ln or center_unembed:
-        model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed)
+    if fold_ln or center_unembed or fold_value_biases:
+        model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed, fold_value_biases=fold_value_biases)
     # Eval mode, as Hugging Face's from_pretrained returns: transformer_lens.patching refuses
     # models in training mode.
     return model.eval()

@@ -17,8 +17,8 @@ from functools import partial
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from gated_interp._progress import progress_bar
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.cache import CacheLike
 from gated_interp.hooks import hook_name, names_filter
@@ -42,7 +42,7 @@ def patch_heads(
     per_position: bool = False,
     batch_size: int | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     n_boot: int = 0,
     ci: float = 0.95,
     seed: int = 0,
@@ -87,7 +87,7 @@ def patch_resid(
     activation: str = "resid_pre",
     batch_size: int | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     n_boot: int = 0,
     ci: float = 0.95,
     seed: int = 0,
@@ -111,7 +111,7 @@ class SweepOptions:
 
     batch_size: int | None
     attention_mask: Int[Tensor, "batch pos"] | None
-    progress: bool
+    progress: bool | None
     n_boot: int
     ci: float
     seed: int
@@ -161,7 +161,7 @@ def _sweep(
         corrupted_resid = corrupted_resid_pre(model, tokens, attention_mask)
     values = torch.empty(len(patches), dtype=result_dtype(model))
     per_prompt = torch.empty(len(patches), n_prompts, dtype=torch.float64) if n_boot else None
-    bar = tqdm(total=len(patches), desc=f"patching {where.activation}", disable=not options.progress)
+    bar = progress_bar(progress=options.progress, total=len(patches), desc=f"patching {where.activation}")
     for layer in axes[0]:
         in_layer = (patches[:, 0] == layer).nonzero()[:, 0]
         for start in range(0, len(in_layer), batch_size):

@@ -33,9 +33,19 @@ def to_numpy(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=float)
 
 
+# Shown for each leading space of a token, so that word boundaries survive tick labels (which
+# strip nothing, but a leading blank is invisible): ' gating' reads '·gating'.
+SPACE_MARK = "\u00b7"
+
+
 def token_labels(str_tokens: Sequence[str]) -> list[str]:
-    """Tokens with newlines and tabs made visible, so each tick label stays on one line."""
-    return [t.replace("\n", "\\n").replace("\t", "\\t") for t in str_tokens]
+    """Tokens with newlines and tabs made visible, so each tick label stays on one line, and
+    leading spaces marked with `SPACE_MARK`, so word boundaries show."""
+    labels = []
+    for t in str_tokens:
+        stripped = t.lstrip(" ")
+        labels.append(SPACE_MARK * (len(t) - len(stripped)) + stripped.replace("\n", "\\n").replace("\t", "\\t"))
+    return labels
 
 
 def with_data(title: str, data: str | None) -> str:

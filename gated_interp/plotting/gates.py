@@ -49,7 +49,9 @@ def gate_histograms(
     `values`: `{variant: {layer (0-based): flat gate values}}` (from `gate_values(cache, layer)`),
     `{variant: flat values}` for all layers pooled, or a long DataFrame with columns variant, gate
     and optionally layer. Subplots are titled "{variant}, layer N" (0-based) or "{variant}, all layers";
-    all share the x axis (0..1) and the y axis, so bar heights compare across panels. `data`: what
+    all share the x axis (0..1). Bars are densities (each panel's area is 1), so that panels compare
+    whatever their number of scores: a headwise layer has one score per head and position, an
+    elementwise layer `d_head` times as many. `data`: what
     the gates were measured on (e.g. "16 held-out windows of 128 tokens"), for the title.
     """
     nested = _nested(values)
@@ -57,17 +59,17 @@ def gate_histograms(
         raise ValueError("no gate values to plot: pass {variant: {layer: values}}")
     n_cols = max(len(per) for per in nested.values())
     fig, axes = plt.subplots(
-        len(nested), n_cols, figsize=(3.2 * n_cols, 2.6 * len(nested) + 0.6), squeeze=False, sharex=True, sharey=True
+        len(nested), n_cols, figsize=(3.2 * n_cols, 2.6 * len(nested) + 0.6), squeeze=False, sharex=True, sharey="row"
     )
     edges = np.linspace(0.0, 1.0, bins + 1)
     for row, (variant, per) in enumerate(nested.items()):
         for col, (layer, gates) in enumerate(per.items()):
             ax = axes[row, col]
-            ax.hist(gates, bins=edges, color=variant_style(str(variant), row)["color"], log=log_count)
+            ax.hist(gates, bins=edges, density=True, color=variant_style(str(variant), row)["color"], log=log_count)
             where = "all layers" if layer == ALL_LAYERS else f"layer {int(layer)}"
             ax.set_title(f"{variant}, {where}")
             ax.set_xlabel("Gate score")
-            ax.set_ylabel("Count")
+            ax.set_ylabel("Density")
         for ax in axes[row, len(per) :]:
             ax.set_visible(False)
     fig.suptitle(with_data(title, data))

@@ -65,7 +65,7 @@ def plot_by_layer(
     ax.set_title(with_data(title, data))
     if log_scale:
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # enough ticks on a narrow range
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))  # enough ticks on a narrow range
         ax.yaxis.set_major_formatter(plain_number)
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

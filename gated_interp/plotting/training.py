@@ -31,7 +31,7 @@ def training_curves(
     `val_loss`, `first_token_attention_L{layer}` and `max_abs_resid_L{layer}` (and `seed`).
     `data`: the held-out windows evaluated ("32 held-out windows of 128 tokens"), for the title,
     which `title` starts. `reference`: `(level, label)` of first-token attention to compare with,
-    e.g. `(analysis.uniform_first_token_attention(seq_len), "uniform attention over 128 tokens")`.
+    e.g. `(analysis.uniform_first_token_attention(seq_len), "uniform attention, 128 tokens")`.
     """
     layers = logged_layers(log)
     if not layers:

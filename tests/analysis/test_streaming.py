@@ -154,7 +154,13 @@ def test_bootstrap_interval_contains_the_estimate(model, batch):
 
 
 def test_long_inputs_show_a_progress_bar_per_layer(model, monkeypatch, capsys):
+    """On a terminal by default, in a log only when asked, never with progress=False."""
     monkeypatch.setattr(streaming, "LONG_CONTEXT", 8)
+    streaming.measure(model, random_tokens(model, 1, 8), desc="probe")
+    assert "layers" not in capsys.readouterr().err  # captured output is no terminal
+    streaming.measure(model, random_tokens(model, 1, 8), desc="probe", progress=True)
+    assert "probe layers" in capsys.readouterr().err
+    monkeypatch.setattr("gated_interp._progress._stderr_is_terminal", lambda: True)
     streaming.measure(model, random_tokens(model, 1, 8), desc="probe")
     assert "probe layers" in capsys.readouterr().err
     streaming.measure(model, random_tokens(model, 1, 8), progress=False)

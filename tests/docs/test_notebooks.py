@@ -76,6 +76,12 @@ def check_01(values: dict, claims: Claims) -> None:
         "in layer 0 it falls between them, above headwise and below elementwise",
         first,
     )
+    claims.check(
+        [first[v][2] for v in ("gate_headwise", "gate_elementwise", "baseline")]
+        == [stated("0.39"), stated("0.35"), stated("0.66")],
+        "layer 2: 0.39 headwise and 0.35 elementwise against the baseline's 0.66",
+        first,
+    )
 
 
 # ---- 02 -----------------------------------------------------------------------------------------
@@ -255,6 +261,12 @@ RECORD_04 = {
     "screened_in": "screened_in",
     "agreement": "agreement",
     "induction": "induction",
+    "resid": "{'subject': resid[:, subject_pos].tolist(), 'last': resid[:, -1].tolist()}",
+    "ablation_verdict": "ablation_verdict",
+    "ablation": "{n: r.to_dict() for n, r in ablation_rows.items()}",
+    "strongest_reads_subject": "strongest_reads_subject",
+    "strongest_gated_head": "[float(parts[p][strongest_gated_head]) for p in ('z_pre_gate', 'gate')]",
+    "tl_gate_difference": "tl_gate_difference",
 }
 
 
@@ -271,8 +283,41 @@ def check_04(values: dict, claims: Claims) -> None:
         values["screened_in"],
     )
     claims.check(
-        values["agreement"]["z"] > 0.9, "the linear approximation is good for head outputs", values["agreement"]
+        all(r > 0.9 for r in values["agreement"].values()),
+        "the linear approximation is good for head outputs (and z_pre_gate, gate_logits, gate)",
+        values["agreement"],
     )
+    resid = values["resid"]
+    claims.check(
+        resid["subject"][0] > 0.9 and abs(resid["last"][0]) < 0.05, "at layer 0 only the subject matters", resid
+    )
+    claims.check(
+        resid["last"][2] == stated("0.36") and resid["subject"][3] == stated("0.50"),
+        "about half of the answer sits at the last position (0.36 at layer 2) and the subject position still "
+        "carries about half through layer 3 (0.50)",
+        resid,
+    )
+    claims.check(
+        all(subject > last for subject, last in zip(resid["subject"], resid["last"])),
+        "the subject column carries more at every layer",
+        resid,
+    )
+    claims.check(
+        all(values["ablation_verdict"].values())
+        and all(r["top heads"] < r["bottom heads"] - 1.0 for r in values["ablation"].values()),
+        "zero-ablating the top heads hurts much more than ablating as many other heads, beyond noise",
+        values["ablation"],
+    )
+    claims.check(
+        values["strongest_reads_subject"], "the strongest head attends from the last position to the subject", 0
+    )
+    z_pre_gate, gate = values["strongest_gated_head"]
+    claims.check(
+        z_pre_gate > 0.5 and abs(gate) < 0.05,
+        "the strongest gated head's effect goes through its attention output, hardly through its gate",
+        values["strongest_gated_head"],
+    )
+    claims.check(values["tl_gate_difference"] <= 1e-4, "TransformerLens' sweep equals patch_heads", values)
     claims.check(
         all(gain < 1.0 for gain in values["induction"].values()),
         "a task the bundled tiny models cannot do yet: induction",

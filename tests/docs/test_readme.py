@@ -52,3 +52,19 @@ def test_readme_table_of_the_bundled_models_is_the_model_card():
             f"{m['mean_gate']:.3f}" if "mean_gate" in m else "-",
         ]
         assert cells == expected, f"README row of {variant}: {cells}, metrics.json: {expected}"
+
+
+def test_ci_runs_the_readmes_set_up_and_test_commands():
+    """.ci/run executes the README's marked blocks: torch pinned first (a bare torch requirement
+    pulls the multi-GB CUDA build from public PyPI), then the project, the demo and the tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_commands", README.parent / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    setup, test = module.commands("setup"), module.commands("test")
+    assert setup[0] == "pip install torch==2.13.0", setup
+    assert setup[1] == 'pip install -e ".[dev,notebooks]"' and setup[2].startswith("gated-interp demo --size tiny")
+    assert test == ["python -m pytest -n 2 -q"]
+    run = (README.parent / ".ci" / "run").read_text()
+    assert "readme_commands.py setup" in run and "readme_commands.py test" in run

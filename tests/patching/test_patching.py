@@ -219,7 +219,8 @@ def test_patching_heatmap():
     fig = patching_heatmap(result, x_labels=["<bos>", " the", "\n"], title="z patching")
     ax = fig.axes[0]
     assert ax.get_title() == "z patching" and ax.get_xlabel() == "position" and "layer" in ax.get_ylabel()
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["<bos> (0)", " the (1)", "\\n (2)"]
+    # a leading space is marked
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["<bos> (0)", "\u00b7the (1)", "\\n (2)"]
     assert ax.images[0].get_clim() == (-2.0, 2.0)  # symmetric: white is 0
     assert len(fig.axes) == 2  # the colour bar
     fig = patching_heatmap(result, one_based_layers=False, annotate=True)

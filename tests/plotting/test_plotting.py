@@ -70,7 +70,7 @@ def test_attention_maps_demo_figure(tmp_path):
     assert all(ax.images[0].get_clim() == (0.0, top) for ax in axes)  # one scale: the panels compare
     boxes = [ax.get_position() for ax in axes]  # a 2x2 grid: two columns, two rows
     assert len({round(b.x0, 2) for b in boxes}) == 2 and len({round(b.y0, 2) for b in boxes}) == 2
-    labels = ["Sparse", " gating", " mechanism", "\\n"]
+    labels = ["Sparse", "\u00b7gating", "\u00b7mechanism", "\\n"]  # leading spaces marked
     for ax in axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == labels
         assert [t.get_text() for t in ax.get_yticklabels()] == labels
@@ -119,6 +119,12 @@ def test_plot_by_layer(tmp_path):
     log_fig.canvas.draw()
     shown = [t.get_text() for t in log_ax.get_yticklabels() if t.get_text()]
     assert {"1", "10", "100", "1000"} <= set(shown) and not any("10^" in t or "$" in t for t in shown)
+    narrow = plot_by_layer(
+        {"baseline": torch.tensor([28.0, 31.0]), "gated": torch.tensor([3.4, 5.3])}, "max", "t", log_scale=True
+    )
+    narrow.canvas.draw()
+    shown = [t.get_text() for t in narrow.axes[0].get_yticklabels() if t.get_text()]
+    assert {"5", "10", "20", "30"} <= set(shown)  # a baseline near 30 can be read off the axis
     with pytest.raises(SHAPE_ERRORS):
         plot_by_layer({"x": torch.zeros(2, 3)}, "y", "t")
 
@@ -166,7 +172,7 @@ def test_gate_histograms_from_dicts_and_frames(tmp_path):
         "gate_elementwise, layer 0",
         "gate_elementwise, layer 3",
     ]
-    assert all(ax.get_xlabel() == "Gate score" and ax.get_ylabel() == "Count" for ax in fig.axes)
+    assert all(ax.get_xlabel() == "Gate score" and ax.get_ylabel() == "Density" for ax in fig.axes)
     assert fig._suptitle.get_text() == "Gate score distribution"
     fig.savefig(tmp_path / "hist.png")
 
@@ -184,9 +190,10 @@ def test_gate_plots_from_a_model_run(tmp_path):
     _, cache = model.run_with_cache(random_tokens(model, 2, 5))
     fig = gate_histograms({"gate_elementwise": {layer: gate_values(cache, layer) for layer in range(2)}})
     assert [ax.get_title() for ax in fig.axes] == ["gate_elementwise, layer 0", "gate_elementwise, layer 1"]
-    for layer, ax in enumerate(fig.axes):  # the bars count that layer's gate scores, 50 bins over [0, 1]
-        expected, _ = np.histogram(cache["gate", layer].flatten().numpy(), bins=np.linspace(0.0, 1.0, 51))
-        np.testing.assert_array_equal([bar.get_height() for bar in ax.patches], expected)
+    for layer, ax in enumerate(fig.axes):  # the bars are that layer's gate-score density, 50 bins over [0, 1]
+        scores = cache["gate", layer].flatten().numpy()
+        expected, _ = np.histogram(scores, bins=np.linspace(0.0, 1.0, 51), density=True)
+        np.testing.assert_allclose([bar.get_height() for bar in ax.patches], expected, rtol=1e-6)
     mean_gate = mean_gate_by_head(cache)
     heat = gate_heatmap(mean_gate, title="Mean gate, elementwise")
     ax = heat.axes[0]

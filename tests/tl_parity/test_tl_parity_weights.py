@@ -469,3 +469,51 @@ def test_full_resid_decomposition_with_its_bias_term_sums_to_the_residual(load, 
     assert labels[-1] == "bias"
     assert max_diff(parts[-1, 0, 0], model.accumulated_bias(model.cfg.n_layers)) <= 1e-6
     assert max_diff(parts.sum(0), cache["resid_post", -1]) <= TOL
+
+
+# ---- TransformerLens' processing names that cannot hold here: the promised errors ---------------
+
+
+def test_tl_processing_methods_raise_naming_why(load):
+    """TransformerLens' methods exist under their names: the ones that cannot hold raise a
+    ValueError saying why (not AttributeError), and nothing is changed."""
+    model = load("gate_headwise", fold_ln=False)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match="RMSNorm does not subtract the mean"):
+        model.center_writing_weights()
+    with pytest.raises(ValueError, match="rotary"):
+        model.refactor_factored_attn_matrices(model.state_dict())
+    with pytest.raises(ValueError, match="gated model"):
+        model.fold_value_biases()
+    with pytest.raises(ValueError, match="gated model"):
+        model.fold_value_biases(model.state_dict())
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+@torch.no_grad()
+def test_fold_value_biases_method_is_process_weights_option(load):
+    """On an ungated model, TL's `fold_value_biases()` folds in place like the option; with a state
+    dict it returns a folded copy and leaves the model alone."""
+    by_option = load("random_none", fold_ln=False).process_weights_(fold_ln=False, fold_value_biases=True)
+    model = load("random_none", fold_ln=False)
+    copy = model.fold_value_biases(model.state_dict())
+    assert not bool((model.blocks[0].attn._b_V == 0).all())  # the state-dict form left it alone
+    assert model.fold_value_biases() is model
+    for name, value in by_option.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+        assert max_diff(copy[name], value) <= 1e-6, name
+
+
+def test_load_hooked_takes_tl_processing_options(load, random_folders):
+    """`load_hooked` takes TransformerLens' from_pretrained options by name: those that cannot hold
+    raise the same explanation as process_weights_ (not TypeError), before any weight is read."""
+    with pytest.raises(ValueError, match="RMSNorm does not subtract the mean"):
+        load("gate_headwise", center_writing_weights=True)
+    with pytest.raises(ValueError, match="rotary"):
+        load("gate_headwise", refactor_factored_attn_matrices=True)
+    with pytest.raises(ValueError, match="gated model"):
+        load("random_headwise", fold_value_biases=True)
+    folded = load("random_none", fold_ln=False, fold_value_biases=True)
+    expected = load("random_none", fold_ln=False).process_weights_(fold_ln=False, fold_value_biases=True)
+    for name, value in expected.state_dict().items():
+        assert torch.equal(folded.state_dict()[name], value), name
