@@ -3,9 +3,10 @@
 A sweep's patches run as copies of the corrupted batch, many copies per forward. Copies in one
 forward share the patched layer (the forward starts there) and one start position: for
 by-position sweeps the patches of a layer are taken in order of position, and a forward starts
-at its first copy's position (later copies recompute a few unchanged positions; the cost of
-sharing one forward). The number of copies per forward is capped so that a forward computes at
-most `max_tokens` new tokens (copies × prompts × positions from the start).
+at its first copy's position and takes only copies that start within a quarter of its length
+(later copies recompute a few unchanged positions: the price of sharing one forward, at most a
+quarter of it). The number of copies per forward is capped so that a forward computes at most
+`max_tokens` new tokens (copies × prompts × positions from the start).
 
 `SweepPlan` counts the work: token-layers (one token through one block) of this plan, of the
 floor (each copy from its own layer and position, nothing shared), and of TransformerLens' loop
@@ -116,6 +117,9 @@ def plan_sweep(
             k = max(1, max_tokens // (n * (n_pos - start)))
             if batch_size is not None:
                 k = min(k, batch_size)
+            if per_position:  # and only copies that start within a quarter of the forward's length
+                last = start + (n_pos - start) // 4
+                k = min(k, int((patches[rows[i : i + k], -1] <= last).sum()))
             chunks.append(Chunk(layer, start, rows[i : i + k]))
             i += k
 
