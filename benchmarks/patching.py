@@ -79,7 +79,12 @@ def tl_sampled(axes: tuple[str, ...], setter: Callable, sizes: dict[str, int], s
     def run(model, corrupted, cache, metric):
         with torch.no_grad():  # TransformerLens' loop does not disable grad itself; be fair to it
             return tl_patching.generic_activation_patch(
-                model, corrupted, cache, metric, patch_setter=setter, activation_name=axes_activation[axes],
+                model,
+                corrupted,
+                cache,
+                metric,
+                patch_setter=setter,
+                activation_name=axes_activation[axes],
                 index_df=index_df,
             )
 
@@ -110,7 +115,13 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
         # label, ours, TransformerLens axes and setter, ours' result reordered to TL's axes, planner
         ("z, all positions", ours_z, ("layer", "head"), tl_patching.layer_head_vector_patch_setter, None),
         ("resid_pre by position", ours_resid, ("layer", "pos"), tl_patching.layer_pos_patch_setter, None),
-        ("z by position", ours_z_pos, ("layer", "pos", "head"), tl_patching.layer_pos_head_vector_patch_setter, (0, 2, 1)),
+        (
+            "z by position",
+            ours_z_pos,
+            ("layer", "pos", "head"),
+            tl_patching.layer_pos_head_vector_patch_setter,
+            (0, 2, 1),
+        ),
     ]
     atp = partial(attribution_patching, model, clean, corrupted, metric, ["z"])
     rows = []
@@ -157,10 +168,20 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
             atp(method=method)
             times.append(time.perf_counter() - start)
         rows.append(
-            dict(model=name, sweep=f"{'AtP' if method == 'atp' else 'AtP*'} (estimates z, all positions)",
-                 patches=sizes["layer"] * sizes["head"], tl_sampled=None, ours_s=statistics.median(times),
-                 tl_s=tl_all_pos, ratio=statistics.median(times) / tl_all_pos, max_abs_diff=None, forwards=None,
-                 token_layers=None, floor_token_layers=None, tl_token_layers=None)
+            dict(
+                model=name,
+                sweep=f"{'AtP' if method == 'atp' else 'AtP*'} (estimates z, all positions)",
+                patches=sizes["layer"] * sizes["head"],
+                tl_sampled=None,
+                ours_s=statistics.median(times),
+                tl_s=tl_all_pos,
+                ratio=statistics.median(times) / tl_all_pos,
+                max_abs_diff=None,
+                forwards=None,
+                token_layers=None,
+                floor_token_layers=None,
+                tl_token_layers=None,
+            )
         )
         print(format_row(rows[-1]), flush=True)
     return rows
@@ -171,7 +192,8 @@ def format_row(r: dict) -> str:
     work = (
         "gradient estimate"
         if r["token_layers"] is None
-        else f"{r['token_layers'] / r['tl_token_layers']:.3f} (floor {r['floor_token_layers'] / r['tl_token_layers']:.3f})"
+        else f"{r['token_layers'] / r['tl_token_layers']:.3f} "
+        f"(floor {r['floor_token_layers'] / r['tl_token_layers']:.3f})"
     )
     diff = "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
     return (

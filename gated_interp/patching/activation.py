@@ -35,7 +35,11 @@ from gated_interp.patching.sites import RESID_ACTIVATIONS, Site, site
 __all__ = ["DEFAULT_MAX_TOKENS", "checked_clean", "patch_heads", "patch_resid", "result_dtype", "run_patch_chunk"]
 
 SweepResult = (
-    Float[Tensor, "layer head"] | Float[Tensor, "layer head pos"] | Float[Tensor, "layer pos"] | tuple[Tensor, Tensor, Tensor] | SweepPlan
+    Float[Tensor, "layer head"]
+    | Float[Tensor, "layer head pos"]
+    | Float[Tensor, "layer pos"]
+    | tuple[Tensor, Tensor, Tensor]
+    | SweepPlan
 )
 
 

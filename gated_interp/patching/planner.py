@@ -82,7 +82,9 @@ def tokens_per_forward(model: HookedGatedQwen3, n_pos: int, memory_budget: int |
     if memory_budget is not None and memory_budget <= 0:
         raise ValueError(f"memory_budget is in bytes and must be > 0, got {memory_budget}")
     cfg = model.cfg
-    per_token = cfg.d_vocab + 3 * cfg.d_mlp + 4 * cfg.d_model + cfg.n_heads * n_pos + 2 * cfg.n_key_value_heads * cfg.d_head
+    per_token = (
+        cfg.d_vocab + 3 * cfg.d_mlp + 4 * cfg.d_model + cfg.n_heads * n_pos + 2 * cfg.n_key_value_heads * cfg.d_head
+    )
     bytes_per_token = per_token * torch.finfo(cfg.dtype).bits // 8
     if memory_budget is None:
         return max(1, min(DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_BUDGET // bytes_per_token))

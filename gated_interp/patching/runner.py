@@ -86,7 +86,8 @@ def run_from(
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         for block_layer in range(layer, model.cfg.n_layers):
             past = KVCacheEntry(
-                run.keys[block_layer][:, :start].repeat(k, 1, 1, 1), run.values[block_layer][:, :start].repeat(k, 1, 1, 1)
+                run.keys[block_layer][:, :start].repeat(k, 1, 1, 1),
+                run.values[block_layer][:, :start].repeat(k, 1, 1, 1),
             )
             residual = model.blocks[block_layer](residual, cos, sin, mask_4d, past)
         return model.unembed(model.ln_final(residual))

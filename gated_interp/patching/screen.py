@@ -88,7 +88,9 @@ def screen_and_verify(
 
     tokens, corrupted_mask = token_batch(model, corrupted_tokens, attention_mask)
     names = {where.hook_name(layer) for layer in range(n_layers)}
-    clean_logits, clean_cache = clean_run(model, token_batch(model, clean_tokens, attention_mask)[0], names, attention_mask)
+    clean_logits, clean_cache = clean_run(
+        model, token_batch(model, clean_tokens, attention_mask)[0], names, attention_mask
+    )
     run = corrupted_run(model, tokens, corrupted_mask)
     with torch.no_grad():
         clean_value = float(metric_scalar(metric(clean_logits)))

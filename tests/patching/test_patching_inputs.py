@@ -58,7 +58,9 @@ def test_left_padding_without_a_mask_matches_transformer_lens(left_padded):
     for theirs, ours, permute in pairs:
         expected = theirs(model, corrupted, clean_cache, metric)
         expected = expected if permute is None else expected.permute(*permute)
-        torch.testing.assert_close(ours(model, corrupted, clean_cache, metric, progress=False), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            ours(model, corrupted, clean_cache, metric, progress=False), expected, atol=1e-5, rtol=0
+        )
 
 
 def test_a_string_prompt_is_tokenised_as_everywhere_else(left_padded):
