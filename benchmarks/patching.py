@@ -17,7 +17,8 @@ the table says so. Values are compared on the patches both ran. The ratio is the
 per-round ratios (ours / TransformerLens' in the same round), which holds up better than a ratio
 of medians on a shared machine. Beside the times: the token-layers (one token through one block)
 each needs, from `patch_heads(..., dry_run=True)`: ours as planned, the floor (each copy from its
-own layer and position, nothing batched), and TransformerLens'.
+own layer and position, nothing batched), and TransformerLens'. `--breakdown` adds where our
+time goes, stage by stage.
 
     python benchmarks/patching.py --threads 1 --repeats 3 --out bench.json
 """
@@ -157,6 +158,8 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
                 tl_token_layers=plan.tl_token_layers,
             )
         )
+        if args.breakdown:
+            rows[-1]["breakdown_s"] = breakdown(ours)
         print(format_row(rows[-1]), flush=True)
         if label == "z, all positions":
             tl_all_pos = rows[-1]["tl_s"]
@@ -187,6 +190,40 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def breakdown(sweep: Callable[[], object]) -> dict[str, float]:
+    """Seconds of one run of our `sweep` by stage: the corrupted run; the patched forwards from the
+    start layer and position (`runner.run_from`: blocks, final norm, unembedding); each copy's
+    logits assembled and the metric called (`_copy_metrics`); the rest (planning, the patched
+    layer's own part for z, writing results)."""
+    import gated_interp.patching.activation as activation
+
+    spent = {"corrupted_run": 0.0, "forwards": 0.0, "logits_and_metric": 0.0}
+    originals = {"corrupted_run": activation.corrupted_run, "run_from": activation.run_from}
+    originals["_copy_metrics"] = activation._copy_metrics
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] += time.perf_counter() - start
+
+        return wrapper
+
+    activation.corrupted_run = timed("corrupted_run", originals["corrupted_run"])
+    activation.run_from = timed("forwards", originals["run_from"])
+    activation._copy_metrics = timed("logits_and_metric", originals["_copy_metrics"])
+    try:
+        start = time.perf_counter()
+        sweep()
+        total = time.perf_counter() - start
+    finally:
+        for name, fn in originals.items():
+            setattr(activation, name, fn)
+    return {**spent, "rest": total - sum(spent.values()), "total": total}
+
+
 def format_row(r: dict) -> str:
     tl = f"{r['tl_s']:.2f} s" + (f" (from {r['tl_sampled']} sampled)" if r["tl_sampled"] else "")
     work = (
@@ -208,6 +245,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each, interleaved")
     parser.add_argument("--tl-sample", type=int, default=96, help="patches TransformerLens runs per sweep at most")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--breakdown", action="store_true", help="time our sweeps' stages once more (printed after the table)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -217,6 +255,10 @@ def main() -> None:
     print("| model | sweep | patches | ours | transformer_lens | ours / TL | token-layers / TL's | max difference |")
     print("|---|---|---|---|---|---|---|---|")
     rows = [row for name in args.models for row in bench_model(name, args)]
+    for row in rows:
+        if "breakdown_s" in row:
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in row["breakdown_s"].items())
+            print(f"{row['model']}, {row['sweep']}: {stages} s")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 
