@@ -9,25 +9,29 @@ gate_effect = patch_heads(model, corrupted_tokens, clean_cache, metric, activati
 estimates = attribution_patching(model, clean_tokens, corrupted_tokens, metric)  # {"z": [layer, head], ...}
 star = attribution_patching(model, clean_tokens, corrupted_tokens, metric, method="atp*")  # AtP* magnitudes
 result = screen_and_verify(model, clean_tokens, corrupted_tokens, metric, top_k=8)  # AtP*, then exact
+print(patch_heads(model, corrupted_tokens, clean_cache, metric, per_position=True, dry_run=True))  # the cost
 """
 
 from gated_interp.patching import metrics
-from gated_interp.patching.activation import DEFAULT_MAX_TOKENS, patch_heads, patch_resid
+from gated_interp.patching.activation import patch_heads, patch_resid
 from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.attribution import attribution_patching, attribution_patching_from_cache
 from gated_interp.patching.metrics import logit_diff, normalized_metric
+from gated_interp.patching.planner import DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, SweepPlan
 from gated_interp.patching.results import HEAD_AXES, HEAD_POS_AXES, RESID_AXES, to_dataframe
 from gated_interp.patching.screen import ScreenResult, screen_and_verify, spearman
 from gated_interp.patching.sites import HEAD_ACTIVATIONS, RESID_ACTIVATIONS
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MEMORY_BUDGET",
     "HEAD_ACTIVATIONS",
     "HEAD_AXES",
     "HEAD_POS_AXES",
     "RESID_ACTIVATIONS",
     "RESID_AXES",
     "ScreenResult",
+    "SweepPlan",
     "atp_star",
     "attribution_patching",
     "attribution_patching_from_cache",

@@ -84,8 +84,8 @@ def atp_star(
         raise ValueError(f"AtP* covers {ATP_STAR_ACTIVATIONS}, got {unknown}; use method='atp' for other activations")
     if "gate_logits" in activations and not model.cfg.is_gated:
         raise ValueError("'gate_logits' needs a gated model, but this one has cfg.gate == 'none'")
-    clean_tokens = token_batch(model, clean_tokens)
-    tokens = token_batch(model, corrupted_tokens)
+    clean_tokens = token_batch(model, clean_tokens, attention_mask)[0]
+    tokens = token_batch(model, corrupted_tokens, attention_mask)[0]
     if clean_tokens.shape != tokens.shape:
         raise ValueError(
             f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens {tuple(tokens.shape)} must have the "

@@ -82,7 +82,7 @@ def attribution_patching_from_cache(
     """
     activations = tuple(activations) if activations is not None else default_activations(model)
     sites = [site(model, a) for a in activations]
-    tokens = token_batch(model, corrupted_tokens)
+    tokens = token_batch(model, corrupted_tokens, attention_mask)[0]
     acts, grads = corrupted_with_grads(
         model,
         tokens,

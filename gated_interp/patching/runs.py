@@ -10,16 +10,21 @@ from jaxtyping import Int
 from torch import Tensor
 
 from gated_interp.cache import CacheLike
-from gated_interp.model import HookedGatedQwen3
+from gated_interp.model import HookedGatedQwen3, ModelInput
 from gated_interp.patching.metrics import Metric, metric_scalar
 
 
 def token_batch(
-    model: HookedGatedQwen3, tokens: Int[Tensor, "batch pos"] | Int[Tensor, "pos"]
-) -> Int[Tensor, "batch pos"]:
-    """`tokens` on the model's device, one prompt (`[pos]`) made a batch of one."""
-    tokens = torch.as_tensor(tokens, device=model.cfg.device)
-    return tokens[None] if tokens.ndim == 1 else tokens
+    model: HookedGatedQwen3,
+    tokens: ModelInput,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+    """The tokens and attention mask a sweep runs with, resolved as the model's forward resolves
+    them: strings are tokenised (their padding masked), one prompt (`[pos]`) becomes a batch of
+    one, and left-padded tokens without a mask (`cfg.default_padding_side="left"`) get the mask
+    derived from their leading pads. Every run of a sweep then uses this one mask, including the
+    runs that start at a later layer and never see the tokens."""
+    return model._as_tokens(tokens, attention_mask, None)
 
 
 @torch.no_grad()

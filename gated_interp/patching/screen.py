@@ -17,12 +17,14 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from gated_interp._progress import progress_bar
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import DEFAULT_MAX_TOKENS, corrupted_resid_pre, result_dtype, run_patch_chunk
+from gated_interp.patching.activation import result_dtype, run_patch_chunk
 from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.metrics import Metric, metric_scalar
+from gated_interp.patching.planner import DEFAULT_MAX_TOKENS, Chunk
+from gated_interp.patching.runner import corrupted_run
 from gated_interp.patching.runs import clean_run, token_batch
 from gated_interp.patching.sites import site
 
@@ -63,7 +65,7 @@ def screen_and_verify(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     grad_drop: bool = True,
     batch_size: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> ScreenResult:
     """Rank every head by AtP* on `activation` ("z", "gate_logits", "q", or "k" for key-value
     heads), then patch the `top_k` highest-ranked exactly (clean activation of that head at every
@@ -84,24 +86,26 @@ def screen_and_verify(
     top = order[: min(top_k, len(order))]
     patches = torch.stack([top // n_heads, top % n_heads], dim=1)  # [k, (layer, head)]
 
-    tokens = token_batch(model, corrupted_tokens)
+    tokens, corrupted_mask = token_batch(model, corrupted_tokens, attention_mask)
     names = {where.hook_name(layer) for layer in range(n_layers)}
-    clean_logits, clean_cache = clean_run(model, token_batch(model, clean_tokens), names, attention_mask)
+    clean_logits, clean_cache = clean_run(
+        model, token_batch(model, clean_tokens, attention_mask)[0], names, attention_mask
+    )
+    run = corrupted_run(model, tokens, corrupted_mask)
     with torch.no_grad():
         clean_value = float(metric_scalar(metric(clean_logits)))
-        corrupted_value = float(metric_scalar(metric(model(tokens, attention_mask=attention_mask))))
+        corrupted_value = float(metric_scalar(metric(run.logits)))
     canonical = [where.canonical(clean_cache[where.hook_name(layer)]) for layer in range(n_layers)]
-    resid = corrupted_resid_pre(model, tokens, attention_mask)
     if batch_size is None:
         batch_size = max(1, DEFAULT_MAX_TOKENS // tokens.numel())
     exact = torch.empty(len(patches), dtype=result_dtype(model))
-    bar = tqdm(total=len(patches), desc=f"verifying {activation}", disable=not progress)
+    bar = progress_bar(progress=progress, total=len(patches), desc=f"verifying {activation}", unit="copy")
     for layer in patches[:, 0].unique().tolist():
         rows = (patches[:, 0] == layer).nonzero()[:, 0]
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             exact[chunk] = run_patch_chunk(
-                model, resid[layer], attention_mask, canonical, where, patches[chunk], metric, layer
+                model, run, canonical, where, patches[chunk], Chunk(layer, 0, chunk), metric
             ).to(exact.dtype)
             bar.update(len(chunk))
     bar.close()
