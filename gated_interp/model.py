@@ -22,6 +22,7 @@ from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbeddin
 from gated_interp.config import N_DEVICES_UNSUPPORTED, GatedQwen3Config
 from gated_interp.generation import GenerationMixin
 from gated_interp.hooked_root import HookedRoot
+from gated_interp.masks import check_attention_mask
 from gated_interp.tokenization import ModelInput, PaddingSide, TokenizationMixin
 from gated_interp.weight_processing import WeightProcessingMixin
 from gated_interp.weight_views import WeightViewsMixin
@@ -221,11 +222,8 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
             )
         if past_kv_cache is not None:
             raise ValueError("start_at_layer cannot be combined with past_kv_cache")
-        if attention_mask is not None and attention_mask.shape != input.shape[:2]:
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} does not match the residual's "
-                f"[batch, pos] {tuple(input.shape[:2])}"
-            )
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, tuple(input.shape[:2]), of="the residual's [batch, pos]")
         return input.to(self.cfg.device)
 
     @staticmethod

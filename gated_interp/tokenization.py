@@ -17,6 +17,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_attention_mask
 
 from gated_interp._user_warnings import warn_at_user_line
+from gated_interp.masks import check_attention_mask
 
 ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
 PaddingSide = Literal["left", "right"]
@@ -221,6 +222,8 @@ class TokenizationMixin:
         derives from the leading pad tokens; right padding needs none for the real positions."""
         if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
             tokens, string_mask = self._tokenize(input, prepend_bos, padding_side)
+            if attention_mask is not None:
+                attention_mask = check_attention_mask(attention_mask, tuple(tokens.shape)).to(tokens.device)
             if attention_mask is None and not bool(string_mask.all()):
                 attention_mask = string_mask
             return tokens, attention_mask
@@ -231,6 +234,11 @@ class TokenizationMixin:
                 "(tokens=... for a loss)"
             )
         tokens = torch.as_tensor(input, device=self.cfg.device)
+        if tokens.dtype == torch.bool:
+            raise ValueError(
+                f"got a bool tensor {tuple(tokens.shape)} as input, but token ids are integers: if this is an "
+                "attention mask, pass it as attention_mask=... beside the tokens"
+            )
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.is_floating_point():
@@ -244,11 +252,7 @@ class TokenizationMixin:
                 "were these tokens made with another model's tokenizer?"
             )
         if attention_mask is not None:
-            if attention_mask.shape != tokens.shape:
-                raise ValueError(
-                    f"attention_mask shape {tuple(attention_mask.shape)} does not match tokens {tuple(tokens.shape)}"
-                )
-            return tokens, attention_mask.to(tokens.device)
+            return tokens, check_attention_mask(attention_mask, tuple(tokens.shape)).to(tokens.device)
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
         if self._padding_side(padding_side) == "left" and pad_id is not None and bool((tokens[:, 0] == pad_id).any()):
             prepend = self.default_prepend_bos if prepend_bos is None else prepend_bos

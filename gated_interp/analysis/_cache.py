@@ -15,6 +15,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from gated_interp import hooks
+from gated_interp.masks import check_attention_mask
 
 T = TypeVar("T")
 
@@ -118,7 +119,7 @@ def real_positions(
     """True at real (non-padding) positions; all True without a mask."""
     if attention_mask is None:
         return torch.ones(batch, n_pos, dtype=torch.bool, device=device)
-    mask = torch.as_tensor(attention_mask, device=device)
+    mask = check_attention_mask(attention_mask).to(device)
     if mask.ndim == 1:
         mask = mask[None]
     if tuple(mask.shape) != (batch, n_pos):

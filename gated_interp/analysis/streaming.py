@@ -93,12 +93,28 @@ class _Reducer:
     def _from_keys(self, layer: int) -> Callable:
         def hook(k: Tensor, hook: Any) -> None:
             q = self.queries.pop(layer)
-            first, key = reductions.FIRST_TOKEN, self.key_position
-            keys = sorted({first, key})
-            weights = dict(zip(keys, attention_to_keys(q, k, keys, None if bool(self.real.all()) else self.real)))
             real = self.real.to(q.device)
-            self.first_token_sum[:, layer] = reductions.first_token_attention(weights[first], real).cpu()
-            self.key_importance[:, layer] = reductions.key_importance(weights[key], real, key).cpu()
+            # Each sequence's first real token and real token number key_position: positions that
+            # differ per sequence with left padding; weights of every such key, then each row's own.
+            at = {
+                number: reductions.token_position(real, number)
+                for number in (reductions.FIRST_TOKEN, self.key_position)
+            }
+            keys = sorted({int(p) for positions in at.values() for p in positions.tolist() if p >= 0} or {0})
+            weights = attention_to_keys(q, k, keys, None if bool(self.real.all()) else real)  # [key, b, h, q]
+            rows = torch.arange(q.shape[0], device=q.device)
+            key_index = torch.tensor(keys, device=q.device)
+
+            def weight_to(number: int) -> Tensor:  # [batch, head, q_pos]; 0 where the token is missing
+                positions = at[number]
+                picked = weights[torch.searchsorted(key_index, positions.clamp(min=0)).clamp(max=len(keys) - 1), rows]
+                return picked * (positions >= 0)[:, None, None]
+
+            first = reductions.FIRST_TOKEN
+            self.first_token_sum[:, layer] = reductions.first_token_attention(weight_to(first), real).cpu()
+            self.key_importance[:, layer] = reductions.key_importance(
+                weight_to(self.key_position), real, self.key_position
+            ).cpu()
 
         return hook
 
@@ -164,8 +180,8 @@ def measure(
     `progress`: a batch bar, plus a per-layer bar for sequences of `LONG_CONTEXT` tokens or more
     (None: only for those); False for none.
     """
-    if key_position < 0:
-        raise ValueError(f"key_position must be >= 0, got {key_position}")
+    reductions.check_key_position(key_position)
+    reductions.check_eps(eps)
     gated = model.cfg.is_gated
     parts: list[_Reducer] = []
     losses, predicted, queries, reals = [], [], [], []
@@ -174,8 +190,6 @@ def measure(
     for tokens, mask in tqdm(batches, total=total, desc=desc or "measure", disable=progress is not True):
         if tokens.shape[1] < 2:
             raise ValueError("measurements need sequences of at least 2 tokens (attention to token 0 and loss)")
-        if key_position >= tokens.shape[1]:
-            raise ValueError(f"key_position {key_position} is outside the sequence length {tokens.shape[1]}")
         long = tokens.shape[1] >= LONG_CONTEXT
         show_layers = progress is not False and long
         bar = tqdm(total=model.cfg.n_layers, desc=f"{desc or 'measure'} layers", leave=False) if show_layers else None
