@@ -22,6 +22,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 Statistic = Callable[[Tensor], Tensor]
+# Resamples whose indices are drawn at once (memory: RESAMPLE_CHUNK x seq int64s).
+RESAMPLE_CHUNK = 256
 
 
 def mean(values: Float[Tensor, "seq *rest"]) -> Float[Tensor, "*rest"]:
@@ -49,12 +51,17 @@ def bootstrap_samples(
         raise ValueError(
             f"bootstrap needs per-sequence values [seq, ...] with at least 2 sequences, got shape {tuple(values.shape)}"
         )
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be an int >= 1, got {n_boot!r}")
     generator = torch.Generator().manual_seed(seed)
     n = values.shape[0]
-    index = torch.randint(0, n, (n_boot, n), generator=generator).to(values.device)
-    return torch.stack([torch.as_tensor(statistic(values[rows])) for rows in index])
+    # The resample indices are drawn RESAMPLE_CHUNK resamples at a time: all at once they are
+    # n_boot x n int64s (8 GB for 200,000 resamples of 5,000 values).
+    samples = []
+    for start in range(0, n_boot, RESAMPLE_CHUNK):
+        index = torch.randint(0, n, (min(RESAMPLE_CHUNK, n_boot - start), n), generator=generator)
+        samples += [torch.as_tensor(statistic(values[rows])) for rows in index.to(values.device)]
+    return torch.stack(samples)
 
 
 def bootstrap_ci(

@@ -55,8 +55,8 @@ def compare_variants(
     """
     if not models:
         raise ValueError("no models given: pass a dict {variant name: model}")
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"n_boot must be an int >= 0 (0: no intervals), got {n_boot!r}")
     rows = {}
     for name, model in models.items():
         progress_arg = progress or None  # None: the per-layer bar still shows for long contexts

@@ -83,8 +83,15 @@ def fix_gates(
     heads: Iterable[int] | int | None = None,
 ) -> list[Hook]:
     """Set the gate scores of the chosen heads to `value` (a float, or a tensor broadcastable to
-    `[pos, n_chosen_heads, gate]`) at every position."""
+    `[pos, n_chosen_heads, gate]`) at every position. A gate score is a sigmoid: every value must
+    lie in [0, 1] (NaN and values outside are refused)."""
     _require_gate(model, "fix_gates")
+    values = torch.as_tensor(value)
+    if values.is_complex() or not bool(((values >= 0) & (values <= 1)).all()):
+        raise ValueError(
+            f"fix_gates value must be a gate score in [0, 1] (a sigmoid's range; 0 closes the gate, 1 opens it), "
+            f"got {value if values.numel() == 1 else 'a tensor with values outside [0, 1] or NaN'}"
+        )
     head_index = _heads(model, heads)
 
     def hook(gate: Float[Tensor, "batch pos head gate"], hook: Any) -> Tensor:
@@ -209,7 +216,14 @@ def remove_sink(
 ) -> list[Hook]:
     """Zero the attention of queries after `key_position` to it and renormalise the rest of each
     row to sum to 1. Query `key_position` keeps its attention (for key 0 it has nothing else to
-    see); a row whose whole mass was on the sink becomes all zeros (the head then writes nothing)."""
+    see); a row whose whole mass was on the sink becomes all zeros (the head then writes nothing).
+
+    `key_position` is a position of the token tensor as run, an int >= 0: negative positions are
+    refused, since "from the end" would name a different token in every run of another length."""
+    if isinstance(key_position, bool) or not isinstance(key_position, int) or key_position < 0:
+        raise ValueError(
+            f"key_position must be an int >= 0 (a position of the tokens as run, 0 = the first), got {key_position!r}"
+        )
     head_index = _heads(model, heads)
 
     def hook(pattern: Float[Tensor, "batch head q_pos k_pos"], hook: Any) -> Tensor:

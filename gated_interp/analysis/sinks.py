@@ -111,7 +111,9 @@ def sink_rate(
 ) -> float:
     """Gu et al.'s sink rate: the fraction of (layer, head) pairs whose importance of
     `key_position` exceeds `eps`, computed per sequence and averaged over sequences (as they
-    average the metric over their 100 sequences). Returns a float in [0, 1]."""
+    average the metric over their 100 sequences). Returns a float in [0, 1]. `eps` is an attention
+    weight strictly between 0 and 1 (anything else is refused: it would count every head or none)."""
+    reductions.check_eps(eps)
     importance = key_importance(cache, key_position, attention_mask, per_sequence=True)
     return reductions.pool_sink_rate(importance, eps, key_position)
 
