@@ -160,6 +160,9 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
         is masked; a token tensor left-padded with the pad token (`padding_side="left"` or
         `cfg.default_padding_side`) gets the mask derived from its leading pads; a right-padded
         tensor without a mask runs unmasked, and its loss counts the padding (with a warning).
+        Strings longer than `cfg.n_ctx` are cut to it (with a warning, as TransformerLens does);
+        token tensors that long run whole, with a warning that the positions past n_ctx are
+        beyond the trained context. A batch of no sequences is refused (its loss would be NaN).
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")

@@ -21,6 +21,8 @@ from gated_interp.masks import check_attention_mask
 
 ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
 PaddingSide = Literal["left", "right"]
+# A batch of no sequences has no logits to speak of and a NaN loss: refused, never run.
+EMPTY_BATCH = "empty batch: give at least one sequence (a string, a list of strings or tokens [batch >= 1, pos])"
 
 
 class TokenizationMixin:
@@ -219,7 +221,9 @@ class TokenizationMixin:
 
         Strings: the mask from tokenizing them. Token tensors without a mask: left-padded ones
         (`padding_side="left"`, or `cfg.default_padding_side`) get the mask TransformerLens
-        derives from the leading pad tokens; right padding needs none for the real positions."""
+        derives from the leading pad tokens; right padding needs none for the real positions.
+        A batch of no sequences is refused (`EMPTY_BATCH`); token tensors longer than `cfg.n_ctx`
+        run whole with a warning (`_warn_past_context`)."""
         if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
             tokens, string_mask = self._tokenize(input, prepend_bos, padding_side)
             if attention_mask is not None:
@@ -227,6 +231,8 @@ class TokenizationMixin:
             if attention_mask is None and not bool(string_mask.all()):
                 attention_mask = string_mask
             return tokens, attention_mask
+        if isinstance(input, (list, tuple)) and len(input) == 0:
+            raise ValueError(EMPTY_BATCH)
         if isinstance(input, Tensor) and input.is_floating_point():
             raise ValueError(
                 f"got a float tensor {tuple(input.shape)}, but token ids are integers. To run from embeddings, pass "
@@ -243,8 +249,12 @@ class TokenizationMixin:
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.is_floating_point():
             raise ValueError(f"tokens must be an integer tensor [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
+        if tokens.shape[0] == 0:
+            raise ValueError(EMPTY_BATCH)
         if tokens.shape[1] == 0:
             raise ValueError("empty input: give at least one token")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            self._warn_past_context()
         bad = (tokens < 0) | (tokens >= self.cfg.d_vocab)
         if bool(bad.any()):
             raise ValueError(
@@ -259,6 +269,20 @@ class TokenizationMixin:
             derived = get_attention_mask(self.tokenizer, tokens, prepend, padding_side="left")
             return tokens, derived.to(tokens.device)
         return tokens, None
+
+    def _warn_past_context(self) -> None:
+        """Token ids longer than `cfg.n_ctx` run whole (rotary positions have no hard limit, as in
+        Hugging Face's Qwen3), with this warning: positions from n_ctx on are beyond the context the
+        model was trained for, so its numbers there are extrapolation, not the model's usual
+        behaviour. A string that long is cut to n_ctx by `to_tokens` instead (TransformerLens'
+        rule), since cutting it is the tokenizer's choice; cutting a tensor you built would be ours.
+        One message whatever the length, so a loop that grows the tokens warns once."""
+        n_ctx = self.cfg.n_ctx
+        warn_at_user_line(
+            f"the tokens run past the model's context (n_ctx={n_ctx} tokens): positions from {n_ctx} on are "
+            "beyond what it was trained on, so its numbers there are extrapolation; cut the tokens to "
+            f"[:, :{n_ctx}] (as to_tokens does with strings) unless that is what you are measuring"
+        )
 
     def _warn_if_right_padded(self, tokens: Tensor, attention_mask: Tensor | None) -> None:
         """A loss over right-padded tokens without a mask counts the padding, as in TransformerLens:

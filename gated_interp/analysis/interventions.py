@@ -34,24 +34,29 @@ Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
 
 
 # ---- selection -------------------------------------------------------------------------------
+# Layers and heads are indexed alike, as Python and TransformerLens index: 0-based, negative
+# counting from the last (-1 = the last layer, the last head); anything else is refused by name.
+def _indices(chosen: list[Any], n: int, what: str, per: str) -> list[int]:
+    bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+    if bad:
+        raise ValueError(
+            f"{what} {bad} out of range: the model has {n} {what}{per} (0-based, 0..{n - 1}; "
+            "negative ones count from the last)"
+        )
+    return [i % n for i in chosen]
+
+
 def _layers(model: Any, layers: Iterable[int] | int | None) -> list[int]:
     n = model.cfg.n_layers
     chosen = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
-    bad = [layer for layer in chosen if not -n <= layer < n]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the model has {n} layers (0-based, 0..{n - 1})")
-    return [layer % n for layer in chosen]
+    return _indices(chosen, n, "layers", "")
 
 
 def _heads(model: Any, heads: Iterable[int] | int | None) -> list[int] | slice:
     if heads is None:
         return slice(None)
-    n = model.cfg.n_heads
     chosen = [heads] if isinstance(heads, int) else list(heads)
-    bad = [head for head in chosen if not 0 <= head < n]
-    if bad:
-        raise ValueError(f"heads {bad} out of range: the model has {n} heads per layer (0-based, 0..{n - 1})")
-    return chosen
+    return _indices(chosen, model.cfg.n_heads, "heads", " per layer")
 
 
 def _by_layer(model: Any, heads: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
@@ -182,7 +187,9 @@ def _set_heads_hooks(
 
 
 def zero_ablate_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[Hook]:
-    """Zero the (gated) output `hook_z` of each `(layer, head)`: the head writes nothing (b_O stays)."""
+    """Zero the (gated) output `hook_z` of each `(layer, head)`: the head writes nothing (b_O stays).
+    Layers and heads are 0-based; negative ones count from the last (`(-1, -1)`: the last head of
+    the last layer)."""
     return _set_heads_hooks(model, heads, lambda layer: 0.0)
 
 

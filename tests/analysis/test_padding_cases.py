@@ -122,6 +122,19 @@ def test_fix_gates_takes_gate_scores_only(model, value):
     assert interventions.fix_gates(model, 0.0) and interventions.fix_gates(model, torch.tensor([0.2, 1.0]))
 
 
+def test_zero_ablate_heads_index_layers_and_heads_alike(model):
+    """Negative layers and heads both count from the last, as in Python and TransformerLens."""
+    n_heads = model.cfg.n_heads
+    tokens = random_tokens(model, 2, 5, seed=4)
+    last = model.run_with_hooks(tokens, fwd_hooks=interventions.zero_ablate_heads(model, [(1, n_heads - 1)]))
+    negative = model.run_with_hooks(tokens, fwd_hooks=interventions.zero_ablate_heads(model, [(-1, -1)]))
+    torch.testing.assert_close(negative, last, rtol=0, atol=0)
+    assert not torch.equal(last, model(tokens))
+    for bad in [(0, n_heads), (0, -n_heads - 1), (2, 0), (-3, 0)]:
+        with pytest.raises(ValueError, match=r"out of range: the model has \d+ (layers|heads per layer)"):
+            interventions.zero_ablate_heads(model, [bad])
+
+
 def test_gate_values_layers_count_from_the_end_and_are_checked(runs):
     _, mask, cache = runs["right"]
     torch.testing.assert_close(analysis.gate_values(cache, -1, mask), analysis.gate_values(cache, 1, mask))
