@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.components import KVCacheEntry
+from gated_interp.masks import Mask
 from gated_interp.tokenization import ModelInput, PaddingSide
 
 
@@ -141,7 +142,7 @@ class GenerationMixin:
 
 
 def _left_pad(
-    tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+    tokens: Int[Tensor, "batch pos"], mask: Mask[Tensor, "batch pos"]
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Move each row's real tokens to the right end (stable), padding to the left."""
     if bool(mask[:, -1].all()):

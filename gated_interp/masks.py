@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from jaxtyping import AbstractDtype, Bool, Int
 from torch import Tensor
+
+
+class Mask(AbstractDtype):
+    """The annotation of every `attention_mask`: `Mask[Tensor, "batch pos"]` takes bool or integer
+    masks (the two kinds `check_attention_mask` accepts); jaxtyping's `Int` would refuse bool."""
+
+    dtypes = [*Int.dtypes, *Bool.dtypes]
 
 
 def check_attention_mask(attention_mask: Any, shape: tuple[int, ...] | None = None, of: str = "tokens") -> Tensor:

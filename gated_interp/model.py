@@ -22,7 +22,7 @@ from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbeddin
 from gated_interp.config import N_DEVICES_UNSUPPORTED, GatedQwen3Config
 from gated_interp.generation import GenerationMixin
 from gated_interp.hooked_root import HookedRoot
-from gated_interp.masks import check_attention_mask
+from gated_interp.masks import Mask, check_attention_mask
 from gated_interp.tokenization import ModelInput, PaddingSide, TokenizationMixin
 from gated_interp.weight_processing import WeightProcessingMixin
 from gated_interp.weight_views import WeightViewsMixin
@@ -121,7 +121,7 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
     # ---- forward -------------------------------------------------------------------------
     @staticmethod
     def _attention_mask_4d(
-        attention_mask: Int[Tensor, "batch k_pos"], n_queries: int
+        attention_mask: Mask[Tensor, "batch k_pos"], n_queries: int
     ) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
         """Causal, padding keys hidden; a padding query still reads itself so that no softmax row
         is empty (its output is never used)."""
@@ -139,10 +139,10 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Mask[Tensor, "batch pos"] | None = None,
         stop_at_layer: int | None = None,
         past_kv_cache: list[KVCacheEntry] | None = None,
-        past_attention_mask: Int[Tensor, "batch past_pos"] | None = None,
+        past_attention_mask: Mask[Tensor, "batch past_pos"] | None = None,
         start_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
         padding_side: PaddingSide | None = None,
@@ -233,7 +233,7 @@ class HookedGatedQwen3(TokenizationMixin, GenerationMixin, WeightViewsMixin, Wei
     def loss_fn(
         logits: Float[Tensor, "batch pos d_vocab"],
         tokens: Int[Tensor, "batch pos"],
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Mask[Tensor, "batch pos"] | None = None,
         per_token: bool = False,
     ) -> Float[Tensor, ""] | Float[Tensor, "batch pos-1"]:
         """Next-token cross-entropy, TransformerLens' `lm_cross_entropy_loss` (in float32):

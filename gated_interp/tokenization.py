@@ -17,7 +17,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_attention_mask
 
 from gated_interp._user_warnings import warn_at_user_line
-from gated_interp.masks import check_attention_mask
+from gated_interp.masks import Mask, check_attention_mask
 
 ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
 PaddingSide = Literal["left", "right"]
@@ -216,7 +216,7 @@ class TokenizationMixin:
         attention_mask: Tensor | None,
         prepend_bos: bool | None,
         padding_side: PaddingSide | None = None,
-    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+    ) -> tuple[Int[Tensor, "batch pos"], Mask[Tensor, "batch pos"] | None]:
         """Tokens and the mask to run them with (None: no padding to hide).
 
         Strings: the mask from tokenizing them. Token tensors without a mask: left-padded ones

@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool
 from torch import Tensor
 
 from gated_interp import hooks
-from gated_interp.masks import check_attention_mask
+from gated_interp.masks import Mask, check_attention_mask
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ def get(cache: Any, hook: str, layer: int | None, what: str, where: str | None =
 def per_layer(
     cache: Any,
     hook: str,
-    attention_mask: Int[Tensor, "batch pos"] | None,
+    attention_mask: Mask[Tensor, "batch pos"] | None,
     what: str,
     reduce: Callable[[Tensor, Bool[Tensor, "batch pos"]], T],
 ) -> tuple[list[int], list[T]]:
@@ -133,7 +133,7 @@ def per_layer(
 
 
 def real_positions(
-    attention_mask: Int[Tensor, "batch pos"] | None, batch: int, n_pos: int, device: torch.device
+    attention_mask: Mask[Tensor, "batch pos"] | None, batch: int, n_pos: int, device: torch.device
 ) -> Bool[Tensor, "batch pos"]:
     """True at real (non-padding) positions; all True without a mask."""
     if attention_mask is None:

@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from gated_interp.masks import check_attention_mask
+from gated_interp.masks import Mask, check_attention_mask
 
 Prompts = Sequence[str] | str | Int[Tensor, "batch pos"]
 
@@ -18,8 +18,8 @@ def as_batches(
     model: Any,
     prompts: Prompts,
     batch_size: int | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
-) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]]:
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
+) -> Iterator[tuple[Int[Tensor, "batch pos"], Mask[Tensor, "batch pos"]]]:
     """Yield `(tokens [batch, pos], attention_mask [batch, pos])` chunks of at most `batch_size`.
 
     Strings are tokenised per chunk by `model.to_tokens(..., return_attention_mask=True)` (padded

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-from jaxtyping import Int
 from torch import Tensor
 
 from gated_interp.analysis._inputs import Prompts
 from gated_interp.analysis.streaming import QUANTITIES, measure
+from gated_interp.masks import Mask
 
 COLUMNS = QUANTITIES
 
@@ -19,7 +19,7 @@ def measure_variant(
     model: Any,
     prompts: Prompts,
     batch_size: int | None = 8,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     eps: float = 0.3,
     progress: bool = True,
     desc: str = "",
@@ -34,7 +34,7 @@ def compare_variants(
     models: Mapping[str, Any],
     prompts: Prompts,
     batch_size: int | None = 8,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     eps: float = 0.3,
     progress: bool = True,
     n_boot: int = 0,

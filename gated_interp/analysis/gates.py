@@ -11,15 +11,16 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis import reductions
 from gated_interp.analysis._cache import get, per_layer, real_positions
+from gated_interp.masks import Mask
 
 
 def gate_values(
-    cache: Any, layer: int | None = None, attention_mask: Int[Tensor, "batch pos"] | None = None
+    cache: Any, layer: int | None = None, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "n"]:
     """Every gate score of `layer` (all layers if None) at real positions, flat: `[n]`, ready
     for a histogram."""
@@ -44,20 +45,20 @@ def _gate_sums(cache: Any, attention_mask: Tensor | None, what: str) -> tuple[li
 
 
 def mean_gate_by_head(
-    cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
+    cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer head"]:
     """Mean gate score of each head (over real positions and gate elements): `[layer, head]`."""
     _, sums = _gate_sums(cache, attention_mask, "mean_gate_by_head")
     return torch.stack([reductions.pool_mean(total, count, reductions.NO_REAL_POSITION) for total, count in sums])
 
 
-def mean_gate_score(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+def mean_gate_score(cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None) -> float:
     """The paper's mean gate score (`mean_gate`): over all layers, real positions, heads and gate
     elements (every head has as many scores, so it is the mean of the per-head means)."""
     return float(mean_gate_by_head(cache, attention_mask).mean())
 
 
-def gate_stats(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> pd.DataFrame:
+def gate_stats(cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None) -> pd.DataFrame:
     """One row per (layer, head), columns:
 
     layer, head; mean_gate (mean gate score); gate_frac_below_0.1, gate_frac_below_0.5 (fraction

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from gated_interp.analysis._inputs import Prompts, as_batches
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.hooks import hook_name
+from gated_interp.masks import Mask
 from gated_interp.metrics import Metric, call_metric
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
@@ -121,7 +122,7 @@ def mean_gates(
     reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
     layers: Iterable[int] | int | None = None,
     heads: Iterable[int] | int | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     over: Sequence[str] | str = ("batch", "pos"),
 ) -> list[Hook]:
     """Replace each chosen head's gate by its mean on `reference_tokens` (element-wise for
@@ -198,7 +199,7 @@ def mean_ablate_heads(
     model: Any,
     heads: Sequence[tuple[int, int]],
     reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> list[Hook]:
     """Replace `hook_z` of each `(layer, head)` by its mean over the reference batch and real
     positions (`[d_head]` per head), at every position."""
@@ -263,7 +264,7 @@ def ablation_effects(
     prompts_or_tokens: Prompts,
     interventions: Mapping[str, Sequence[Hook]],
     metric: Metric | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     n_boot: int = 0,

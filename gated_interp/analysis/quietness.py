@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Int
 from torch import Tensor
 
 from gated_interp.analysis import reductions
 from gated_interp.analysis._cache import get, real_positions
+from gated_interp.masks import Mask
 
 __all__ = ["QUIET_CLASSES", "head_quietness"]
 
@@ -36,7 +36,7 @@ def _fetch(cache: Any, hook: str, layer: int) -> Tensor:
 
 def head_quietness(
     cache: Any,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     quiet_below: float = 0.25,
     sink_attention: float = 0.5,
     sink_value: float = 0.5,

@@ -20,16 +20,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis import reductions
 from gated_interp.analysis._cache import get, per_layer, real_positions, require_layers
+from gated_interp.masks import Mask
 
 
 def first_token_attention(
     cache: Any,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per: Literal["head", "layer", "model"] = "head",
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "layer"] | Float[Tensor, ""]:
     """Mean attention that the real queries after each sequence's first real token give to it.
@@ -55,7 +56,7 @@ def first_token_attention(
 
 
 def first_token_attention_by_layer(
-    cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
+    cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer"]:
     """`first_token_attention` averaged over heads: `[layer]`."""
     return first_token_attention(cache, attention_mask, per="layer")
@@ -77,7 +78,7 @@ def uniform_first_token_attention(seq_len: int) -> float:
 def key_importance(
     cache: Any,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per_sequence: bool = False,
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
     """Gu et al.'s importance of `key_position`: its attention averaged over real queries i >= k.
@@ -107,7 +108,7 @@ def sink_rate(
     cache: Any,
     eps: float = 0.3,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> float:
     """Gu et al.'s sink rate: the fraction of (layer, head) pairs whose importance of
     `key_position` exceeds `eps`, computed per sequence and averaged over sequences (as they
@@ -122,7 +123,7 @@ def head_averaged_patterns(
     cache: Any,
     layers: list[int] | tuple[int, ...],
     batch_index: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "layer q_pos k_pos"]:
     """Mean over heads of the attention pattern of sequence `batch_index`, for each of `layers`
     (0-based), cropped to that sequence's real tokens wherever the mask puts them (left or right

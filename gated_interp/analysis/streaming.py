@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -38,6 +38,7 @@ from gated_interp.analysis.massive import massive_activations as _cache_massive_
 from gated_interp.analysis.measurement import QUANTITIES, Measurement
 from gated_interp.analysis.memory import full_cache_bytes
 from gated_interp.hooks import hook_name
+from gated_interp.masks import Mask
 
 __all__ = [
     "LONG_CONTEXT",
@@ -61,7 +62,7 @@ LONG_CONTEXT = 2048
 class _Reducer:
     """Forward hooks that fold one batch's activations into per-sequence reductions, layer by layer."""
 
-    def __init__(self, model: Any, mask: Int[Tensor, "batch pos"], key_position: int, bar: Any):
+    def __init__(self, model: Any, mask: Mask[Tensor, "batch pos"], key_position: int, bar: Any):
         cfg = model.cfg
         self.model, self.key_position, self.bar = model, key_position, bar
         self.real = mask.bool()
@@ -164,7 +165,7 @@ def _summed_loss(
 def measure(
     model: Any,
     prompts: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = 8,
     eps: float = 0.3,
     key_position: int = 0,
@@ -231,7 +232,7 @@ def measure(
 def first_token_attention(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per: Literal["head", "layer", "model"] = "head",
     batch_size: int | None = 8,
     progress: bool | None = None,
@@ -246,7 +247,7 @@ def key_importance(
     model: Any,
     tokens: Prompts,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per_sequence: bool = False,
     batch_size: int | None = 8,
     progress: bool | None = None,
@@ -261,7 +262,7 @@ def sink_rate(
     tokens: Prompts,
     eps: float = 0.3,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = 8,
     progress: bool | None = None,
 ) -> float:
@@ -272,7 +273,7 @@ def sink_rate(
 def max_abs_resid_by_layer(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = 8,
     progress: bool | None = None,
 ) -> Float[Tensor, "layer"]:
@@ -303,7 +304,7 @@ def _per_layer_frames(
 def massive_activations(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     threshold: float = 100.0,
     ratio: float = 1000.0,
     progress: bool | None = None,
@@ -323,7 +324,7 @@ def massive_activations(
 def gate_stats(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """As `analysis.gate_stats(cache, mask)`, without a cache: one layer's gates at a time."""

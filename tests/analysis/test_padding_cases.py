@@ -183,3 +183,35 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused_at_load(tmp_path, bpe
         CheckpointError, match=f"tokenizer has {len(bpe_tokenizer)} tokens .* vocab_size is {len(bpe_tokenizer) - 8}"
     ):
         load_hooked(str(tmp_path), device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_bool_mask_gives_what_the_integer_mask_gives(model, runs, side):
+    """Masks may be bool or 0/1 integers (gated_interp.masks.Mask): under the shape checker too,
+    through forward, run_with_cache and every table that takes a mask."""
+    tokens, mask, cache = runs[side]
+    flags = mask.bool()
+    torch.testing.assert_close(model(tokens, attention_mask=flags), model(tokens, attention_mask=mask))
+    loss = model(tokens, attention_mask=flags, return_type="loss")
+    torch.testing.assert_close(loss, model(tokens, attention_mask=mask, return_type="loss"))
+    _, bool_cache = model.run_with_cache(tokens, attention_mask=flags)
+    torch.testing.assert_close(bool_cache["pattern", 1], cache["pattern", 1])
+    same = [
+        (analysis.first_token_attention, {}),
+        (analysis.sink_rate, {}),
+        (analysis.key_importance, {}),
+        (analysis.max_abs_resid, {}),
+        (analysis.mean_gate_score, {}),
+        (analysis.gate_values, {"layer": 1}),
+    ]
+    for table, kwargs in same:
+        expected = torch.as_tensor(table(cache, attention_mask=mask, **kwargs))
+        torch.testing.assert_close(torch.as_tensor(table(cache, attention_mask=flags, **kwargs)), expected)
+    for table in (analysis.gate_stats, analysis.head_quietness, analysis.massive_activations):
+        assert table(cache, attention_mask=flags).equals(table(cache, attention_mask=mask)), table.__name__
+    maps = analysis.head_averaged_patterns(cache, [1], batch_index=1, attention_mask=flags)
+    torch.testing.assert_close(maps, analysis.head_averaged_patterns(cache, [1], batch_index=1, attention_mask=mask))
+    measured = streaming.measure(model, tokens, flags, progress=False).summary()
+    assert measured == pytest.approx(streaming.measure(model, tokens, mask, progress=False).summary(), nan_ok=True)
+    compared = analysis.compare_variants({"m": model}, tokens, attention_mask=flags, progress=False)
+    assert compared.equals(analysis.compare_variants({"m": model}, tokens, attention_mask=mask, progress=False))
