@@ -8,6 +8,7 @@ Field names follow `transformer_lens.HookedTransformerConfig` where one exists (
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +49,21 @@ N_DEVICES_UNSUPPORTED = (
 )
 
 
+# The largest RMSNorm epsilon accepted. Released models use 1e-6 (Qwen3) to 1e-5; an epsilon near
+# the mean square of the activations (embeddings sit around 1e-3 to 1e-2) stops the norm from
+# normalising, so a larger value is a typo or a broken config, never a model worth measuring.
+MAX_RMS_NORM_EPS = 1e-2
+
+
+def rms_norm_eps_problem(eps: Any) -> str | None:
+    """Why `eps` is not a usable `rms_norm_eps` (a finite number in (0, MAX_RMS_NORM_EPS]), or None."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        return "a finite number > 0"
+    if eps > MAX_RMS_NORM_EPS:
+        return f"at most {MAX_RMS_NORM_EPS} (released models use 1e-6; a larger epsilon stops the norm normalising)"
+    return None
+
+
 @dataclass
 class GatedQwen3Config:
     d_model: int
@@ -62,7 +78,7 @@ class GatedQwen3Config:
     use_qk_norm: bool = True
     qkv_bias: bool = False  # the released code puts this bias on q, k, v *and* o
     tie_word_embeddings: bool = False
-    rms_norm_eps: float = 1e-6
+    rms_norm_eps: float = 1e-6  # in (0, MAX_RMS_NORM_EPS]
     rope_theta: float = 1_000_000.0
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear", "factor": f} or None
     use_attn_result: bool = False
@@ -107,6 +123,8 @@ class GatedQwen3Config:
                 f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
                 f"({self.n_key_value_heads}) for grouped-query attention"
             )
+        if (problem := rms_norm_eps_problem(self.rms_norm_eps)) is not None:
+            raise ValueError(f"rms_norm_eps must be {problem}, got {self.rms_norm_eps!r}")
         if self.d_head % 2 != 0:
             raise ValueError(f"d_head must be even for rotary embeddings, got {self.d_head}")
         if self.rope_scaling is not None:

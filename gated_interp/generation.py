@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.components import KVCacheEntry
+from gated_interp.masks import Mask
 from gated_interp.tokenization import ModelInput, PaddingSide
 
 
@@ -48,6 +49,10 @@ class GenerationMixin:
         from the logit of each token already in the sequence (prompt included, padding not), when
         sampling. Batched prompts of different lengths are left-aligned with padding masked
         (whatever `padding_side`), so each continues its own text.
+
+        Generating past `cfg.n_ctx` (prompt plus `max_new_tokens`) runs, with the warning the
+        forward pass gives for tokens that long: positions from n_ctx on are beyond the trained
+        context. Stopping there is the caller's choice (`max_new_tokens`), not made silently here.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -75,6 +80,8 @@ class GenerationMixin:
             mask = torch.ones_like(tokens) if mask is None else mask
         # Left-align padding so that every sequence's next token goes at the same column.
         tokens, mask = _left_pad(tokens, mask)
+        if tokens.shape[1] <= self.cfg.n_ctx < tokens.shape[1] + max_new_tokens:
+            self._warn_past_context()  # a longer prompt was warned about by _as_tokens
         if eos_token_id is None and self.tokenizer is not None:
             eos_token_id = self.tokenizer.eos_token_id
         eos_ids = [] if eos_token_id is None else [int(e) for e in torch.as_tensor(eos_token_id).flatten().tolist()]
@@ -135,7 +142,7 @@ class GenerationMixin:
 
 
 def _left_pad(
-    tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+    tokens: Int[Tensor, "batch pos"], mask: Mask[Tensor, "batch pos"]
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Move each row's real tokens to the right end (stable), padding to the left."""
     if bool(mask[:, -1].all()):

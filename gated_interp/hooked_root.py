@@ -179,10 +179,19 @@ class HookedRoot(HookedRootModule):
         super().add_hook(name, hook, *args, **kwargs)
 
     def _caching_names_filter(self, names_filter: Any) -> Any:
-        """Names resolved to real hook names; a callable that names hooks by alias warns."""
+        """Names resolved to real hook names; a callable that names hooks by alias warns.
+
+        A string or list names hooks, so each name must be one: a misspelled name raises a
+        `KeyError` naming it, even among valid ones (TransformerLens would drop it and cache the
+        rest, so a missing activation would surface far from the typo)."""
         names_filter = _resolve_names_filter(names_filter)
         if callable(names_filter):
             self._warn_filter_takes_aliases(names_filter, "names_filter")
+        elif isinstance(names_filter, (str, list)):
+            names = [names_filter] if isinstance(names_filter, str) else names_filter
+            unknown = [name for name in names if name not in self.hook_dict]
+            if unknown:
+                raise KeyError(_unknown_hook_message(self, unknown[0]))
         return names_filter
 
     def add_caching_hooks(
@@ -197,14 +206,6 @@ class HookedRoot(HookedRootModule):
         in `run_with_cache`: any spelling `gated_interp.hooks` resolves. TransformerLens would
         compare a list with the real names only and keep nothing for `get_act_name("gate", 0)`."""
         names_filter = self._caching_names_filter(names_filter)
-        if isinstance(names_filter, (str, list)):
-            unknown = [
-                n
-                for n in ([names_filter] if isinstance(names_filter, str) else names_filter)
-                if n not in self.hook_dict
-            ]
-            if unknown:
-                raise KeyError(_unknown_hook_message(self, unknown[0]))
         return super().add_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
 
     def get_caching_hooks(
@@ -312,19 +313,10 @@ class HookedRoot(HookedRootModule):
         if callable(names_filter):  # one that takes aliases was warned about by get_caching_hooks
             self._warn_filter_matches_nothing(names_filter, "names_filter")
             return
+        # Unknown names were refused by _caching_names_filter: what is left is switched off.
         names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-        resolved = [hooks.resolve(name) for name in names]
-        off = [name for name in resolved if name in real and not self._switched_on(name)]
-        unknown = [name for name, full in zip(names, resolved) if full not in real]
-        notes = [note for note in map(hooks.tl2_name_note, unknown) if note is not None]
-        if notes:
-            warn_at_user_line(f"names_filter kept no hook: {notes[0]}")
-        elif unknown:
-            warn_at_user_line(
-                f"names_filter kept no hook: {unknown} are not hook names of this model (a list or string "
-                "names_filter takes full names, e.g. get_act_name('gate', 0); see gated_interp.hooks.HOOKS)"
-            )
-        elif off:
+        off = [name for name in map(hooks.resolve, names) if name in real and not self._switched_on(name)]
+        if off:
             switch = hooks.lookup(off[0])[0].switch
             warn_at_user_line(f"names_filter kept no hook: {off} only fire after model.set_{switch}(True)")
 
@@ -360,4 +352,7 @@ def _unknown_hook_message(model: HookedRoot, name: str) -> str:
     if found is not None and not found[0].exists_in(model.cfg):
         why = "only gated models have it" if found[0].gated_only else "it needs cfg.use_qk_norm"
         return f"{name!r}: this model has no such hook ({why})"
-    return f"{name!r} is not a hook of this model; see gated_interp.hooks.HOOKS (or model.hook_dict) for the names"
+    return (
+        f"{name!r} is not a hook of this model: a hook name is a full name such as get_act_name('gate', 0) "
+        "(see gated_interp.hooks.HOOKS or model.hook_dict)"
+    )

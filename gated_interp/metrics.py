@@ -14,6 +14,8 @@ from collections.abc import Callable
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from gated_interp.masks import Mask
+
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
 
 
@@ -32,7 +34,7 @@ def call_metric(
     metric: Callable,
     logits: Float[Tensor, "batch pos d_vocab"],
     tokens: Int[Tensor, "batch pos"] | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, ""] | Float[Tensor, "batch"] | float:
     """`metric(logits)`, or `metric(logits, tokens, attention_mask)` for a metric whose signature
     requires three positional arguments. Metrics may return one value per sequence `[batch]` where

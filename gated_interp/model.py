@@ -23,6 +23,7 @@ from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbeddin
 from gated_interp.config import INIT_STD, N_DEVICES_UNSUPPORTED, GatedQwen3Config
 from gated_interp.generation import GenerationMixin
 from gated_interp.hooked_root import HookedRoot
+from gated_interp.masks import Mask, check_attention_mask
 from gated_interp.tl_compat import TransformerLensCompatMixin, check_kv_cache
 from gated_interp.tokenization import ModelInput, PaddingSide, TokenizationMixin
 from gated_interp.weight_processing import WeightProcessingMixin
@@ -131,7 +132,7 @@ class HookedGatedQwen3(
     # ---- forward -------------------------------------------------------------------------
     @staticmethod
     def _attention_mask_4d(
-        attention_mask: Int[Tensor, "batch k_pos"], n_queries: int
+        attention_mask: Mask[Tensor, "batch k_pos"], n_queries: int
     ) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
         """Causal, padding keys hidden; a padding query still reads itself so that no softmax row
         is empty (its output is never used)."""
@@ -149,11 +150,11 @@ class HookedGatedQwen3(
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Mask[Tensor, "batch pos"] | None = None,
         stop_at_layer: int | None = None,
         # TransformerLens' cache is in the annotation only so that it reaches the refusal naming it.
         past_kv_cache: list[KVCacheEntry] | TransformerLensKeyValueCache | None = None,
-        past_attention_mask: Int[Tensor, "batch past_pos"] | None = None,
+        past_attention_mask: Mask[Tensor, "batch past_pos"] | None = None,
         start_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
         padding_side: PaddingSide | None = None,
@@ -171,6 +172,9 @@ class HookedGatedQwen3(
         is masked; a token tensor left-padded with the pad token (`padding_side="left"` or
         `cfg.default_padding_side`) gets the mask derived from its leading pads; a right-padded
         tensor without a mask runs unmasked, and its loss counts the padding (with a warning).
+        Strings longer than `cfg.n_ctx` are cut to it (with a warning, as TransformerLens does);
+        token tensors that long run whole, with a warning that the positions past n_ctx are
+        beyond the trained context. A batch of no sequences is refused (its loss would be NaN).
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
@@ -234,18 +238,15 @@ class HookedGatedQwen3(
             )
         if past_kv_cache is not None:
             raise ValueError("start_at_layer cannot be combined with past_kv_cache")
-        if attention_mask is not None and attention_mask.shape != input.shape[:2]:
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} does not match the residual's "
-                f"[batch, pos] {tuple(input.shape[:2])}"
-            )
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, tuple(input.shape[:2]), of="the residual's [batch, pos]")
         return input.to(self.cfg.device)
 
     @staticmethod
     def loss_fn(
         logits: Float[Tensor, "batch pos d_vocab"],
         tokens: Int[Tensor, "batch pos"],
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Mask[Tensor, "batch pos"] | None = None,
         per_token: bool = False,
     ) -> Float[Tensor, ""] | Float[Tensor, "batch pos-1"]:
         """Next-token cross-entropy, TransformerLens' `lm_cross_entropy_loss` (in float32):

@@ -17,9 +17,12 @@ from torch import Tensor
 from transformer_lens.utilities import get_attention_mask
 
 from gated_interp._user_warnings import warn_at_user_line
+from gated_interp.masks import Mask, check_attention_mask
 
 ModelInput = Union[str, Sequence[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
 PaddingSide = Literal["left", "right"]
+# A batch of no sequences has no logits to speak of and a NaN loss: refused, never run.
+EMPTY_BATCH = "empty batch: give at least one sequence (a string, a list of strings or tokens [batch >= 1, pos])"
 
 
 class TokenizationMixin:
@@ -213,17 +216,23 @@ class TokenizationMixin:
         attention_mask: Tensor | None,
         prepend_bos: bool | None,
         padding_side: PaddingSide | None = None,
-    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+    ) -> tuple[Int[Tensor, "batch pos"], Mask[Tensor, "batch pos"] | None]:
         """Tokens and the mask to run them with (None: no padding to hide).
 
         Strings: the mask from tokenizing them. Token tensors without a mask: left-padded ones
         (`padding_side="left"`, or `cfg.default_padding_side`) get the mask TransformerLens
-        derives from the leading pad tokens; right padding needs none for the real positions."""
+        derives from the leading pad tokens; right padding needs none for the real positions.
+        A batch of no sequences is refused (`EMPTY_BATCH`); token tensors longer than `cfg.n_ctx`
+        run whole with a warning (`_warn_past_context`)."""
         if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
             tokens, string_mask = self._tokenize(input, prepend_bos, padding_side)
+            if attention_mask is not None:
+                attention_mask = check_attention_mask(attention_mask, tuple(tokens.shape)).to(tokens.device)
             if attention_mask is None and not bool(string_mask.all()):
                 attention_mask = string_mask
             return tokens, attention_mask
+        if isinstance(input, (list, tuple)) and len(input) == 0:
+            raise ValueError(EMPTY_BATCH)
         if isinstance(input, Tensor) and input.is_floating_point():
             raise ValueError(
                 f"got a float tensor {tuple(input.shape)}, but token ids are integers. To run from embeddings, pass "
@@ -231,12 +240,21 @@ class TokenizationMixin:
                 "(tokens=... for a loss)"
             )
         tokens = torch.as_tensor(input, device=self.cfg.device)
+        if tokens.dtype == torch.bool:
+            raise ValueError(
+                f"got a bool tensor {tuple(tokens.shape)} as input, but token ids are integers: if this is an "
+                "attention mask, pass it as attention_mask=... beside the tokens"
+            )
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2 or tokens.is_floating_point():
             raise ValueError(f"tokens must be an integer tensor [batch, pos], got {tuple(tokens.shape)} {tokens.dtype}")
+        if tokens.shape[0] == 0:
+            raise ValueError(EMPTY_BATCH)
         if tokens.shape[1] == 0:
             raise ValueError("empty input: give at least one token")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            self._warn_past_context()
         bad = (tokens < 0) | (tokens >= self.cfg.d_vocab)
         if bool(bad.any()):
             raise ValueError(
@@ -244,17 +262,27 @@ class TokenizationMixin:
                 "were these tokens made with another model's tokenizer?"
             )
         if attention_mask is not None:
-            if attention_mask.shape != tokens.shape:
-                raise ValueError(
-                    f"attention_mask shape {tuple(attention_mask.shape)} does not match tokens {tuple(tokens.shape)}"
-                )
-            return tokens, attention_mask.to(tokens.device)
+            return tokens, check_attention_mask(attention_mask, tuple(tokens.shape)).to(tokens.device)
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
         if self._padding_side(padding_side) == "left" and pad_id is not None and bool((tokens[:, 0] == pad_id).any()):
             prepend = self.default_prepend_bos if prepend_bos is None else prepend_bos
             derived = get_attention_mask(self.tokenizer, tokens, prepend, padding_side="left")
             return tokens, derived.to(tokens.device)
         return tokens, None
+
+    def _warn_past_context(self) -> None:
+        """Token ids longer than `cfg.n_ctx` run whole (rotary positions have no hard limit, as in
+        Hugging Face's Qwen3), with this warning: positions from n_ctx on are beyond the context the
+        model was trained for, so its numbers there are extrapolation, not the model's usual
+        behaviour. A string that long is cut to n_ctx by `to_tokens` instead (TransformerLens'
+        rule), since cutting it is the tokenizer's choice; cutting a tensor you built would be ours.
+        One message whatever the length, so a loop that grows the tokens warns once."""
+        n_ctx = self.cfg.n_ctx
+        warn_at_user_line(
+            f"the tokens run past the model's context (n_ctx={n_ctx} tokens): positions from {n_ctx} on are "
+            "beyond what it was trained on, so its numbers there are extrapolation; cut the tokens to "
+            f"[:, :{n_ctx}] (as to_tokens does with strings) unless that is what you are measuring"
+        )
 
     def _warn_if_right_padded(self, tokens: Tensor, attention_mask: Tensor | None) -> None:
         """A loss over right-padded tokens without a mask counts the padding, as in TransformerLens:

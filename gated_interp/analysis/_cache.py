@@ -11,10 +11,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool
 from torch import Tensor
 
 from gated_interp import hooks
+from gated_interp.masks import Mask, check_attention_mask
 
 T = TypeVar("T")
 
@@ -79,12 +80,31 @@ def require_gated(cache: Any, what: str) -> None:
         )
 
 
+def resolve_layer(cache: Any, hook: str, layer: int, what: str) -> int:
+    """`layer` as a 0-based index: negative layers count from the last, as in Python and
+    TransformerLens (-1 = the model's last layer; a plain dict cache's last layer holding `hook`).
+    Raises a `ValueError` naming the range for a layer outside it."""
+    cfg = getattr(getattr(cache, "model", None), "cfg", None)
+    n_layers = cfg.n_layers if cfg is not None else max(layers_with(cache, hook), default=-1) + 1
+    if n_layers == 0:
+        raise missing_hook_error(hook, what)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+        raise ValueError(
+            f"layer {layer!r} is out of range for {what}: the model has {n_layers} layers, 0..{n_layers - 1} "
+            "(0-based; negative layers count from the last)"
+        )
+    return layer % n_layers
+
+
 def get(cache: Any, hook: str, layer: int | None, what: str, where: str | None = None) -> Tensor:
-    """The activation `hook` of `layer` (None for hooks outside the blocks; `where` picks the
-    RMSNorm of `scale`/`normalized`), with a batch dimension even if the cache removed it."""
+    """The activation `hook` of `layer` (None for hooks outside the blocks; negative layers count
+    from the last; `where` picks the RMSNorm of `scale`/`normalized`), with a batch dimension even
+    if the cache removed it."""
     spec = hooks.spec(hook, where)
     if spec.gated_only:
         require_gated(cache, what)
+    if layer is not None:
+        layer = resolve_layer(cache, hook, layer, what)
     store = _as_dict(cache)
     key = spec.name(layer)
     if key not in store:
@@ -96,7 +116,7 @@ def get(cache: Any, hook: str, layer: int | None, what: str, where: str | None =
 def per_layer(
     cache: Any,
     hook: str,
-    attention_mask: Int[Tensor, "batch pos"] | None,
+    attention_mask: Mask[Tensor, "batch pos"] | None,
     what: str,
     reduce: Callable[[Tensor, Bool[Tensor, "batch pos"]], T],
 ) -> tuple[list[int], list[T]]:
@@ -113,12 +133,12 @@ def per_layer(
 
 
 def real_positions(
-    attention_mask: Int[Tensor, "batch pos"] | None, batch: int, n_pos: int, device: torch.device
+    attention_mask: Mask[Tensor, "batch pos"] | None, batch: int, n_pos: int, device: torch.device
 ) -> Bool[Tensor, "batch pos"]:
     """True at real (non-padding) positions; all True without a mask."""
     if attention_mask is None:
         return torch.ones(batch, n_pos, dtype=torch.bool, device=device)
-    mask = torch.as_tensor(attention_mask, device=device)
+    mask = check_attention_mask(attention_mask).to(device)
     if mask.ndim == 1:
         mask = mask[None]
     if tuple(mask.shape) != (batch, n_pos):

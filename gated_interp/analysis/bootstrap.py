@@ -14,14 +14,16 @@ tensor (any shape); `lo` and `hi` have that shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 Statistic = Callable[[Tensor], Tensor]
+# Resamples whose indices are drawn at once (memory: RESAMPLE_CHUNK x seq int64s).
+RESAMPLE_CHUNK = 256
 
 
 def mean(values: Float[Tensor, "seq *rest"]) -> Float[Tensor, "*rest"]:
@@ -49,12 +51,28 @@ def bootstrap_samples(
         raise ValueError(
             f"bootstrap needs per-sequence values [seq, ...] with at least 2 sequences, got shape {tuple(values.shape)}"
         )
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    samples = []
+    for index in resample_indices(values.shape[0], n_boot, seed):
+        samples += [torch.as_tensor(statistic(values[rows])) for rows in index.to(values.device)]
+    return torch.stack(samples)
+
+
+def resample_indices(n: int, n_boot: int, seed: int = 0) -> Iterator[Int[Tensor, "boot seq"]]:
+    """The rows each resample draws, `[chunk, n]` for chunks of RESAMPLE_CHUNK resamples: the one
+    random stream of every bootstrap here (the same draws as one `[n_boot, n]` tensor, which for
+    200,000 resamples of 5,000 values would be 8 GB of int64s)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be an int >= 1, got {n_boot!r}")
     generator = torch.Generator().manual_seed(seed)
-    n = values.shape[0]
-    index = torch.randint(0, n, (n_boot, n), generator=generator).to(values.device)
-    return torch.stack([torch.as_tensor(statistic(values[rows])) for rows in index])
+    for start in range(0, n_boot, RESAMPLE_CHUNK):
+        yield torch.randint(0, n, (min(RESAMPLE_CHUNK, n_boot - start), n), generator=generator)
+
+
+def resample_counts(n: int, n_boot: int, seed: int = 0) -> Iterator[Float[Tensor, "boot seq"]]:
+    """How many times each resample of `resample_indices` draws each row (float64, exact): a
+    statistic that is a sum over rows is then one matrix product for a whole chunk of resamples."""
+    for index in resample_indices(n, n_boot, seed):
+        yield torch.zeros(index.shape, dtype=torch.float64).scatter_add_(1, index, torch.ones(index.shape).double())
 
 
 def bootstrap_ci(

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-from jaxtyping import Int
 from torch import Tensor
 
 from gated_interp.analysis._inputs import Prompts
 from gated_interp.analysis.streaming import QUANTITIES, measure
+from gated_interp.masks import Mask
 
 COLUMNS = QUANTITIES
 
@@ -19,7 +19,7 @@ def measure_variant(
     model: Any,
     prompts: Prompts,
     batch_size: int | None = 8,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     eps: float = 0.3,
     progress: bool | None = None,
     desc: str = "",
@@ -34,7 +34,7 @@ def compare_variants(
     models: Mapping[str, Any],
     prompts: Prompts,
     batch_size: int | None = 8,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     eps: float = 0.3,
     progress: bool | None = None,
     n_boot: int = 0,
@@ -55,8 +55,8 @@ def compare_variants(
     """
     if not models:
         raise ValueError("no models given: pass a dict {variant name: model}")
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"n_boot must be an int >= 0 (0: no intervals), got {n_boot!r}")
     rows = {}
     for name, model in models.items():
         m = measure(model, prompts, attention_mask, batch_size, eps, progress=progress, desc=name)

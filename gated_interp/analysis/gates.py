@@ -2,7 +2,7 @@
 
 `hook_gate` is `[batch, pos, head, gate]` with gate = 1 (headwise) or d_head (elementwise).
 Everything here needs a gated model's cache and raises a `ValueError` on a baseline's.
-Padding positions (`attention_mask == 0`) are left out.
+Padding positions (`attention_mask == 0`, on either side or in holes) are left out.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis import reductions
 from gated_interp.analysis._cache import get, per_layer, real_positions
+from gated_interp.masks import Mask
 
 
 def gate_values(
-    cache: Any, layer: int | None = None, attention_mask: Int[Tensor, "batch pos"] | None = None
+    cache: Any, layer: int | None = None, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "n"]:
     """Every gate score of `layer` (all layers if None) at real positions, flat: `[n]`, ready
     for a histogram."""
@@ -44,27 +45,28 @@ def _gate_sums(cache: Any, attention_mask: Tensor | None, what: str) -> tuple[li
 
 
 def mean_gate_by_head(
-    cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
+    cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer head"]:
     """Mean gate score of each head (over real positions and gate elements): `[layer, head]`."""
     _, sums = _gate_sums(cache, attention_mask, "mean_gate_by_head")
     return torch.stack([reductions.pool_mean(total, count, reductions.NO_REAL_POSITION) for total, count in sums])
 
 
-def mean_gate_score(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+def mean_gate_score(cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None) -> float:
     """The paper's mean gate score (`mean_gate`): over all layers, real positions, heads and gate
     elements (every head has as many scores, so it is the mean of the per-head means)."""
     return float(mean_gate_by_head(cache, attention_mask).mean())
 
 
-def gate_stats(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> pd.DataFrame:
+def gate_stats(cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None) -> pd.DataFrame:
     """One row per (layer, head), columns:
 
     layer, head; mean_gate (mean gate score); gate_frac_below_0.1, gate_frac_below_0.5 (fraction
     of gate values, over real positions and elements); position_std (std over real positions of
     the head's element-mean gate, population std, averaged over sequences: how query-dependent the
-    gate is; NaN when no sequence has two real tokens); gate_pos0 (mean gate at position 0);
-    gate_other (mean gate over real positions >= 1, NaN for one-token sequences).
+    gate is; NaN when no sequence has two real tokens); gate_pos0 (mean over sequences of the gate
+    at each sequence's first real token, wherever padding puts it); gate_other (mean gate over the
+    real positions after each sequence's first real token, NaN for one-token sequences).
     """
 
     def reduce(gate: Tensor, real: Tensor) -> dict[str, Tensor]:
@@ -77,7 +79,7 @@ def gate_stats(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = Non
             below = reductions.gate_below(gate, real, threshold)
             columns[f"gate_frac_below_{threshold}"] = reductions.pool_mean(below, count, reductions.NO_REAL_POSITION)
         columns["position_std"] = reductions.gate_position_std(gate, real).nanmean(0)
-        columns["gate_pos0"] = reductions.gate_at_first(gate).mean(0)
+        columns["gate_pos0"] = reductions.gate_at_first(gate, real).nanmean(0)
         after = reductions.gate_after_first(gate, real)
         columns["gate_other"] = (
             after.sum(0) / later.sum() if later.sum() > 0 else torch.full_like(after[0], float("nan"))

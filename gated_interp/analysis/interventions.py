@@ -28,30 +28,36 @@ from gated_interp._progress import progress_bar
 from gated_interp.analysis._inputs import Prompts, as_batches
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.hooks import hook_name
+from gated_interp.masks import Mask
 from gated_interp.metrics import Metric, call_metric
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor]]
 
 
 # ---- selection -------------------------------------------------------------------------------
+# Layers and heads are indexed alike, as Python and TransformerLens index: 0-based, negative
+# counting from the last (-1 = the last layer, the last head); anything else is refused by name.
+def _indices(chosen: list[Any], n: int, what: str, per: str) -> list[int]:
+    bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+    if bad:
+        raise ValueError(
+            f"{what} {bad} out of range: the model has {n} {what}{per} (0-based, 0..{n - 1}; "
+            "negative ones count from the last)"
+        )
+    return [i % n for i in chosen]
+
+
 def _layers(model: Any, layers: Iterable[int] | int | None) -> list[int]:
     n = model.cfg.n_layers
     chosen = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
-    bad = [layer for layer in chosen if not -n <= layer < n]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the model has {n} layers (0-based, 0..{n - 1})")
-    return [layer % n for layer in chosen]
+    return _indices(chosen, n, "layers", "")
 
 
 def _heads(model: Any, heads: Iterable[int] | int | None) -> list[int] | slice:
     if heads is None:
         return slice(None)
-    n = model.cfg.n_heads
     chosen = [heads] if isinstance(heads, int) else list(heads)
-    bad = [head for head in chosen if not 0 <= head < n]
-    if bad:
-        raise ValueError(f"heads {bad} out of range: the model has {n} heads per layer (0-based, 0..{n - 1})")
-    return chosen
+    return _indices(chosen, model.cfg.n_heads, "heads", " per layer")
 
 
 def _by_layer(model: Any, heads: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
@@ -83,8 +89,15 @@ def fix_gates(
     heads: Iterable[int] | int | None = None,
 ) -> list[Hook]:
     """Set the gate scores of the chosen heads to `value` (a float, or a tensor broadcastable to
-    `[pos, n_chosen_heads, gate]`) at every position."""
+    `[pos, n_chosen_heads, gate]`) at every position. A gate score is a sigmoid: every value must
+    lie in [0, 1] (NaN and values outside are refused)."""
     _require_gate(model, "fix_gates")
+    values = torch.as_tensor(value)
+    if values.is_complex() or not bool(((values >= 0) & (values <= 1)).all()):
+        raise ValueError(
+            f"fix_gates value must be a gate score in [0, 1] (a sigmoid's range; 0 closes the gate, 1 opens it), "
+            f"got {value if values.numel() == 1 else 'a tensor with values outside [0, 1] or NaN'}"
+        )
     head_index = _heads(model, heads)
 
     def hook(gate: Float[Tensor, "batch pos head gate"], hook: Any) -> Tensor:
@@ -109,7 +122,7 @@ def mean_gates(
     reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
     layers: Iterable[int] | int | None = None,
     heads: Iterable[int] | int | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     over: Sequence[str] | str = ("batch", "pos"),
 ) -> list[Hook]:
     """Replace each chosen head's gate by its mean on `reference_tokens` (element-wise for
@@ -175,7 +188,9 @@ def _set_heads_hooks(
 
 
 def zero_ablate_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[Hook]:
-    """Zero the (gated) output `hook_z` of each `(layer, head)`: the head writes nothing (b_O stays)."""
+    """Zero the (gated) output `hook_z` of each `(layer, head)`: the head writes nothing (b_O stays).
+    Layers and heads are 0-based; negative ones count from the last (`(-1, -1)`: the last head of
+    the last layer)."""
     return _set_heads_hooks(model, heads, lambda layer: 0.0)
 
 
@@ -184,7 +199,7 @@ def mean_ablate_heads(
     model: Any,
     heads: Sequence[tuple[int, int]],
     reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> list[Hook]:
     """Replace `hook_z` of each `(layer, head)` by its mean over the reference batch and real
     positions (`[d_head]` per head), at every position."""
@@ -209,7 +224,14 @@ def remove_sink(
 ) -> list[Hook]:
     """Zero the attention of queries after `key_position` to it and renormalise the rest of each
     row to sum to 1. Query `key_position` keeps its attention (for key 0 it has nothing else to
-    see); a row whose whole mass was on the sink becomes all zeros (the head then writes nothing)."""
+    see); a row whose whole mass was on the sink becomes all zeros (the head then writes nothing).
+
+    `key_position` is a position of the token tensor as run, an int >= 0: negative positions are
+    refused, since "from the end" would name a different token in every run of another length."""
+    if isinstance(key_position, bool) or not isinstance(key_position, int) or key_position < 0:
+        raise ValueError(
+            f"key_position must be an int >= 0 (a position of the tokens as run, 0 = the first), got {key_position!r}"
+        )
     head_index = _heads(model, heads)
 
     def hook(pattern: Float[Tensor, "batch head q_pos k_pos"], hook: Any) -> Tensor:
@@ -242,7 +264,7 @@ def ablation_effects(
     prompts_or_tokens: Prompts,
     interventions: Mapping[str, Sequence[Hook]],
     metric: Metric | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
     n_boot: int = 0,

@@ -13,29 +13,30 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis import reductions
 from gated_interp.analysis._cache import per_layer
+from gated_interp.masks import Mask
 
 
 def max_abs_resid_by_layer(
-    cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
+    cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer"]:
     """Largest |hidden state| value after each block, over real positions: `[layer]`."""
     _, maxima = per_layer(cache, "resid_post", attention_mask, "max_abs_resid_by_layer", reductions.max_abs_resid)
     return torch.stack(maxima).amax(-1)
 
 
-def max_abs_resid(cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None) -> float:
+def max_abs_resid(cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None) -> float:
     """The paper's M-Act: the mean over layers of the largest |hidden state| value."""
     return float(max_abs_resid_by_layer(cache, attention_mask).mean())
 
 
 def massive_activations(
     cache: Any,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     threshold: float = 100.0,
     ratio: float = 1000.0,
 ) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from gated_interp.analysis import reductions
-from gated_interp.analysis.bootstrap import bootstrap_samples
+from gated_interp.analysis.bootstrap import resample_counts
 
 QUANTITIES = ("first_token_attention", "sink_rate", "max_abs_resid", "mean_gate", "loss")
 
@@ -113,18 +113,12 @@ class Measurement:
         """Percentile-bootstrap interval over sequences of each quantity of `summary()`."""
         if not 0 < ci < 1:
             raise ValueError(f"ci must be a coverage between 0 and 1 (e.g. 0.95), got {ci}")
-
-        def statistic(rows: Tensor) -> Tensor:
-            picked = self.select(rows.long())
-            values = {}
-            for name in QUANTITIES:
-                try:  # a resample without a real query (or key) has no value: NaN, left out below
-                    values[name] = picked.summary_of(name)
-                except ValueError:
-                    values[name] = float("nan")
-            return torch.tensor([values[name] for name in QUANTITIES], dtype=torch.float64)
-
-        samples = bootstrap_samples(torch.arange(self.n_sequences), statistic, n_boot, seed)
+        if self.n_sequences < 2:
+            raise ValueError(f"bootstrap needs at least 2 sequences, got {self.n_sequences}")
+        # A whole chunk of resamples at once (a resample without a real query or key gives NaN,
+        # left out below): one matrix product per quantity instead of a select() per resample.
+        chunks = resample_counts(self.n_sequences, n_boot, seed)
+        samples = torch.cat([self.resampled_summaries(counts) for counts in chunks])
         alpha = (1 - ci) / 2
         result = {}
         for i, name in enumerate(QUANTITIES):
@@ -136,6 +130,38 @@ class Measurement:
             lo, hi = torch.quantile(column, torch.tensor([alpha, 1 - alpha], dtype=column.dtype))
             result[name] = (float(lo), float(hi))
         return result
+
+    def resampled_summaries(self, counts: Float[Tensor, "boot seq"]) -> Float[Tensor, "boot 5"]:
+        """The `QUANTITIES` (columns, in that order) of each resample whose row `counts[b]` says how
+        many times it draws each sequence: `self.select(rows).summary()` for all of them at once, in
+        float64, NaN where a resample has nothing to pool. Each column is the same pooling as
+        `summary_of` (sums over sequences divided by summed counts, maxima over the sequences
+        drawn), written for sequences that weigh their count."""
+        counts = counts.double()
+
+        def pooled(sums: Tensor, n: Tensor) -> Tensor:
+            """Sums `[seq, ...]` over counted items `n [seq]`, pooled per resample and averaged over
+            the trailing axes (layers, heads: each has as many items): `[boot]`, NaN if none counted."""
+            total = (counts @ n.double())[:, None]
+            means = (counts @ sums.double().reshape(sums.shape[0], -1)) / total
+            return means.where(total > 0, torch.nan).mean(1)
+
+        real_key = ~torch.isnan(self.key_importance[:, 0, 0])  # the sequences reductions.pool_sink_rate keeps
+        sinks = (self.key_importance > self.eps).double().mean(dim=(1, 2))  # per sequence, as pool_sink_rate
+        drawn = (counts > 0)[:, :, None]
+        # In the values' own dtype, as max_abs_resid_by_layer: a resample that draws the largest
+        # sequence then gives exactly the point estimate.
+        resid = self.max_abs_resid[None].where(drawn, -torch.inf).amax(1).mean(-1).double()
+        loss = pooled(self.loss_sum, self.n_predicted)
+        nan = torch.full_like(loss, torch.nan)
+        by_name = {
+            "first_token_attention": pooled(self.first_token_sum, self.n_queries),
+            "sink_rate": pooled(sinks * real_key, real_key),
+            "max_abs_resid": resid,
+            "mean_gate": pooled(self.gate_sum, self.n_gate) if self.gated else nan,
+            "loss": loss,
+        }
+        return torch.stack([by_name[name] for name in QUANTITIES], dim=1)
 
     def summary_of(self, name: str) -> float:
         """One quantity of `summary()` (computing only that one)."""

@@ -8,8 +8,9 @@ one row.
     _, cache = model.run_with_cache(tokens, attention_mask=mask)
     table = head_quietness(cache, mask)      # one row per (layer, head), with a "quiet" column
 
-All averages run over real queries at positions >= 1 (query 0 can only attend to itself) and,
-for value norms, over real key positions >= 1.
+All averages run over the real queries after each sequence's first real token (which can only
+attend to itself) and, for value norms, over the real keys after it; "the first token" is each
+sequence's first real token wherever padding puts it (`reductions.FIRST_TOKEN`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Int
 from torch import Tensor
 
 from gated_interp.analysis import reductions
 from gated_interp.analysis._cache import get, real_positions
+from gated_interp.masks import Mask
 
 __all__ = ["QUIET_CLASSES", "head_quietness"]
 
@@ -35,7 +36,7 @@ def _fetch(cache: Any, hook: str, layer: int) -> Tensor:
 
 def head_quietness(
     cache: Any,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     quiet_below: float = 0.25,
     sink_attention: float = 0.5,
     sink_value: float = 0.5,
@@ -45,8 +46,9 @@ def head_quietness(
     """One row per (layer, head): how much the head writes, and whether a sink or its gate quiets it.
 
     Columns (layers and heads 0-based, `label` as TransformerLens' `L{layer}H{head}`):
-    - `first_token_attention`: mean attention of queries >= 1 to key position 0.
-    - `value_norm_ratio`: `|v_0 W_O[h]|` over the mean `|v_s W_O[h]|` of keys s >= 1: the value
+    - `first_token_attention`: mean attention of the later queries to the first token.
+    - `value_norm_ratio`: `|v_0 W_O[h]|` (v at the first token) over the mean `|v_s W_O[h]|` of
+      the later keys: the value
       the head would write from the sink, relative to an ordinary token's (sinks carry small values).
     - `gate_other`: mean gate score over queries >= 1 and gate elements (as in `gate_stats`);
       NaN for ungated models, which count as never closed.
@@ -60,7 +62,8 @@ def head_quietness(
 
     Needs `hook_pattern`, `hook_v`, `hook_z` (and `hook_gate` for gated models) of every layer, and
     the model's `W_O` (from `cache.model`, or `model=`). `attention_mask [batch, pos]` marks real
-    tokens of right-padded batches.
+    tokens (padding on either side, or holes). A cache without its batch dimension
+    (`remove_batch_dim=True`) counts as one sequence.
     """
     model = model if model is not None else getattr(cache, "model", None)
     if model is None:
@@ -73,7 +76,7 @@ def head_quietness(
         if n_q != n_k or n_q < 2:
             raise ValueError("head_quietness needs a full forward pass of at least 2 tokens (queries = keys)")
         real = real_positions(attention_mask, batch, n_k, pattern.device)
-        later = real[:, 1:].double()  # [batch, pos - 1]: real positions >= 1
+        later = reductions.real_from(real, reductions.FIRST_TOKEN + 1).double()  # [batch, pos]
         n_later = reductions.first_token_queries(real)  # [batch]
         if n_later.sum() == 0:
             raise ValueError(reductions.NO_LATER_QUERY)
@@ -83,17 +86,17 @@ def head_quietness(
         z = _fetch(cache, "z", layer)
         out_norm = torch.einsum("bphd,hdm->bphm", z, W_O).norm(dim=-1)  # [batch, pos, head]
 
-        def over_later(x: Tensor, later: Tensor = later) -> Tensor:  # x [batch, pos - 1, head] → [head]
+        def over_later(x: Tensor, later: Tensor = later) -> Tensor:  # x [batch, pos, head] → [head]
             return (x * later[..., None]).sum(dim=(0, 1)) / later.sum()
 
         to_first = reductions.pool_mean(
-            reductions.first_token_attention(pattern[..., reductions.FIRST_TOKEN], real),
+            reductions.first_token_attention(reductions.weight_to_token(pattern, real, reductions.FIRST_TOKEN), real),
             n_later,
             reductions.NO_LATER_QUERY,
         )
-        typical_value = over_later(value_norm[:, 1:])
-        value_ratio = value_norm[:, 0].mean(0) / typical_value
-        output_ratio = over_later(out_norm[:, 1:]) / typical_value
+        typical_value = over_later(value_norm)
+        value_ratio = reductions.at_first_token(value_norm, real).nanmean(0) / typical_value
+        output_ratio = over_later(out_norm) / typical_value
         if cfg.is_gated:
             gate = _fetch(cache, "gate", layer)  # [batch, pos, head, gate]
             gate_other = reductions.pool_mean(

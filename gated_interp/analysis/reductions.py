@@ -15,11 +15,15 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-# The key position whose attention "first-token attention" measures. The one place that decides
-# it: padding is on the right, so position 0 is every sequence's first real token.
+# Which token "first-token attention" (and `gate_pos0`) measures: each sequence's real token number
+# FIRST_TOKEN. The one place that decides it. Tokens are counted over real tokens only, as the
+# model counts its rotary positions (`cumsum(attention_mask) - 1`), so with right padding, left
+# padding or a mask with holes, token number 0 is the sequence's first real token and every
+# measurement equals the one the sequence gives alone. `key_position` (key importance, sink rate)
+# counts the same way.
 FIRST_TOKEN = 0
 # Gate scores below these count as closed in `gate_below` (`gate_frac_below_0.1`, `..._0.5`).
 GATE_THRESHOLDS = (0.1, 0.5)
@@ -32,45 +36,96 @@ def _wide(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+# ---- which position holds which token --------------------------------------------------------
+def token_numbers(real: Bool[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Each position's number among its sequence's real tokens (0, 1, ...: the model's rotary
+    position there); meaningful at real positions only."""
+    return real.long().cumsum(-1) - 1
+
+
+def token_position(real: Bool[Tensor, "batch pos"], number: int) -> Int[Tensor, "batch"]:
+    """Where each sequence's real token number `number` sits (`FIRST_TOKEN`: its first real
+    token); -1 in sequences with no such token."""
+    hit = real & (token_numbers(real) == number)
+    return torch.where(hit.any(-1), hit.long().argmax(-1), -1)
+
+
+def real_from(real: Bool[Tensor, "batch pos"], number: int) -> Bool[Tensor, "batch pos"]:
+    """The real positions of token number `number` and every later real token."""
+    return real & (token_numbers(real) >= number)
+
+
+def weight_to_token(
+    pattern: Float[Tensor, "batch head q_pos k_pos"], real: Bool[Tensor, "batch k_pos"], number: int
+) -> Float[Tensor, "batch head q_pos"]:
+    """Every query's attention weight to its sequence's real token number `number` (0 in
+    sequences with no such token)."""
+    at = token_position(real.to(pattern.device), number)
+    index = at.clamp(min=0)[:, None, None, None].expand(*pattern.shape[:-1], 1)
+    return pattern.gather(-1, index)[..., 0] * (at >= 0)[:, None, None]
+
+
 # ---- first-token attention (the paper's F-Attn) ------------------------------------------------
-def first_token_queries(real: Bool[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
-    """How many real queries follow the first token (query 0 only sees itself, so it is left out)."""
-    return real[:, FIRST_TOKEN + 1 :].float().sum(-1)
+def first_token_queries(real: Bool[Tensor, "batch k_pos"], n_queries: int | None = None) -> Float[Tensor, "batch"]:
+    """How many real queries follow each sequence's first token (its first token only sees
+    itself, so it is left out): among the last `n_queries` positions (all if None)."""
+    later = real_from(real, FIRST_TOKEN + 1)
+    return later[:, real.shape[-1] - (n_queries or real.shape[-1]) :].float().sum(-1)
 
 
 def first_token_attention(
     to_first: Float[Tensor, "batch head q_pos"], real: Bool[Tensor, "batch k_pos"]
 ) -> Float[Tensor, "batch head"]:
-    """Attention that the real queries after the first token give to it, summed per sequence.
+    """Attention that the real queries after each sequence's first token give to it, summed per
+    sequence.
 
-    `to_first` is every query's attention weight to key `FIRST_TOKEN`; the queries are the last
-    `q_pos` of the `k_pos` positions (all of them in a full forward pass). Divide the pooled sums by
-    the pooled `first_token_queries` (`pool_mean`) for the mean."""
+    `to_first` is every query's attention weight to its sequence's first real token
+    (`weight_to_token(pattern, real, FIRST_TOKEN)`); the queries are the last `q_pos` of the
+    `k_pos` positions (all of them in a full forward pass). Divide the pooled sums by the pooled
+    `first_token_queries` (`pool_mean`) for the mean."""
     n_q, n_k = to_first.shape[-1], real.shape[-1]
-    queries = real[:, n_k - n_q :][:, FIRST_TOKEN + 1 :].to(to_first.device)  # [batch, q_pos - 1]
-    return (_wide(to_first[..., FIRST_TOKEN + 1 :]) * queries[:, None, :]).sum(-1)
+    queries = real_from(real, FIRST_TOKEN + 1)[:, n_k - n_q :].to(to_first.device)  # [batch, q_pos]
+    return (_wide(to_first) * queries[:, None, :]).sum(-1)
 
 
 # ---- key importance and sink rate (Gu et al.) --------------------------------------------------
 def key_importance(
     to_key: Float[Tensor, "batch head pos"], real: Bool[Tensor, "batch pos"], key_position: int
 ) -> Float[Tensor, "batch head"]:
-    """Gu et al.'s importance of `key_position`: its attention averaged over the real queries
-    i >= key_position of each sequence (`to_key` from a full forward pass: queries = keys). NaN in
-    sequences where `key_position` is padding."""
+    """Gu et al.'s importance of real token number `key_position`: its attention averaged over
+    each sequence's real queries from that token on (`to_key` = `weight_to_token(pattern, real,
+    key_position)` from a full forward pass: queries = keys). NaN in sequences with no real token
+    number `key_position`."""
     real = real.to(to_key.device)
-    queries = real[:, key_position:].float()  # [batch, q >= k]
-    summed = (_wide(to_key[..., key_position:]) * queries[:, None]).sum(-1)
+    queries = real_from(real, key_position).float()  # [batch, pos]
+    summed = (_wide(to_key) * queries[:, None]).sum(-1)
     importance = summed / queries.sum(-1).clamp(min=1)[:, None]
-    return importance.masked_fill(~real[:, key_position, None], float("nan"))
+    return importance.masked_fill((token_position(real, key_position) < 0)[:, None], float("nan"))
+
+
+def check_key_position(key_position: int) -> None:
+    """A key position is a real token's number in its sequence: an int >= 0 (negative numbers
+    would count from each sequence's end, which differs per sequence: refused)."""
+    if isinstance(key_position, bool) or not isinstance(key_position, int) or key_position < 0:
+        raise ValueError(
+            f"key_position must be an int >= 0 (the real token's number from each sequence's first, "
+            f"0-based), got {key_position!r}"
+        )
+
+
+def check_eps(eps: float) -> None:
+    """Gu et al.'s threshold is an attention weight: a number strictly between 0 and 1 (0 or less
+    counts every head, 1 or more none, NaN none: each a silently meaningless sink rate)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ValueError(f"eps must be a number strictly between 0 and 1 (e.g. 0.3), got {eps!r}")
 
 
 def _real_key_sequences(importance: Float[Tensor, "seq layer head"], key_position: int) -> Bool[Tensor, "seq"]:
     valid = ~torch.isnan(importance[:, 0, 0])
     if not valid.any():
         raise ValueError(
-            f"key position {key_position} is padding in every sequence: choose a smaller key_position "
-            "or pass sequences that reach it"
+            f"no sequence has a real token number {key_position} (key_position counts real tokens from "
+            "each sequence's first, 0-based): choose a smaller key_position or pass sequences that reach it"
         )
     return valid
 
@@ -114,18 +169,31 @@ def gate_below(
     return ((gate < threshold) & real.to(gate.device)[..., None, None]).sum(dim=(1, 3)).float()
 
 
-def gate_at_first(gate: Float[Tensor, "batch pos head gate"]) -> Float[Tensor, "batch head"]:
-    """Element-mean gate at the first token (`gate_pos0`; pool with `.mean(0)`)."""
-    return _wide(gate[:, FIRST_TOKEN]).mean(-1)
+def at_first_token(
+    values: Float[Tensor, "batch pos head"], real: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "batch head"]:
+    """`values` at each sequence's first real token; NaN in sequences without a real token
+    (pool with `.nanmean(0)`)."""
+    at = token_position(real.to(values.device), FIRST_TOKEN)
+    picked = values[torch.arange(values.shape[0], device=values.device), at.clamp(min=0)]
+    return picked.masked_fill((at < 0)[:, None], float("nan"))
+
+
+def gate_at_first(
+    gate: Float[Tensor, "batch pos head gate"], real: Bool[Tensor, "batch pos"]
+) -> Float[Tensor, "batch head"]:
+    """Element-mean gate at each sequence's first real token (`gate_pos0`; NaN in sequences
+    without one; pool with `.nanmean(0)`)."""
+    return at_first_token(_wide(gate).mean(-1), real)
 
 
 def gate_after_first(
     gate: Float[Tensor, "batch pos head gate"], real: Bool[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch head"]:
-    """Element-mean gate summed over the real positions after the first token (`gate_other`'s
-    numerator; its count is `first_token_queries`)."""
-    later = real[:, FIRST_TOKEN + 1 :].to(gate.device)
-    return (_wide(gate).mean(-1)[:, FIRST_TOKEN + 1 :] * later[..., None]).sum(1)
+    """Element-mean gate summed over the real positions after each sequence's first real token
+    (`gate_other`'s numerator; its count is `first_token_queries`)."""
+    later = real_from(real.to(gate.device), FIRST_TOKEN + 1)
+    return (_wide(gate).mean(-1) * later[..., None]).sum(1)
 
 
 def gate_position_std(

@@ -2,14 +2,17 @@
 
 Two measurements from a cache of `hook_pattern` (`[batch, head, q_pos, k_pos]` per layer):
 
-- F-Attn (gated-attention paper, section 4.3): the attention weight that queries at positions
-  >= 1 give to position 0, averaged. Query 0 is left out because it can only see position 0.
+- F-Attn (gated-attention paper, section 4.3): the attention weight that the queries after each
+  sequence's first token give to that token, averaged. The first token's own query is left out
+  because it can only see itself.
 - Key importance and sink rate (Gu et al., ICLR 2025): the importance of key position k for a
   (layer, head) is its attention averaged over all queries i >= k; the sink rate is the fraction
   of (layer, head) pairs whose importance exceeds eps.
 
-Padding is right-padding (position 0 is always a real token); padding queries and padding keys are
-left out via `attention_mask [batch, pos]` (1 = real token).
+Positions count real tokens (`attention_mask [batch, pos]`, 1 = real token), as the model's own
+positions do: "the first token" and "key position k" are each sequence's real tokens number 0 and
+k, whether the batch is right-padded, left-padded or has holes, so a padded batch measures what
+each sequence gives alone (`analysis.reductions.FIRST_TOKEN`). Padding queries and keys are left out.
 """
 
 from __future__ import annotations
@@ -17,19 +20,20 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis import reductions
-from gated_interp.analysis._cache import get, per_layer, require_layers
+from gated_interp.analysis._cache import get, per_layer, real_positions, require_layers
+from gated_interp.masks import Mask
 
 
 def first_token_attention(
     cache: Any,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per: Literal["head", "layer", "model"] = "head",
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "layer"] | Float[Tensor, ""]:
-    """Mean attention that real queries at positions >= 1 give to key position 0.
+    """Mean attention that the real queries after each sequence's first real token give to it.
 
     Returns `[layer, head]` (`per="head"`), `[layer]` averaged over heads (`per="layer"`), or a
     0-d tensor averaged over layers and heads (`per="model"`, the paper's F-Attn). Every real query
@@ -43,8 +47,8 @@ def first_token_attention(
         n_q, n_k = pattern.shape[-2:]
         if n_q < 2:
             raise ValueError("first_token_attention needs sequences of at least 2 tokens: query 0 only sees itself")
-        to_first = pattern[..., reductions.FIRST_TOKEN]  # [batch, head, q_pos]
-        return reductions.first_token_attention(to_first, real), reductions.first_token_queries(real[:, n_k - n_q :])
+        to_first = reductions.weight_to_token(pattern, real, reductions.FIRST_TOKEN)  # [batch, head, q_pos]
+        return reductions.first_token_attention(to_first, real), reductions.first_token_queries(real, n_q)
 
     _, per_seq = per_layer(cache, "pattern", attention_mask, "first_token_attention", reduce)
     result = torch.stack([reductions.pool_mean(sums, counts, reductions.NO_LATER_QUERY) for sums, counts in per_seq])
@@ -52,7 +56,7 @@ def first_token_attention(
 
 
 def first_token_attention_by_layer(
-    cache: Any, attention_mask: Int[Tensor, "batch pos"] | None = None
+    cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer"]:
     """`first_token_attention` averaged over heads: `[layer]`."""
     return first_token_attention(cache, attention_mask, per="layer")
@@ -74,16 +78,18 @@ def uniform_first_token_attention(seq_len: int) -> float:
 def key_importance(
     cache: Any,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per_sequence: bool = False,
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
     """Gu et al.'s importance of `key_position`: its attention averaged over real queries i >= k.
 
-    Returns `[layer, head]` averaged over sequences, or `[batch, layer, head]` with
-    `per_sequence=True`. Sequences in which `key_position` is padding are NaN per sequence and
-    left out of the average. `analysis.streaming.key_importance(model, tokens)` gives the same
-    without a cache.
+    `key_position` counts each sequence's real tokens from its first (0-based), as the model's
+    positions do, so padding on either side changes nothing. Returns `[layer, head]` averaged over
+    sequences, or `[batch, layer, head]` with `per_sequence=True`. Sequences with no real token
+    number `key_position` are NaN per sequence and left out of the average.
+    `analysis.streaming.key_importance(model, tokens)` gives the same without a cache.
     """
+    reductions.check_key_position(key_position)
 
     def reduce(pattern: Tensor, real: Tensor) -> Tensor:
         n_q, n_k = pattern.shape[-2:]
@@ -91,9 +97,7 @@ def key_importance(
             raise ValueError(
                 "key_importance needs a cache of a full forward pass (queries = keys), not a KV-cached step"
             )
-        if not 0 <= key_position < n_k:
-            raise ValueError(f"key_position {key_position} is outside the cached sequence length {n_k}")
-        return reductions.key_importance(pattern[..., key_position], real, key_position)
+        return reductions.key_importance(reductions.weight_to_token(pattern, real, key_position), real, key_position)
 
     _, per_seq = per_layer(cache, "pattern", attention_mask, "key_importance", reduce)
     importance = torch.stack(per_seq, dim=1)  # [batch, layer, head]
@@ -104,11 +108,13 @@ def sink_rate(
     cache: Any,
     eps: float = 0.3,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> float:
     """Gu et al.'s sink rate: the fraction of (layer, head) pairs whose importance of
     `key_position` exceeds `eps`, computed per sequence and averaged over sequences (as they
-    average the metric over their 100 sequences). Returns a float in [0, 1]."""
+    average the metric over their 100 sequences). Returns a float in [0, 1]. `eps` is an attention
+    weight strictly between 0 and 1 (anything else is refused: it would count every head or none)."""
+    reductions.check_eps(eps)
     importance = key_importance(cache, key_position, attention_mask, per_sequence=True)
     return reductions.pool_sink_rate(importance, eps, key_position)
 
@@ -117,10 +123,12 @@ def head_averaged_patterns(
     cache: Any,
     layers: list[int] | tuple[int, ...],
     batch_index: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "layer q_pos k_pos"]:
     """Mean over heads of the attention pattern of sequence `batch_index`, for each of `layers`
-    (0-based), cropped to that sequence's real tokens. Returns `[len(layers), n_real, n_real]`."""
+    (0-based), cropped to that sequence's real tokens wherever the mask puts them (left or right
+    padding, holes): exactly the map the sequence gives alone. Returns
+    `[len(layers), n_real, n_real]`."""
     available = require_layers(cache, "pattern", "head_averaged_patterns")
     wrong = [layer for layer in layers if layer not in available]
     if wrong:
@@ -128,10 +136,12 @@ def head_averaged_patterns(
             f"layers {wrong} are not in the cache (it has layers {available[0]}..{available[-1]}); "
             "layers are 0-based here (layer 28 of the paper's figure is index 27)"
         )
-    maps = torch.stack(
-        [get(cache, "pattern", layer, "head_averaged_patterns")[batch_index].float().mean(0) for layer in layers]
-    )
+    patterns = [get(cache, "pattern", layer, "head_averaged_patterns") for layer in layers]
+    batch, n_pos = patterns[0].shape[0], patterns[0].shape[-1]
+    if not -batch <= batch_index < batch:
+        raise IndexError(f"batch_index {batch_index} is out of range: the cache holds {batch} sequences")
+    maps = torch.stack([pattern[batch_index].float().mean(0) for pattern in patterns])
     if attention_mask is not None:
-        n_real = int(torch.as_tensor(attention_mask)[batch_index].sum())
-        maps = maps[:, :n_real, :n_real]
+        keep = real_positions(attention_mask, batch, n_pos, maps.device)[batch_index]
+        maps = maps[:, keep][:, :, keep]
     return maps

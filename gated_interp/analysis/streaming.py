@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp._progress import progress_bar, wanted
@@ -38,6 +38,7 @@ from gated_interp.analysis.massive import massive_activations as _cache_massive_
 from gated_interp.analysis.measurement import QUANTITIES, Measurement
 from gated_interp.analysis.memory import full_cache_bytes
 from gated_interp.hooks import hook_name
+from gated_interp.masks import Mask
 
 __all__ = [
     "LONG_CONTEXT",
@@ -61,7 +62,7 @@ LONG_CONTEXT = 2048
 class _Reducer:
     """Forward hooks that fold one batch's activations into per-sequence reductions, layer by layer."""
 
-    def __init__(self, model: Any, mask: Int[Tensor, "batch pos"], key_position: int, bar: Any):
+    def __init__(self, model: Any, mask: Mask[Tensor, "batch pos"], key_position: int, bar: Any):
         cfg = model.cfg
         self.model, self.key_position, self.bar = model, key_position, bar
         self.real = mask.bool()
@@ -93,12 +94,28 @@ class _Reducer:
     def _from_keys(self, layer: int) -> Callable:
         def hook(k: Tensor, hook: Any) -> None:
             q = self.queries.pop(layer)
-            first, key = reductions.FIRST_TOKEN, self.key_position
-            keys = sorted({first, key})
-            weights = dict(zip(keys, attention_to_keys(q, k, keys, None if bool(self.real.all()) else self.real)))
             real = self.real.to(q.device)
-            self.first_token_sum[:, layer] = reductions.first_token_attention(weights[first], real).cpu()
-            self.key_importance[:, layer] = reductions.key_importance(weights[key], real, key).cpu()
+            # Each sequence's first real token and real token number key_position: positions that
+            # differ per sequence with left padding; weights of every such key, then each row's own.
+            at = {
+                number: reductions.token_position(real, number)
+                for number in (reductions.FIRST_TOKEN, self.key_position)
+            }
+            keys = sorted({int(p) for positions in at.values() for p in positions.tolist() if p >= 0} or {0})
+            weights = attention_to_keys(q, k, keys, None if bool(self.real.all()) else real)  # [key, b, h, q]
+            rows = torch.arange(q.shape[0], device=q.device)
+            key_index = torch.tensor(keys, device=q.device)
+
+            def weight_to(number: int) -> Tensor:  # [batch, head, q_pos]; 0 where the token is missing
+                positions = at[number]
+                picked = weights[torch.searchsorted(key_index, positions.clamp(min=0)).clamp(max=len(keys) - 1), rows]
+                return picked * (positions >= 0)[:, None, None]
+
+            first = reductions.FIRST_TOKEN
+            self.first_token_sum[:, layer] = reductions.first_token_attention(weight_to(first), real).cpu()
+            self.key_importance[:, layer] = reductions.key_importance(
+                weight_to(self.key_position), real, self.key_position
+            ).cpu()
 
         return hook
 
@@ -148,7 +165,7 @@ def _summed_loss(
 def measure(
     model: Any,
     prompts: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = 8,
     eps: float = 0.3,
     key_position: int = 0,
@@ -164,8 +181,8 @@ def measure(
     `progress`: a batch bar (when there are several batches), plus a per-layer bar for sequences of
     `LONG_CONTEXT` tokens or more. None (default): only on a terminal; True: always; False: never.
     """
-    if key_position < 0:
-        raise ValueError(f"key_position must be >= 0, got {key_position}")
+    reductions.check_key_position(key_position)
+    reductions.check_eps(eps)
     gated = model.cfg.is_gated
     parts: list[_Reducer] = []
     losses, predicted, queries, reals = [], [], [], []
@@ -174,8 +191,6 @@ def measure(
     for tokens, mask in progress_bar(batches, progress=progress, long=total > 1, total=total, desc=desc or "measure"):
         if tokens.shape[1] < 2:
             raise ValueError("measurements need sequences of at least 2 tokens (attention to token 0 and loss)")
-        if key_position >= tokens.shape[1]:
-            raise ValueError(f"key_position {key_position} is outside the sequence length {tokens.shape[1]}")
         long = tokens.shape[1] >= LONG_CONTEXT
         show_layers = wanted(progress, long)
         bar = (
@@ -221,7 +236,7 @@ def measure(
 def first_token_attention(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per: Literal["head", "layer", "model"] = "head",
     batch_size: int | None = 8,
     progress: bool | None = None,
@@ -236,7 +251,7 @@ def key_importance(
     model: Any,
     tokens: Prompts,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     per_sequence: bool = False,
     batch_size: int | None = 8,
     progress: bool | None = None,
@@ -251,7 +266,7 @@ def sink_rate(
     tokens: Prompts,
     eps: float = 0.3,
     key_position: int = 0,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = 8,
     progress: bool | None = None,
 ) -> float:
@@ -262,7 +277,7 @@ def sink_rate(
 def max_abs_resid_by_layer(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     batch_size: int | None = 8,
     progress: bool | None = None,
 ) -> Float[Tensor, "layer"]:
@@ -293,7 +308,7 @@ def _per_layer_frames(
 def massive_activations(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     threshold: float = 100.0,
     ratio: float = 1000.0,
     progress: bool | None = None,
@@ -313,7 +328,7 @@ def massive_activations(
 def gate_stats(
     model: Any,
     tokens: Prompts,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """As `analysis.gate_stats(cache, mask)`, without a cache: one layer's gates at a time."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gated_interp.config import GatedQwen3Config
+from gated_interp.config import GatedQwen3Config, rms_norm_eps_problem
 from gated_interp.loading.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2")
@@ -91,6 +91,9 @@ def validate_hf_config(hf: dict[str, Any]) -> None:
     for key in _POSITIVE_NUMBERS:
         if hf.get(key) is not None:
             _positive_number(key, hf[key])
+    # The config's own rule (rms_norm_eps_problem), named as a config.json fault.
+    if hf.get("rms_norm_eps") is not None and (problem := rms_norm_eps_problem(hf["rms_norm_eps"])) is not None:
+        raise _bad("rms_norm_eps", hf["rms_norm_eps"], problem)
     for key in _ROPE_OBJECTS:
         value = hf.get(key)
         if value is not None and not isinstance(value, dict):

@@ -115,7 +115,15 @@ def load_folder(
     check_tensors(names, files, cfg, folder)
     files.check_float(names)
 
-    model = HookedGatedQwen3(cfg, tokenizer=load_tokenizer(folder))
+    tokenizer = load_tokenizer(folder)
+    if tokenizer is not None and len(tokenizer) > cfg.d_vocab:
+        # Token ids past the embedding would fail at the first string prompt, far from the cause.
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {len(tokenizer)} tokens but config.json's vocab_size is {cfg.d_vocab}: "
+            "token ids >= vocab_size have no embedding. Use the tokenizer this checkpoint was trained with, or "
+            "remove the tokenizer files to load the model for token ids only"
+        )
+    model = HookedGatedQwen3(cfg, tokenizer=tokenizer)
     params = dict(model.named_parameters())
     table = by_hf_name(cfg)
     non_finite = []

@@ -332,6 +332,7 @@ def test_tied_config_with_an_equal_lm_head_copy_loads(ckpt, original):
         ("vocab_size", True, "vocab_size must be a whole number >= 1, got True"),
         ("rms_norm_eps", float("nan"), "rms_norm_eps must be a finite number > 0, got nan"),
         ("rms_norm_eps", -1e-6, "rms_norm_eps must be a finite number > 0, got -1e-06"),
+        ("rms_norm_eps", 1e30, "rms_norm_eps must be at most 0.01"),
         ("rope_theta", -10000.0, "rope_theta must be a finite number > 0, got -10000.0"),
         ("rope_scaling", "linear", "rope_scaling must be an object"),
         ("rope_scaling", {"rope_type": "linear", "factor": -2}, "rope_scaling.factor must be a finite number > 0"),

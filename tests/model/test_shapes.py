@@ -20,7 +20,8 @@ from gated_interp import components
 from gated_interp.model import HookedGatedQwen3
 
 PACKAGE = Path(gated_interp.__file__).resolve().parent
-DTYPES = {"Float", "Int", "Bool", "Shaped", "Num", "Real", "Integer", "Inexact", "UInt", "Complex", "Key"}
+# jaxtyping's dtypes, and the package's own (gated_interp.masks.Mask: bool or integer attention masks).
+DTYPES = {"Float", "Int", "Bool", "Shaped", "Num", "Real", "Integer", "Inexact", "UInt", "Complex", "Key", "Mask"}
 
 
 def glossary() -> dict[str, str]:

@@ -285,9 +285,10 @@ def test_pos_slice_applies_to_gradients_too(load_parity):
 
 
 def test_names_filter_that_keeps_nothing_says_why(load_parity):
-    """TransformerLens returns an empty cache silently; here the three habits that keep nothing by
-    accident warn: a callable comparing with `get_act_name`'s alias, an unknown short key, a hook
-    whose switch is off. A filter that keeps something, or a plain miss, stays silent."""
+    """TransformerLens returns an empty cache silently; here the habits that keep nothing by
+    accident warn (a callable comparing with `get_act_name`'s alias, a hook whose switch is off)
+    or raise (a name that is no hook, such as the short cache key "gate0"). A filter that keeps
+    something, or a plain miss, stays silent."""
     import warnings
 
     model = load_parity("gate_headwise")
@@ -296,7 +297,7 @@ def test_names_filter_that_keeps_nothing_says_why(load_parity):
     with pytest.warns(UserWarning, match=r"blocks\.0\.attn\.hook_gate"):
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == alias)
     assert len(cache) == 0
-    with pytest.warns(UserWarning, match="not hook names"):
+    with pytest.raises(KeyError, match=r"'gate0' is not a hook of this model: a hook name is a full name"):
         model.run_with_cache(tokens, names_filter="gate0")
     with pytest.warns(UserWarning, match=r"set_use_split_qkv_input\(True\)"):
         model.run_with_cache(tokens, names_filter=[get_act_name("q_input", 0)])

@@ -114,8 +114,8 @@ def test_tl2_qk_norm_hook_names_explain_the_hook_to_use(load_parity, which, part
     name = f"blocks.1.attn.{which}_norm.hook_{part}"
     with pytest.raises(KeyError, match=f"blocks.1.attn.hook_{which}_normed"):
         model.run_with_hooks(random_tokens(model), fwd_hooks=[(name, lambda x, hook: x)])
-    with pytest.warns(UserWarning, match=f"kept no hook.*blocks.1.attn.hook_{which}_normed"):
-        model.run_with_cache(random_tokens(model), names_filter=[name])  # warns, as any unknown name
+    with pytest.raises(KeyError, match=f"blocks.1.attn.hook_{which}_normed"):
+        model.run_with_cache(random_tokens(model), names_filter=[name])  # refused, as any unknown name
     _, cache = model.run_with_cache(random_tokens(model))
     with pytest.raises(KeyError, match=f"{which}_norm.w"):
         cache[name]
