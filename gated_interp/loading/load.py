@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gated_interp.config import GatedQwen3Config
+from gated_interp.loading import hybrid
 from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning
 from gated_interp.loading.hf_config import config_from_hf, read_config_json
 from gated_interp.loading.resolve import resolve_checkpoint
@@ -73,6 +74,11 @@ def load_folder(
     center_unembed: bool = False,
 ) -> HookedGatedQwen3:
     hf = read_config_json(folder)
+    if hf.get("model_type") in hybrid.FAMILIES:
+        model = load_hybrid_folder(folder, hf, device=device, dtype=dtype, progress=progress)
+        if fold_ln or center_unembed:
+            model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed)
+        return model.eval()
     files = WeightFiles(folder)
     names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES)}
     cfg = config_from_hf(
@@ -108,6 +114,70 @@ def load_folder(
     return model.eval()
 
 
+def load_hybrid_folder(
+    folder: Path, hf: dict[str, Any], *, device: str | None, dtype: torch.dtype, progress: bool
+) -> HookedGatedQwen3:
+    """A Qwen3.5 / Qwen3-Next folder (`gated_interp.loading.hybrid`), unprocessed: the same checks
+    as the paper's folders (every name and shape before any copy, floating point, non-finite
+    values named), with the vision tower and multi-token-prediction head read past."""
+    files = WeightFiles(folder)
+    all_names = files.names()
+    if any(name.startswith(hybrid.VISION_PREFIX) for name in all_names) or hybrid.FAMILIES[hf["model_type"]].vision:
+        logger.warning("%s: loading the language model only; the vision tower (model.visual.*) is left out", folder)
+    names = {n for n in all_names if not hybrid.ignored(n) and not n.endswith(IGNORED_SUFFIXES)}
+    cfg = hybrid.config_from_hybrid_hf(
+        hf,
+        tie_word_embeddings_default="lm_head.weight" not in names,
+        dtype=dtype,
+        device=device,
+        model_name=folder.name,
+    )
+    if cfg.tie_word_embeddings and "lm_head.weight" in names:
+        check_tied_copy(files, folder, embed_name=f"{hybrid.family_of(cfg).prefix}embed_tokens.weight")
+        names.discard("lm_head.weight")
+    _check_names_and_shapes(names, hybrid.expected_shapes(cfg), files, folder, f"config.json ({hf['model_type']})")
+    files.check_float(names)
+
+    model = HookedGatedQwen3(cfg, tokenizer=load_tokenizer(folder))
+    params = dict(model.named_parameters())
+    table = hybrid.by_hf_name(cfg)
+    non_finite = []
+    with torch.no_grad():
+        for name in tqdm(sorted(names), desc=f"loading {folder.name}", disable=not progress, leave=False):
+            tensor = files.get(name)
+            if not bool(torch.isfinite(tensor).all()):
+                non_finite.append(name)
+            for our_name, expert, rearrange in table[name]:
+                target = params[our_name] if expert is None else params[our_name][expert]
+                target.copy_(rearrange(tensor))
+    if non_finite:
+        warn_non_finite(folder, non_finite)
+    return model
+
+
+def _check_names_and_shapes(
+    names: set[str], expected: dict[str, tuple[int, ...]], files: WeightFiles, folder: Path, described: str
+) -> None:
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    if missing:
+        raise CheckpointError(
+            f"{folder}: {len(missing)} tensor(s) the config calls for are missing, e.g. {missing[:4]}; "
+            f"{described}: check that config.json matches the weights"
+        )
+    if unexpected:
+        raise CheckpointError(
+            f"{folder}: {len(unexpected)} tensor(s) the config does not call for, e.g. {unexpected[:4]}; "
+            f"{described}: check that config.json matches the weights"
+        )
+    for name, shape in expected.items():
+        found = files.shape(name)
+        if found != shape:
+            raise CheckpointError(
+                f"{files.file_of(name)}: tensor {name} has shape {list(found)}, but config.json implies {list(shape)}"
+            )
+
+
 def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, folder: Path) -> None:
     expected = expected_hf_shapes(cfg)
     missing = sorted(set(expected) - names)
@@ -137,10 +207,10 @@ def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, fo
             )
 
 
-def check_tied_copy(files: WeightFiles, folder: Path) -> None:
+def check_tied_copy(files: WeightFiles, folder: Path, embed_name: str = "model.embed_tokens.weight") -> None:
     """config.json ties the embeddings, yet lm_head.weight is stored: loading uses the embedding, so
     the stored copy must equal it (else the model would silently differ from the file)."""
-    embed, head = files.get("model.embed_tokens.weight"), files.get("lm_head.weight")
+    embed, head = files.get(embed_name), files.get("lm_head.weight")
     if embed.shape != head.shape or not torch.equal(embed, head.to(embed.dtype)):
         raise CheckpointError(
             f"{folder}: config.json sets tie_word_embeddings true, but the stored lm_head.weight differs "
