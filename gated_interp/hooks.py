@@ -111,9 +111,9 @@ class HookSpec:
         if self.exists_at(cfg, layer):
             return ""
         if self.gated_only and not cfg.is_gated:
-            return "it is gated-only"
+            return "it is gated-only: only gated models have it"
         if self.needs_qk_norm and not cfg.use_qk_norm:
-            return "it is only there with use_qk_norm"
+            return "it is only there with use_qk_norm: it needs cfg.use_qk_norm"
         if self.layer_type is not None and cfg.layer_type(layer) != self.layer_type:
             where = cfg.full_attention_layers if self.layer_type == "full_attention" else cfg.linear_attention_layers
             return (
@@ -121,8 +121,9 @@ class HookSpec:
                 f"{self.layer_type} layers: {list(where)} (see model.cfg.layer_types)"
             )
         moe = list(cfg.moe_layers)
-        return f"layer {layer} has a {cfg.mlp_kind(layer)} MLP and {self.short!r} exists only on {self.mlp_kind} MLPs" + (
-            f" (MoE layers: {moe})" if moe else ""
+        return (
+            f"layer {layer} has a {cfg.mlp_kind(layer)} MLP and {self.short!r} exists only on {self.mlp_kind} MLPs"
+            + (f" (MoE layers: {moe})" if moe else "")
         )
 
 
@@ -224,10 +225,14 @@ HOOKS: tuple[HookSpec, ...] = (
     _linear("lin_v", "v", _LIN_V, "Gated DeltaNet values, after the convolution"),
     _linear("lin_z", "z", _LIN_V, "the output gate's input: the gated norm multiplies by `silu(z)`"),
     _linear("beta", "beta", "batch pos lin_v_head", "`sigmoid(b)`, how strongly each position writes"),
-    _linear("decay", "decay", "batch pos lin_v_head", "log of the per-step state decay, `-exp(A_log) softplus(a + dt_bias)`"),
+    _linear(
+        "decay", "decay", "batch pos lin_v_head", "log of the per-step state decay, `-exp(A_log) softplus(a + dt_bias)`"
+    ),
     _linear("recurrent_out", "recurrent_out", _LIN_V, "delta-rule output, before the gated norm"),
     _linear("lin_out", "out", _LIN_V, "gated-norm output: exactly what the DeltaNet's `W_O` reads"),
-    HookSpec("attn_out", f"{_B}.hook_attn_out", "block", "batch pos d_model", "token mixer output (attention or DeltaNet)"),
+    HookSpec(
+        "attn_out", f"{_B}.hook_attn_out", "block", "batch pos d_model", "token mixer output (attention or DeltaNet)"
+    ),
     HookSpec(
         "resid_mid", f"{_B}.hook_resid_mid", "block", "batch pos d_model", "residual stream between attention and MLP"
     ),
@@ -248,7 +253,13 @@ HOOKS: tuple[HookSpec, ...] = (
     _mlp("expert_weights", "hook_expert_weights", "batch pos top_k", "their weights in the sum", "moe"),
     _mlp("shared_gate", "hook_shared_gate", "batch pos one", "`sigmoid` gate of the shared expert", "moe"),
     _mlp("shared_pre", "shared_expert.hook_pre", "batch pos d_mlp_shared", "shared expert's gate projection", "moe"),
-    _mlp("shared_pre_linear", "shared_expert.hook_pre_linear", "batch pos d_mlp_shared", "shared expert's up projection", "moe"),
+    _mlp(
+        "shared_pre_linear",
+        "shared_expert.hook_pre_linear",
+        "batch pos d_mlp_shared",
+        "shared expert's up projection",
+        "moe",
+    ),
     _mlp("shared_post", "shared_expert.hook_post", "batch pos d_mlp_shared", "shared expert's SwiGLU output", "moe"),
     HookSpec("mlp_out", f"{_B}.hook_mlp_out", "block", "batch pos d_model", "MLP output"),
     HookSpec("resid_post", f"{_B}.hook_resid_post", "block", "batch pos d_model", "residual stream leaving the block"),

@@ -21,8 +21,7 @@ checks that none is missing). Within one call the same name means the same size.
     d_lin_key    width of a DeltaNet query/key head
     d_lin_value  width of a DeltaNet value head
     d_conv       channels of the DeltaNet's causal convolution: queries, keys, values concatenated
-    conv_kernel  the convolution's width in positions (`cfg.linear_conv_kernel`)
-    conv_past    inputs the convolution keeps from earlier positions (conv_kernel - 1)
+    conv_past    inputs the convolution keeps from earlier positions (`cfg.linear_conv_kernel` - 1)
     expert       routed experts of a sparse-MoE MLP
     top_k        experts chosen per token
     d_mlp_expert hidden width of one routed expert

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
@@ -38,12 +38,9 @@ class SparseMoE(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         logits = self.hook_router_logits(F.linear(x, self.W_router.T))
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        weights, indices = torch.topk(probs, cfg.n_experts_per_token, dim=-1)
-        if cfg.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights, indices = self._route(logits)
         indices = self.hook_expert_indices(indices)
-        weights = self.hook_expert_weights(weights.to(logits.dtype))
+        weights = self.hook_expert_weights(weights)
 
         flat_x, flat_idx, flat_w = x.flatten(0, 1), indices.flatten(0, 1), weights.flatten(0, 1)
         out = torch.zeros_like(flat_x)
@@ -57,3 +54,13 @@ class SparseMoE(nn.Module):
             shared_gate = self.hook_shared_gate(torch.sigmoid(F.linear(x, self.W_shared_gate.T)))
             out = out + shared_gate * self.shared_expert(x)
         return out
+
+    def _route(
+        self, logits: Float[Tensor, "batch pos expert"]
+    ) -> tuple[Float[Tensor, "batch pos top_k"], Int[Tensor, "batch pos top_k"]]:
+        """The chosen experts' weights and indices: softmax in float32, top k, renormalised if asked."""
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        weights, indices = torch.topk(probs, self.cfg.n_experts_per_token, dim=-1)
+        if self.cfg.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.to(logits.dtype), indices

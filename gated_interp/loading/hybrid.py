@@ -46,7 +46,9 @@ _ARCHITECTURE_FAMILY = {family.architecture: model_type for model_type, family i
 
 def family_of(cfg: GatedQwen3Config) -> Family:
     if cfg.original_architecture not in _ARCHITECTURE_FAMILY:
-        raise ValueError(f"{cfg.original_architecture!r} is not one of the hybrid families {list(_ARCHITECTURE_FAMILY)}")
+        raise ValueError(
+            f"{cfg.original_architecture!r} is not one of the hybrid families {list(_ARCHITECTURE_FAMILY)}"
+        )
     return FAMILIES[_ARCHITECTURE_FAMILY[cfg.original_architecture]]
 
 
@@ -165,13 +167,21 @@ def _rows(cfg: GatedQwen3Config) -> Iterator[tuple[str, tuple[int, ...], list[Pa
             a, att = f"{hf}.self_attn", f"{ours}.attn"
             # q_proj per query head: [query (d), gate (d)] for head 0, then head 1, ...
             per_head = lambda t, half: einops.rearrange(t, "(h two d) m -> two h m d", two=2, d=d)[half]  # noqa: E731
-            yield f"{a}.q_proj.weight", (2 * h * d, m), [
-                (f"{att}.W_Q", None, lambda t: per_head(t, 0)),
-                (f"{att}.W_G", None, lambda t: per_head(t, 1)),
-            ]
+            yield (
+                f"{a}.q_proj.weight",
+                (2 * h * d, m),
+                [
+                    (f"{att}.W_Q", None, lambda t: per_head(t, 0)),
+                    (f"{att}.W_G", None, lambda t: per_head(t, 1)),
+                ],
+            )
             yield f"{a}.k_proj.weight", (kv * d, m), [(f"{att}._W_K", None, _heads(d))]
             yield f"{a}.v_proj.weight", (kv * d, m), [(f"{att}._W_V", None, _heads(d))]
-            yield f"{a}.o_proj.weight", (m, h * d), [(f"{att}.W_O", None, lambda t: einops.rearrange(t, "m (h d) -> h d m", d=d))]
+            yield (
+                f"{a}.o_proj.weight",
+                (m, h * d),
+                [(f"{att}.W_O", None, lambda t: einops.rearrange(t, "m (h d) -> h d m", d=d))],
+            )
             yield f"{a}.q_norm.weight", (d,), [(f"{att}.q_norm.w", None, _same)]
             yield f"{a}.k_norm.weight", (d,), [(f"{att}.k_norm.w", None, _same)]
         else:
@@ -179,11 +189,17 @@ def _rows(cfg: GatedQwen3Config) -> Iterator[tuple[str, tuple[int, ...], list[Pa
         if cfg.mlp_kind(i) == "moe":
             yield from _moe_rows(f"{hf}.mlp", f"{ours}.mlp", cfg)
         else:
-            for name, ours_name, shape in (("gate_proj", "W_gate", (cfg.d_mlp, m)), ("up_proj", "W_in", (cfg.d_mlp, m)), ("down_proj", "W_out", (m, cfg.d_mlp))):
+            for name, ours_name, shape in (
+                ("gate_proj", "W_gate", (cfg.d_mlp, m)),
+                ("up_proj", "W_in", (cfg.d_mlp, m)),
+                ("down_proj", "W_out", (m, cfg.d_mlp)),
+            ):
                 yield f"{hf}.mlp.{name}.weight", shape, [(f"{ours}.mlp.{ours_name}", None, _t)]
 
 
-def _deltanet_rows(hf: str, ours: str, cfg: GatedQwen3Config, packed: bool) -> Iterator[tuple[str, tuple[int, ...], list[Part]]]:
+def _deltanet_rows(
+    hf: str, ours: str, cfg: GatedQwen3Config, packed: bool
+) -> Iterator[tuple[str, tuple[int, ...], list[Part]]]:
     m = cfg.d_model
     kh, vh, dk, dv = cfg.linear_n_key_heads, cfg.linear_n_value_heads, cfg.linear_d_key, cfg.linear_d_value
     conv_dim = 2 * kh * dk + vh * dv
@@ -199,21 +215,29 @@ def _deltanet_rows(hf: str, ours: str, cfg: GatedQwen3Config, packed: bool) -> I
 
             return take
 
-        yield f"{hf}.in_proj_qkvz.weight", (2 * kh * dk + 2 * vh * dv, m), [
-            (f"{ours}.W_Q", None, qkvz(0, dk)),
-            (f"{ours}.W_K", None, qkvz(1, dk)),
-            (f"{ours}.W_V", None, qkvz(2, dv)),
-            (f"{ours}.W_Z", None, qkvz(3, dv)),
-        ]
+        yield (
+            f"{hf}.in_proj_qkvz.weight",
+            (2 * kh * dk + 2 * vh * dv, m),
+            [
+                (f"{ours}.W_Q", None, qkvz(0, dk)),
+                (f"{ours}.W_K", None, qkvz(1, dk)),
+                (f"{ours}.W_V", None, qkvz(2, dv)),
+                (f"{ours}.W_Z", None, qkvz(3, dv)),
+            ],
+        )
         ba = lambda part: lambda t: t.view(kh, 2 * r, m).split([r, r], dim=1)[part].reshape(vh, m).T  # noqa: E731
         yield f"{hf}.in_proj_ba.weight", (2 * vh, m), [(f"{ours}.W_b", None, ba(0)), (f"{ours}.W_a", None, ba(1))]
     else:
         split = lambda part, width: lambda t: _heads(width)(t.split([kh * dk, kh * dk, vh * dv])[part])  # noqa: E731
-        yield f"{hf}.in_proj_qkv.weight", (conv_dim, m), [
-            (f"{ours}.W_Q", None, split(0, dk)),
-            (f"{ours}.W_K", None, split(1, dk)),
-            (f"{ours}.W_V", None, split(2, dv)),
-        ]
+        yield (
+            f"{hf}.in_proj_qkv.weight",
+            (conv_dim, m),
+            [
+                (f"{ours}.W_Q", None, split(0, dk)),
+                (f"{ours}.W_K", None, split(1, dk)),
+                (f"{ours}.W_V", None, split(2, dv)),
+            ],
+        )
         yield f"{hf}.in_proj_z.weight", (vh * dv, m), [(f"{ours}.W_Z", None, _heads(dv))]
         yield f"{hf}.in_proj_b.weight", (vh, m), [(f"{ours}.W_b", None, _t)]
         yield f"{hf}.in_proj_a.weight", (vh, m), [(f"{ours}.W_a", None, _t)]
@@ -221,7 +245,11 @@ def _deltanet_rows(hf: str, ours: str, cfg: GatedQwen3Config, packed: bool) -> I
     yield f"{hf}.A_log", (vh,), [(f"{ours}.A_log", None, _same)]
     yield f"{hf}.dt_bias", (vh,), [(f"{ours}.dt_bias", None, _same)]
     yield f"{hf}.norm.weight", (dv,), [(f"{ours}.norm_w", None, _same)]
-    yield f"{hf}.out_proj.weight", (m, vh * dv), [(f"{ours}.W_O", None, lambda t: einops.rearrange(t, "m (h d) -> h d m", d=dv))]
+    yield (
+        f"{hf}.out_proj.weight",
+        (m, vh * dv),
+        [(f"{ours}.W_O", None, lambda t: einops.rearrange(t, "m (h d) -> h d m", d=dv))],
+    )
 
 
 def _moe_rows(hf: str, ours: str, cfg: GatedQwen3Config) -> Iterator[tuple[str, tuple[int, ...], list[Part]]]:
@@ -233,7 +261,11 @@ def _moe_rows(hf: str, ours: str, cfg: GatedQwen3Config) -> Iterator[tuple[str, 
         yield f"{hf}.experts.{e}.down_proj.weight", (m, f), [(f"{ours}.W_out", e, _t)]
     if cfg.d_mlp_shared:
         s = cfg.d_mlp_shared
-        for name, ours_name, shape in (("gate_proj", "W_gate", (s, m)), ("up_proj", "W_in", (s, m)), ("down_proj", "W_out", (m, s))):
+        for name, ours_name, shape in (
+            ("gate_proj", "W_gate", (s, m)),
+            ("up_proj", "W_in", (s, m)),
+            ("down_proj", "W_out", (m, s)),
+        ):
             yield f"{hf}.shared_expert.{name}.weight", shape, [(f"{ours}.shared_expert.{ours_name}", None, _t)]
         yield f"{hf}.shared_expert_gate.weight", (1, m), [(f"{ours}.W_shared_gate", None, _t)]
 
