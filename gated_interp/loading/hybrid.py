@@ -144,6 +144,11 @@ def _heads(width: int):
     return lambda t: einops.rearrange(t, "(h d) m -> h m d", d=width)
 
 
+def _q_proj_half(d: int, half: int):
+    """Queries (0) or gate logits (1) of a q_proj whose rows go per query head: [query (d), gate (d)]."""
+    return lambda t: einops.rearrange(t, "(h two d) m -> two h m d", two=2, d=d)[half]
+
+
 def _t(t: Tensor) -> Tensor:
     return t.T
 
@@ -166,13 +171,12 @@ def _rows(cfg: GatedQwen3Config) -> Iterator[tuple[str, tuple[int, ...], list[Pa
         if cfg.layer_type(i) == "full_attention":
             a, att = f"{hf}.self_attn", f"{ours}.attn"
             # q_proj per query head: [query (d), gate (d)] for head 0, then head 1, ...
-            per_head = lambda t, half: einops.rearrange(t, "(h two d) m -> two h m d", two=2, d=d)[half]  # noqa: E731
             yield (
                 f"{a}.q_proj.weight",
                 (2 * h * d, m),
                 [
-                    (f"{att}.W_Q", None, lambda t: per_head(t, 0)),
-                    (f"{att}.W_G", None, lambda t: per_head(t, 1)),
+                    (f"{att}.W_Q", None, _q_proj_half(d, 0)),
+                    (f"{att}.W_G", None, _q_proj_half(d, 1)),
                 ],
             )
             yield f"{a}.k_proj.weight", (kv * d, m), [(f"{att}._W_K", None, _heads(d))]
