@@ -11,35 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
+from hybrid_models import FAMILIES, close, hybrid_checkpoint
 
 from gated_interp.loading.load import load_folder
-
-COMMON = dict(
-    vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-    linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
-    linear_num_value_heads=4, max_position_embeddings=128,
-)  # fmt: skip
-MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24)
-VISION = dict(
-    depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=32, patch_size=4,
-    temporal_patch_size=2, spatial_merge_size=1, in_channels=3,
-)  # fmt: skip
-
-
-def _build(family: str) -> transformers.PreTrainedModel:
-    if family == "qwen3_5_text":
-        return transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**COMMON, intermediate_size=48))
-    if family == "qwen3_5":
-        config = transformers.Qwen3_5Config(text_config={**COMMON, "intermediate_size": 48}, vision_config=VISION)
-        return transformers.Qwen3_5ForConditionalGeneration(config)
-    if family == "qwen3_next":  # layer 2 dense (mlp_only_layers), the others MoE
-        config = transformers.Qwen3NextConfig(**COMMON, **MOE, intermediate_size=48, mlp_only_layers=[2])
-        return transformers.Qwen3NextForCausalLM(config)
-    return transformers.Qwen3_5MoeForCausalLM(transformers.Qwen3_5MoeTextConfig(**COMMON, **MOE))
-
-
-FAMILIES = ("qwen3_5_text", "qwen3_5", "qwen3_next", "qwen3_5_moe_text")
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +21,9 @@ def folders(tmp_path_factory):
     """family → (perturbed transformers model in eval mode, eager attention; its saved folder)."""
     out = {}
     for i, family in enumerate(FAMILIES):
-        torch.manual_seed(i)
-        reference = _build(family)
-        with torch.no_grad():
-            for param in reference.parameters():  # every weight: vectors (norms, A_log, dt_bias) by 0.2,
-                # matrices by their init scale, so that activations stay O(1) and float32 rounding small
-                param.add_(torch.randn_like(param) * (0.2 if param.ndim == 1 else 0.02))
         folder = tmp_path_factory.mktemp(family)
-        reference.save_pretrained(folder, max_shard_size="40KB")  # sharded, with an index
-        reference.config._attn_implementation = "eager"
-        if hasattr(reference.config, "text_config"):
-            reference.config.text_config._attn_implementation = "eager"
-        out[family] = (reference.eval(), folder)
+        out[family] = (hybrid_checkpoint(family, folder, seed=i), folder)
     return out
-
-
-def _close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    error = ((got - want).abs() / want.abs().clamp(min=1)).max().item()
-    assert error <= 1e-5, f"{what}: {error:.2e} relative to max(1, |x|)"
 
 
 def _reference_run(reference, tokens):
@@ -99,15 +58,15 @@ def test_equals_transformers_on_logits_residuals_gates_and_patterns(folders, fam
     tokens = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(0))
     want_logits, layer_out, gates, patterns = _reference_run(reference, tokens)
     logits, cache = model.run_with_cache(tokens)
-    _close(logits, want_logits, "logits")
+    close(logits, want_logits, "logits")
     for layer in range(model.cfg.n_layers):
-        _close(cache["resid_post", layer], layer_out[layer], f"resid_post {layer}")
+        close(cache["resid_post", layer], layer_out[layer], f"resid_post {layer}")
     assert sorted(gates) == sorted(patterns) == list(model.cfg.full_attention_layers)
     for layer in model.cfg.full_attention_layers:
-        _close(cache["gate", layer], gates[layer], f"gate {layer}")
-        _close(cache["pattern", layer], patterns[layer], f"pattern {layer}")
+        close(cache["gate", layer], gates[layer], f"gate {layer}")
+        close(cache["pattern", layer], patterns[layer], f"pattern {layer}")
     folded = load_folder(folder, device="cpu", fold_ln=True, progress=False)
-    _close(folded(tokens), want_logits, "logits with fold_ln")
+    close(folded(tokens), want_logits, "logits with fold_ln")
     assert all(bool((block.ln1.w == 0).all()) for block in folded.blocks)  # 1 + 0: norms that multiply by one
 
 
@@ -127,8 +86,8 @@ def test_padded_batch_gives_each_row_its_own_values(folders, family, side):
         mask[0, 6:] = 0
     batch_logits = model(tokens, attention_mask=mask)
     real = slice(4, 10) if side == "left" else slice(0, 6)
-    _close(batch_logits[0, real], model(short)[0], "padded row")
-    _close(batch_logits[1], model(long)[0], "unpadded row")
+    close(batch_logits[0, real], model(short)[0], "padded row")
+    close(batch_logits[1], model(long)[0], "unpadded row")
 
 
 @torch.no_grad()
