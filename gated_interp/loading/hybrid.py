@@ -44,6 +44,11 @@ IGNORED_PREFIXES = ("mtp.", VISION_PREFIX)
 _ARCHITECTURE_FAMILY = {family.architecture: model_type for model_type, family in FAMILIES.items()}
 
 
+def is_hybrid_family(cfg: GatedQwen3Config) -> bool:
+    """Whether `cfg` is one of these families (its folder layout is read and written here)."""
+    return cfg.original_architecture in _ARCHITECTURE_FAMILY
+
+
 def family_of(cfg: GatedQwen3Config) -> Family:
     if cfg.original_architecture not in _ARCHITECTURE_FAMILY:
         raise ValueError(
@@ -157,8 +162,9 @@ def _same(t: Tensor) -> Tensor:
     return t
 
 
-def _rows(cfg: GatedQwen3Config) -> Iterator[tuple[str, tuple[int, ...], list[Part]]]:
-    family, p = family_of(cfg), family_of(cfg).prefix
+def _rows(cfg: GatedQwen3Config, family: Family | None = None) -> Iterator[tuple[str, tuple[int, ...], list[Part]]]:
+    family = family or family_of(cfg)
+    p = family.prefix
     m, h, kv, d = cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
     yield f"{p}embed_tokens.weight", (cfg.d_vocab, m), [("embed.W_E", None, _same)]
     yield f"{p}norm.weight", (m,), [("ln_final.w", None, _same)]
@@ -286,3 +292,94 @@ def by_hf_name(cfg: GatedQwen3Config) -> dict[str, list[Part]]:
 def ignored(name: str) -> bool:
     """Tensors read past: the vision tower and the multi-token-prediction head."""
     return name.startswith(IGNORED_PREFIXES)
+
+
+# ---- saving: the same table, read backwards ----------------------------------------------------
+# A vision-language folder is loaded without its vision tower, so it is saved as its text-only family.
+TEXT_ONLY = {"qwen3_5": "qwen3_5_text", "qwen3_5_moe": "qwen3_5_moe_text"}
+
+
+def saved_model_type(cfg: GatedQwen3Config) -> str:
+    """The model_type `save_hf` writes: the loaded family's, text-only for a vision-language one."""
+    model_type = _ARCHITECTURE_FAMILY[family_of(cfg).architecture]
+    return TEXT_ONLY.get(model_type, model_type)
+
+
+def to_hf(params: dict[str, Tensor], cfg: GatedQwen3Config) -> Iterator[tuple[str, Tensor]]:
+    """Our parameters → checkpoint tensors (in the saved family's names). Each row's rearrangements
+    are run on the HF tensor's element indices, so saving inverts exactly what loading does; every
+    element of every tensor must be written exactly once, or this refuses."""
+    family = FAMILIES[saved_model_type(cfg)]
+    for hf_name, shape, parts in _rows(cfg, family):
+        numel = int(torch.Size(shape).numel())
+        index = torch.arange(numel).view(shape)
+        first = params[parts[0][0]]
+        out = first.new_empty(numel)
+        written = torch.zeros(numel, dtype=torch.int32)
+        for our_name, expert, rearrange in parts:
+            source = params[our_name] if expert is None else params[our_name][expert]
+            where = rearrange(index)
+            if where.shape != source.shape:
+                raise CheckpointError(
+                    f"{our_name} has shape {list(source.shape)}, {hf_name} expects {list(where.shape)}"
+                )
+            out[where.flatten()] = source.flatten()
+            written[where.flatten()] += 1
+        if not bool((written == 1).all()):  # a table row that does not cover its tensor once: a bug here
+            raise CheckpointError(f"saving {hf_name}: the table writes some elements {written.max()} or 0 times")
+        yield hf_name, out.view(shape)
+
+
+def hf_config_for_save(cfg: GatedQwen3Config, dtype_name: str) -> dict[str, Any]:
+    """config.json for `cfg` in the saved family: the loaded config's other keys as they were, every
+    key gated_interp reads set from `cfg` (so a folded or untied model says so)."""
+    model_type = saved_model_type(cfg)
+    family = FAMILIES[model_type]
+    loaded = cfg.hf_extra.get("config_json")
+    hf = dict(text_config(loaded)) if loaded else {}
+    hf.pop("torch_dtype", None)
+    n = cfg.n_layers
+    if family.moe == "all" and cfg.moe_layers != tuple(range(n)):
+        raise CheckpointError(
+            f"a {model_type} folder has experts on every layer; this model has them on {cfg.moe_layers}"
+        )
+    if family.moe == "none" and cfg.moe_layers:
+        raise CheckpointError(f"a {model_type} folder has no experts; this model has them on {cfg.moe_layers}")
+    rope = dict(hf.get("rope_parameters") or {})
+    rope.update(rope_type="default", rope_theta=cfg.rope_theta, partial_rotary_factor=cfg.partial_rotary_factor)
+    hf.update(
+        architectures=[family.architecture],
+        model_type=model_type,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=n,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_key_value_heads,
+        head_dim=cfg.d_head,
+        vocab_size=cfg.d_vocab,
+        max_position_embeddings=cfg.n_ctx,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_parameters=rope,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        attention_bias=False,
+        hidden_act="silu",
+        layer_types=[cfg.layer_type(i) for i in range(n)],
+        linear_num_key_heads=cfg.linear_n_key_heads,
+        linear_num_value_heads=cfg.linear_n_value_heads,
+        linear_key_head_dim=cfg.linear_d_key,
+        linear_value_head_dim=cfg.linear_d_value,
+        linear_conv_kernel_dim=cfg.linear_conv_kernel,
+        dtype=dtype_name,
+    )
+    if cfg.d_mlp or family.moe != "all":
+        hf["intermediate_size"] = cfg.d_mlp
+    if cfg.moe_layers:
+        hf.update(
+            num_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.n_experts_per_token,
+            moe_intermediate_size=cfg.d_mlp_expert,
+            shared_expert_intermediate_size=cfg.d_mlp_shared,
+        )
+    if family.moe == "step":
+        dense = [i for i in range(n) if i not in cfg.moe_layers]
+        hf.update(decoder_sparse_step=1, mlp_only_layers=dense, norm_topk_prob=cfg.norm_topk_prob)
+    return hf
