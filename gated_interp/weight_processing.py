@@ -149,10 +149,15 @@ def center_unembed_updates(state_dict: StateDict, in_place: bool = False) -> Upd
     yield "unembed.b_U", (b_U.to(_work_dtype(b_U)) - b_U.mean(dtype=_work_dtype(b_U))).to(b_U.dtype)
 
 
-def needs_own_unembedding(state_dict: StateDict, fold_ln: bool, center_unembed: bool) -> bool:
-    """Whether processing a tied state dict this way changes `W_U` (so it must stop being `W_E.T`)."""
+def needs_own_unembedding(
+    state_dict: StateDict, fold_ln: bool, center_unembed: bool, zero_centred: bool = False
+) -> bool:
+    """Whether processing a tied state dict this way changes `W_U` (so it must stop being `W_E.T`).
+    Folding changes nothing when `ln_final` already multiplies by one: `w == 1`, or `w == 0` for a
+    zero-centred norm (`1 + w`)."""
+    identity = 0.0 if zero_centred else 1.0
     return "unembed.W_U" not in state_dict and (
-        center_unembed or (fold_ln and not bool((state_dict["ln_final.w"] == 1).all()))
+        center_unembed or (fold_ln and not bool((state_dict["ln_final.w"] == identity).all()))
     )
 
 
@@ -218,7 +223,9 @@ class WeightProcessingMixin:
             )
         if fold_value_biases:
             refuse_gated_value_bias_fold(self.cfg)  # before any change
-        if self.unembed.tied and needs_own_unembedding(self.state_dict(), fold_ln, center_unembed):
+        if self.unembed.tied and needs_own_unembedding(
+            self.state_dict(), fold_ln, center_unembed, self.cfg.zero_centred_norms
+        ):
             self.unembed.untie()
             self.cfg.tie_word_embeddings = False
         steps = [
