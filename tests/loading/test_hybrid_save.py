@@ -12,6 +12,7 @@ import torch
 import transformers
 from hybrid_models import FAMILIES, close, hybrid_checkpoint
 
+from gated_interp.loading.errors import CheckpointError
 from gated_interp.loading.load import load_folder
 from gated_interp.loading.save import save_hf
 
@@ -63,3 +64,28 @@ def test_a_tied_model_stays_tied_when_folding_changes_nothing(tmp_path):
     assert model.unembed.tied and model.cfg.tie_word_embeddings
     tokens = torch.randint(0, 64, (1, 7), generator=torch.Generator().manual_seed(1))
     close(model(tokens), tied(tokens), "tied, folded")
+
+
+def test_a_hub_id_resolves_from_the_hub_cache_without_tokenizer_files(tmp_path, monkeypatch):
+    """'Qwen/Qwen3.5-0.8B' is read from a hub-cache layout (offline), and a folder without tokenizer
+    files loads for token input."""
+    from huggingface_hub import constants
+
+    import gated_interp
+
+    cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--Qwen--Qwen3.5-0.8B"
+    reference = hybrid_checkpoint("qwen3_5", repo / "snapshots" / commit, seed=40)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # huggingface_hub reads these variables once, at import: patch its constants as well
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    model = gated_interp.load_hooked("Qwen/Qwen3.5-0.8B", device="cpu", progress=False)
+    assert model.tokenizer is None
+    tokens = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(2))
+    close(model(tokens), reference(tokens).logits, "from the hub cache")
+    with pytest.raises(CheckpointError, match=r"'Qwen/Qwen3\.9-none'.*hf download Qwen/Qwen3\.9-none"):
+        gated_interp.load_hooked("Qwen/Qwen3.9-none", progress=False)
