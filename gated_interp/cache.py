@@ -42,12 +42,8 @@ class GatedActivationCache(ActivationCache):
         if name not in self.cache_dict:
             found = hooks.lookup(name)
             hint = ""
-            if found is not None and not found[0].exists_in(self.model.cfg):
-                hint = (
-                    " (this model has no such hook: it is "
-                    + ("gated-only" if found[0].gated_only else "only there with use_qk_norm")
-                    + ")"
-                )
+            if found is not None and found[0].absent_because(self.model.cfg, found[1]):
+                hint = f" (this model has no such hook: {found[0].absent_because(self.model.cfg, found[1])})"
             elif found is not None and found[0].switch:
                 hint = f" (it fires only after model.set_{found[0].switch}(True))"
             elif hooks.tl2_name_note(name) is not None:

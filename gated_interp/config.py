@@ -15,6 +15,13 @@ from typing import Any, Literal
 import torch
 
 GateKind = Literal["none", "headwise", "elementwise"]
+# Where the gate rows sit in the checkpoint's q_proj: per key-value group (the paper's release) or
+# interleaved per query head (Qwen3-Next, Qwen3.5). Only loading and saving read it.
+GateLayout = Literal["per_kv_group", "per_head"]
+GATE_LAYOUTS: tuple[str, ...] = ("per_kv_group", "per_head")
+# Token mixers a block may have: softmax attention (`blocks.{l}.attn`) or Gated DeltaNet
+# (`blocks.{l}.linear_attn`), as transformers' `config.layer_types` names them.
+LAYER_TYPES: tuple[str, ...] = ("full_attention", "linear_attention")
 GATE_KINDS: tuple[str, ...] = ("none", "headwise", "elementwise")
 # The released variants and their gate kinds: the one table every name↔gate lookup reads.
 VARIANT_GATES: dict[str, str] = {"baseline": "none", "gate_headwise": "headwise", "gate_elementwise": "elementwise"}
@@ -88,6 +95,25 @@ class GatedQwen3Config:
     dtype: torch.dtype = torch.float32
     hf_extra: dict[str, Any] = field(default_factory=dict)  # config.json keys we carry but do not use
 
+    # Hybrid models (Qwen3.5, Qwen3-Next); the defaults are the paper's models.
+    layer_types: tuple[str, ...] | None = None  # one of LAYER_TYPES per layer; None: all full attention
+    gate_layout: GateLayout = "per_kv_group"
+    partial_rotary_factor: float = 1.0  # rotary turns the first d_head * factor dims of q and k
+    zero_centred_norms: bool = False  # every RMSNorm (not the DeltaNet's gated one) multiplies by 1 + w
+    # Gated DeltaNet (linear-attention layers): key/query heads, value heads, their widths, conv width.
+    linear_n_key_heads: int = 0
+    linear_n_value_heads: int = 0
+    linear_d_key: int = 0
+    linear_d_value: int = 0
+    linear_conv_kernel: int = 4
+    # Sparse mixture of experts: the layers whose MLP is one, and its sizes (0 experts: dense only).
+    moe_layers: tuple[int, ...] = ()
+    n_experts: int = 0
+    n_experts_per_token: int = 0
+    d_mlp_expert: int = 0
+    d_mlp_shared: int = 0  # the shared expert, scaled by sigmoid(shared_expert_gate); 0: none
+    norm_topk_prob: bool = True  # renormalise the chosen experts' probabilities to sum to one
+
     # Constants that TransformerLens code reads from a config; fixed for this architecture.
     normalization_type: str = "RMS"
     act_fn: str = "silu"
@@ -127,6 +153,7 @@ class GatedQwen3Config:
             raise ValueError(f"rms_norm_eps must be {problem}, got {self.rms_norm_eps!r}")
         if self.d_head % 2 != 0:
             raise ValueError(f"d_head must be even for rotary embeddings, got {self.d_head}")
+        self._check_hybrid()
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
             if kind not in ("default", "linear"):
@@ -141,6 +168,45 @@ class GatedQwen3Config:
             raise ValueError(N_DEVICES_UNSUPPORTED)
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _check_hybrid(self) -> None:
+        if self.layer_types is not None:
+            self.layer_types = tuple(self.layer_types)
+            unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if unknown or len(self.layer_types) != self.n_layers:
+                raise ValueError(
+                    f"layer_types must give one of {LAYER_TYPES} for each of the {self.n_layers} layers, "
+                    f"got {self.layer_types!r}"
+                )
+        self.moe_layers = tuple(sorted(self.moe_layers))
+        if self.gate_layout not in GATE_LAYOUTS:
+            raise ValueError(f"gate_layout must be one of {GATE_LAYOUTS}, got {self.gate_layout!r}")
+        if not 0 < self.partial_rotary_factor <= 1 or self.rotary_dim % 2:
+            raise ValueError(
+                f"partial_rotary_factor must be in (0, 1] and give an even rotary width; got "
+                f"{self.partial_rotary_factor} of d_head {self.d_head}"
+            )
+        if self.linear_attention_layers:
+            sizes = dict(
+                linear_n_key_heads=self.linear_n_key_heads,
+                linear_n_value_heads=self.linear_n_value_heads,
+                linear_d_key=self.linear_d_key,
+                linear_d_value=self.linear_d_value,
+                linear_conv_kernel=self.linear_conv_kernel,
+            )
+            if min(sizes.values()) < 1 or self.linear_n_value_heads % self.linear_n_key_heads:
+                raise ValueError(
+                    f"linear-attention layers need positive Gated DeltaNet sizes, value heads a multiple "
+                    f"of key heads; got {sizes}"
+                )
+        if self.moe_layers:
+            if not set(self.moe_layers) <= set(range(self.n_layers)):
+                raise ValueError(f"moe_layers must be layers 0..{self.n_layers - 1}, got {self.moe_layers}")
+            if not 0 < self.n_experts_per_token <= self.n_experts or self.d_mlp_expert < 1:
+                raise ValueError(
+                    f"MoE layers need 0 < n_experts_per_token ({self.n_experts_per_token}) <= n_experts "
+                    f"({self.n_experts}) and d_mlp_expert >= 1 ({self.d_mlp_expert})"
+                )
 
     @classmethod
     def tiny(cls, **overrides: Any) -> GatedQwen3Config:
@@ -180,7 +246,29 @@ class GatedQwen3Config:
 
     @property
     def rotary_dim(self) -> int:
-        return self.d_head  # rotary covers the whole head
+        """Leading dims of each query and key head that rotary turns (all of them in the paper's models)."""
+        return int(self.d_head * self.partial_rotary_factor)
+
+    def layer_type(self, layer: int) -> str:
+        """ "full_attention" or "linear_attention"."""
+        return "full_attention" if self.layer_types is None else self.layer_types[layer]
+
+    @property
+    def full_attention_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.n_layers) if self.layer_type(i) == "full_attention")
+
+    @property
+    def linear_attention_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.n_layers) if self.layer_type(i) == "linear_attention")
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Whether some layers are not plain softmax attention with a dense MLP (Qwen3.5, Qwen3-Next)."""
+        return bool(self.linear_attention_layers or self.moe_layers)
+
+    def mlp_kind(self, layer: int) -> str:
+        """ "dense" (SwiGLU) or "moe" (sparse mixture of experts)."""
+        return "moe" if layer in self.moe_layers else "dense"
 
     # Read-only TransformerLens fields for what this architecture does not have (TransformerLens'
     # own values for "off"), so that code reading them takes the right branch.
@@ -232,8 +320,17 @@ class GatedQwen3Config:
 
     @property
     def n_params(self) -> int:
+        """Matrix parameters (norm weights, biases and the DeltaNet's per-head scalars left out)."""
         attn = self.d_model * self.d_q_proj + 2 * self.d_model * self.n_key_value_heads * self.d_head
         attn += self.n_heads * self.d_head * self.d_model
-        mlp = 3 * self.d_model * self.d_mlp
-        embed = self.d_vocab * self.d_model * (1 if self.tie_word_embeddings else 2)
-        return self.n_layers * (attn + mlp) + embed
+        key, value = self.linear_n_key_heads * self.linear_d_key, self.linear_n_value_heads * self.linear_d_value
+        linear = self.d_model * (2 * key + 3 * value + 2 * self.linear_n_value_heads)
+        linear += (2 * key + value) * self.linear_conv_kernel
+        dense = 3 * self.d_model * self.d_mlp
+        moe = self.n_experts * (3 * self.d_model * self.d_mlp_expert + self.d_model)
+        moe += 3 * self.d_model * self.d_mlp_shared + (self.d_model if self.d_mlp_shared else 0)
+        total = self.d_vocab * self.d_model * (1 if self.tie_word_embeddings else 2)
+        for layer in range(self.n_layers):
+            total += attn if self.layer_type(layer) == "full_attention" else linear
+            total += moe if self.mlp_kind(layer) == "moe" else dense
+        return total

@@ -14,7 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gated_interp.components import KVCacheEntry
+from gated_interp.components import KVCacheEntry, RecurrentState
 from gated_interp.masks import Mask
 from gated_interp.tokenization import ModelInput, PaddingSide
 
@@ -91,7 +91,7 @@ class GenerationMixin:
         generator = torch.Generator(device=self.cfg.device).manual_seed(seed) if seed is not None else None
 
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        kv_cache: list[KVCacheEntry] | None = None
+        kv_cache: list[KVCacheEntry | RecurrentState] | None = None
         next_input, next_mask = tokens, mask
         for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generating"):
             if use_past_kv_cache:
@@ -130,15 +130,20 @@ class GenerationMixin:
         texts = [tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(tokens, mask)]
         return texts[0] if len(texts) == 1 else texts
 
-    def _empty_kv_cache(self, batch: int) -> list[KVCacheEntry]:
+    def _empty_kv_cache(self, batch: int) -> list[KVCacheEntry | RecurrentState]:
+        """One entry per layer: keys and values for a full-attention layer, the convolution and
+        delta-rule state for a linear-attention (Gated DeltaNet) layer."""
         shape = (batch, 0, self.cfg.n_key_value_heads, self.cfg.d_head)
-        return [
-            KVCacheEntry(
+
+        def entry(layer: int) -> KVCacheEntry | RecurrentState:
+            if self.cfg.layer_type(layer) == "linear_attention":
+                return RecurrentState()
+            return KVCacheEntry(
                 torch.empty(shape, dtype=self.cfg.dtype, device=self.cfg.device),
                 torch.empty(shape, dtype=self.cfg.dtype, device=self.cfg.device),
             )
-            for _ in range(self.cfg.n_layers)
-        ]
+
+        return [entry(layer) for layer in range(self.cfg.n_layers)]
 
 
 def _left_pad(

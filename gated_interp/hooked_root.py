@@ -349,9 +349,8 @@ def _unknown_hook_message(model: HookedRoot, name: str) -> str:
     if note is not None:
         return note
     found = hooks.lookup(name)
-    if found is not None and not found[0].exists_in(model.cfg):
-        why = "only gated models have it" if found[0].gated_only else "it needs cfg.use_qk_norm"
-        return f"{name!r}: this model has no such hook ({why})"
+    if found is not None and found[0].absent_because(model.cfg, found[1]):
+        return f"{name!r}: this model has no such hook ({found[0].absent_because(model.cfg, found[1])})"
     return (
         f"{name!r} is not a hook of this model: a hook name is a full name such as get_act_name('gate', 0) "
         "(see gated_interp.hooks.HOOKS or model.hook_dict)"

@@ -35,6 +35,9 @@ class HookSpec:
     gated_only: exists only on gated models (cfg.is_gated).
     switch:    the `cfg` flag (and `model.set_<flag>` toggle) that makes it fire, or None (always).
     needs_qk_norm: exists only with cfg.use_qk_norm.
+    layer_type: exists only on layers of this type ("full_attention" or "linear_attention",
+               `cfg.layer_types`), or on every layer (None).
+    mlp_kind:  exists only on layers with this MLP ("dense" or "moe", `cfg.mlp_kind`), or on all (None).
     aliases:   other full-name templates that resolve to this hook.
     doc:       what it holds, for the README table.
     """
@@ -47,6 +50,8 @@ class HookSpec:
     gated_only: bool = False
     switch: str | None = None
     needs_qk_norm: bool = False
+    layer_type: str | None = None
+    mlp_kind: str | None = None
     aliases: tuple[str, ...] = ()
 
     @property
@@ -83,8 +88,43 @@ class HookSpec:
         return self.template
 
     def exists_in(self, cfg) -> bool:
-        """Whether a model with config `cfg` has this hook point."""
+        """Whether a model with config `cfg` has this hook point (on at least one layer)."""
+        return any(self.exists_at(cfg, layer) for layer in range(cfg.n_layers)) or (
+            not self.per_layer and self._model_has(cfg)
+        )
+
+    def exists_at(self, cfg, layer: int | None) -> bool:
+        """Whether a model with config `cfg` has this hook point at `layer` (None for model-level hooks)."""
+        if not self._model_has(cfg):
+            return False
+        if layer is None or not self.per_layer:
+            return True
+        return (self.layer_type is None or cfg.layer_type(layer) == self.layer_type) and (
+            self.mlp_kind is None or cfg.mlp_kind(layer) == self.mlp_kind
+        )
+
+    def _model_has(self, cfg) -> bool:
         return (cfg.is_gated or not self.gated_only) and (cfg.use_qk_norm or not self.needs_qk_norm)
+
+    def absent_because(self, cfg, layer: int | None) -> str:
+        """Why `cfg`'s model has no such hook (at `layer`), for error messages; "" if it has one."""
+        if self.exists_at(cfg, layer):
+            return ""
+        if self.gated_only and not cfg.is_gated:
+            return "it is gated-only: only gated models have it"
+        if self.needs_qk_norm and not cfg.use_qk_norm:
+            return "it is only there with use_qk_norm: it needs cfg.use_qk_norm"
+        if self.layer_type is not None and cfg.layer_type(layer) != self.layer_type:
+            where = cfg.full_attention_layers if self.layer_type == "full_attention" else cfg.linear_attention_layers
+            return (
+                f"layer {layer} is a {cfg.layer_type(layer)} layer and {self.short!r} exists only on "
+                f"{self.layer_type} layers: {list(where)} (see model.cfg.layer_types)"
+            )
+        moe = list(cfg.moe_layers)
+        return (
+            f"layer {layer} has a {cfg.mlp_kind(layer)} MLP and {self.short!r} exists only on {self.mlp_kind} MLPs"
+            + (f" (MoE layers: {moe})" if moe else "")
+        )
 
 
 _B = "blocks.{layer}"
@@ -94,7 +134,30 @@ _HEAD_POS = "batch pos head"
 def _attn(short: str, axes: str, doc: str, *, tl_knows: bool = False, **kw) -> HookSpec:
     # get_act_name puts attention hooks it does not know at blocks.{l}.hook_<short>
     aliases = kw.pop("aliases", ()) + (() if tl_knows else (f"{_B}.hook_{short}",))
-    return HookSpec(short, f"{_B}.attn.hook_{short}", "attn", axes, doc, aliases=aliases, **kw)
+    return HookSpec(
+        short, f"{_B}.attn.hook_{short}", "attn", axes, doc, aliases=aliases, layer_type="full_attention", **kw
+    )
+
+
+def _linear(short: str, name: str, axes: str, doc: str) -> HookSpec:
+    """A Gated DeltaNet hook; its short name differs from the attention's where both have the
+    hook (`lin_q` beside `q`), so `cache[short, l]` names one hook."""
+    return HookSpec(
+        short,
+        f"{_B}.linear_attn.hook_{name}",
+        "linear_attn",
+        axes,
+        doc,
+        aliases=(f"{_B}.hook_{short}",),
+        layer_type="linear_attention",
+    )
+
+
+def _mlp(short: str, name: str, axes: str, doc: str, kind: str) -> HookSpec:
+    return HookSpec(short, f"{_B}.mlp.{name}", "mlp", axes, doc, aliases=(f"{_B}.hook_{short}",), mlp_kind=kind)
+
+
+_LIN_K, _LIN_V = "batch pos lin_k_head d_lin_key", "batch pos lin_v_head d_lin_value"
 
 
 def _norm(where: str, prefix: str) -> tuple[HookSpec, HookSpec]:
@@ -157,7 +220,19 @@ HOOKS: tuple[HookSpec, ...] = (
     _attn("gate", f"{_HEAD_POS} gate", "`sigmoid(gate logits)`, the gate scores", gated_only=True),
     _attn("z", f"{_HEAD_POS} d_head", "gated output: exactly what `W_O` reads", tl_knows=True),
     _attn("result", f"{_HEAD_POS} d_model", "per-head output `z @ W_O`", switch="use_attn_result", tl_knows=True),
-    HookSpec("attn_out", f"{_B}.hook_attn_out", "block", "batch pos d_model", "attention output"),
+    _linear("lin_q", "q", _LIN_K, "Gated DeltaNet queries, after the causal convolution and SiLU"),
+    _linear("lin_k", "k", _LIN_K, "Gated DeltaNet keys, after the convolution (L2-normalised inside the rule)"),
+    _linear("lin_v", "v", _LIN_V, "Gated DeltaNet values, after the convolution"),
+    _linear("lin_z", "z", _LIN_V, "the output gate's input: the gated norm multiplies by `silu(z)`"),
+    _linear("beta", "beta", "batch pos lin_v_head", "`sigmoid(b)`, how strongly each position writes"),
+    _linear(
+        "decay", "decay", "batch pos lin_v_head", "log of the per-step state decay, `-exp(A_log) softplus(a + dt_bias)`"
+    ),
+    _linear("recurrent_out", "recurrent_out", _LIN_V, "delta-rule output, before the gated norm"),
+    _linear("lin_out", "out", _LIN_V, "gated-norm output: exactly what the DeltaNet's `W_O` reads"),
+    HookSpec(
+        "attn_out", f"{_B}.hook_attn_out", "block", "batch pos d_model", "token mixer output (attention or DeltaNet)"
+    ),
     HookSpec(
         "resid_mid", f"{_B}.hook_resid_mid", "block", "batch pos d_model", "residual stream between attention and MLP"
     ),
@@ -170,9 +245,22 @@ HOOKS: tuple[HookSpec, ...] = (
         switch="use_hook_mlp_in",
     ),
     *_norm("ln2", f"{_B}.ln2"),
-    HookSpec("pre", f"{_B}.mlp.hook_pre", "mlp", "batch pos d_mlp", "MLP gate projection (before SiLU)"),
-    HookSpec("pre_linear", f"{_B}.mlp.hook_pre_linear", "mlp", "batch pos d_mlp", "MLP up projection"),
-    HookSpec("post", f"{_B}.mlp.hook_post", "mlp", "batch pos d_mlp", "SwiGLU output `silu(pre) * pre_linear`"),
+    _mlp("pre", "hook_pre", "batch pos d_mlp", "MLP gate projection (before SiLU)", "dense"),
+    _mlp("pre_linear", "hook_pre_linear", "batch pos d_mlp", "MLP up projection", "dense"),
+    _mlp("post", "hook_post", "batch pos d_mlp", "SwiGLU output `silu(pre) * pre_linear`", "dense"),
+    _mlp("router_logits", "hook_router_logits", "batch pos expert", "MoE router logits", "moe"),
+    _mlp("expert_indices", "hook_expert_indices", "batch pos top_k", "the experts each token is sent to", "moe"),
+    _mlp("expert_weights", "hook_expert_weights", "batch pos top_k", "their weights in the sum", "moe"),
+    _mlp("shared_gate", "hook_shared_gate", "batch pos one", "`sigmoid` gate of the shared expert", "moe"),
+    _mlp("shared_pre", "shared_expert.hook_pre", "batch pos d_mlp_shared", "shared expert's gate projection", "moe"),
+    _mlp(
+        "shared_pre_linear",
+        "shared_expert.hook_pre_linear",
+        "batch pos d_mlp_shared",
+        "shared expert's up projection",
+        "moe",
+    ),
+    _mlp("shared_post", "shared_expert.hook_post", "batch pos d_mlp_shared", "shared expert's SwiGLU output", "moe"),
     HookSpec("mlp_out", f"{_B}.hook_mlp_out", "block", "batch pos d_model", "MLP output"),
     HookSpec("resid_post", f"{_B}.hook_resid_post", "block", "batch pos d_model", "residual stream leaving the block"),
     *_norm("ln_final", "ln_final"),
@@ -287,6 +375,12 @@ def markdown_table() -> str:
             when.append("`use_qk_norm`")
         if s.switch:
             when.append(f"`set_{s.switch}(True)`")
+        if s.layer_type:
+            when.append(f"{s.layer_type} layers")
+        if s.mlp_kind == "moe":
+            when.append("MoE layers")
+        elif s.mlp_kind:
+            when.append(f"{s.mlp_kind} MLP layers")
         shape = "[" + ", ".join("1" if axis == "one" else axis for axis in s.axis_names) + "]"
         name = s.template.replace("{layer}", "{l}")
         rows.append(f"| `{name}` | `{s.short}` | `{shape}` | {s.doc} | {', '.join(when) or 'always'} |")

@@ -19,7 +19,15 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import lm_cross_entropy_loss
 
-from gated_interp.components import Embed, KVCacheEntry, RMSNorm, RotaryEmbedding, TransformerBlock, Unembed
+from gated_interp.components import (
+    Embed,
+    KVCacheEntry,
+    RecurrentState,
+    RMSNorm,
+    RotaryEmbedding,
+    TransformerBlock,
+    Unembed,
+)
 from gated_interp.config import INIT_STD, N_DEVICES_UNSUPPORTED, GatedQwen3Config
 from gated_interp.generation import GenerationMixin
 from gated_interp.hooked_root import HookedRoot
@@ -85,9 +93,9 @@ class HookedGatedQwen3(
         self.embed = Embed(cfg)
         self.hook_tokens = HookPoint()  # [batch, pos], with cfg.use_hook_tokens
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
-        self.rotary = RotaryEmbedding(cfg.d_head, cfg.rope_theta, cfg.rope_scaling)
+        self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
-        self.ln_final = RMSNorm(cfg.d_model, cfg.rms_norm_eps, cfg.dtype)
+        self.ln_final = RMSNorm(cfg.d_model, cfg.rms_norm_eps, cfg.dtype, zero_centred=cfg.zero_centred_norms)
         self.unembed = Unembed(cfg, self.embed)
         self.setup()
         self.to(cfg.device)
@@ -101,7 +109,9 @@ class HookedGatedQwen3(
             # One generator per parameter, seeded by its name: the weights that a baseline and a
             # gated variant share start identical, whatever extra (gate) parameters exist.
             generator = torch.Generator().manual_seed(_name_seed(seed, _SEED_NAMES.get(name, name)))
-            if name.endswith(".w"):
+            if name.endswith(".w"):  # norm weights: the identity (1 + w with w = 0 for zero-centred norms)
+                values = torch.zeros(param.shape) if self.cfg.zero_centred_norms else torch.ones(param.shape)
+            elif name.endswith(("linear_attn.norm_w", "linear_attn.dt_bias")):
                 values = torch.ones(param.shape)
             elif param.ndim == 1 or name.split(".")[-1].startswith(("b_", "_b_")):
                 values = torch.zeros(param.shape)
@@ -153,7 +163,7 @@ class HookedGatedQwen3(
         attention_mask: Mask[Tensor, "batch pos"] | None = None,
         stop_at_layer: int | None = None,
         # TransformerLens' cache is in the annotation only so that it reaches the refusal naming it.
-        past_kv_cache: list[KVCacheEntry] | TransformerLensKeyValueCache | None = None,
+        past_kv_cache: list[KVCacheEntry | RecurrentState] | TransformerLensKeyValueCache | None = None,
         past_attention_mask: Mask[Tensor, "batch past_pos"] | None = None,
         start_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
@@ -194,7 +204,7 @@ class HookedGatedQwen3(
         n_new = residual.shape[1]
         full_mask = attention_mask
         if past_kv_cache is not None:
-            n_past = past_kv_cache[0].keys.shape[1]
+            n_past = _cached_length(past_kv_cache[0])
             if full_mask is None:
                 full_mask = torch.ones(residual.shape[:2], dtype=torch.long, device=residual.device)
             if past_attention_mask is None:
@@ -213,10 +223,14 @@ class HookedGatedQwen3(
             mask_4d = self._attention_mask_4d(full_mask, n_new) if needs_mask else None
 
         cos, sin = self.rotary(positions, residual.dtype)
+        # Linear-attention layers see padding as zeroed inputs, only where there is padding (as transformers).
+        padding_mask = None
+        if attention_mask is not None and n_new > 1 and not bool(attention_mask.all()):
+            padding_mask = attention_mask.to(residual.device)
         first = start_at_layer or 0
         for layer, block in zip(range(first, self.cfg.n_layers), self.blocks[first:stop_at_layer]):
             past = past_kv_cache[layer] if past_kv_cache is not None else None
-            residual = block(residual, cos, sin, mask_4d, past)
+            residual = block(residual, cos, sin, mask_4d, past, padding_mask)
         if stop_at_layer is not None:
             return residual
 
@@ -229,7 +243,7 @@ class HookedGatedQwen3(
         return loss if return_type == "loss" else Output(logits, loss)
 
     def _as_residual(
-        self, input: Tensor, attention_mask: Tensor | None, past_kv_cache: list[KVCacheEntry] | None
+        self, input: Tensor, attention_mask: Tensor | None, past_kv_cache: list[KVCacheEntry | RecurrentState] | None
     ) -> Float[Tensor, "batch pos d_model"]:
         if not isinstance(input, Tensor) or input.ndim != 3 or input.shape[-1] != self.cfg.d_model:
             shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
@@ -270,6 +284,11 @@ class HookedGatedQwen3(
 # The unembedding's parameter was once called `unembed._W_U`; its random initialisation stays
 # seeded by that name so that `init_weights(seed)` reproduces the bundled models' starting point.
 _SEED_NAMES = {"unembed.W_U": "unembed._W_U"}
+
+
+def _cached_length(entry: KVCacheEntry | RecurrentState) -> int:
+    """Positions a layer's cache entry has already seen."""
+    return entry.n_seen if isinstance(entry, RecurrentState) else entry.keys.shape[1]
 
 
 def _name_seed(seed: int, name: str) -> int:

@@ -16,26 +16,32 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from gated_interp.components import KVCacheEntry
+from gated_interp.components import KVCacheEntry, RecurrentState
 from gated_interp.config import N_DEVICES_UNSUPPORTED
+from gated_interp.masks import Mask
 
 TL_KV_CACHE_REFUSED = (
     "past_kv_cache is TransformerLens' TransformerLensKeyValueCache, which this model cannot use: it "
     "stores keys before rotary, this model's cache stores them after. Use model.generate(...), which "
     "keeps its own cache, or pass a list of gated_interp.components.KVCacheEntry, one per layer "
-    "(empty: keys and values of shape [batch, 0, n_key_value_heads, d_head])."
+    "(empty: keys and values of shape [batch, 0, n_key_value_heads, d_head]; a RecurrentState() on "
+    "a hybrid model's linear-attention layers)."
 )
 
 
 def check_kv_cache(past_kv_cache: Any) -> None:
-    """Refuse TransformerLens' key-value cache (or anything but a list of `KVCacheEntry`) by name."""
+    """Refuse TransformerLens' key-value cache (or anything but a list of `KVCacheEntry` /
+    `RecurrentState`, one per layer) by name."""
     if past_kv_cache is None:
         return
     if isinstance(past_kv_cache, TransformerLensKeyValueCache):
         raise TypeError(TL_KV_CACHE_REFUSED)
-    if not isinstance(past_kv_cache, (list, tuple)) or not all(isinstance(e, KVCacheEntry) for e in past_kv_cache):
+    if not isinstance(past_kv_cache, (list, tuple)) or not all(
+        isinstance(e, (KVCacheEntry, RecurrentState)) for e in past_kv_cache
+    ):
         raise TypeError(
-            f"past_kv_cache must be a list of gated_interp.components.KVCacheEntry (one per layer), got "
+            "past_kv_cache must be a list with one gated_interp.components.KVCacheEntry per full-attention "
+            f"layer and one RecurrentState per linear-attention layer, got "
             f"{type(past_kv_cache).__name__}"
         )
 
@@ -93,8 +99,8 @@ class TransformerLensCompatMixin:
         input: Any,
         prepend_bos: bool | None = None,
         padding_side: str | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
-        past_kv_cache: list[KVCacheEntry] | None = None,
+        attention_mask: Mask[Tensor, "batch pos"] | None = None,
+        past_kv_cache: list[KVCacheEntry | RecurrentState] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], Int[Tensor, "batch pos"], None, Int[Tensor, "batch pos"] | None]:
         """`(residual, tokens, shortformer_pos_embed, attention_mask)` as TransformerLens returns
         them: the residual entering block 0 (`hook_embed`'s value; rotary adds no positional
@@ -114,18 +120,25 @@ class TransformerLensCompatMixin:
         prepend_bos: bool | None = None,
         padding_side: str | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Mask[Tensor, "batch pos"] | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], None]:
         """`(residual, shortformer_pos_embed)` for rotary models, as TransformerLens: the
         embedding itself and None (positions enter through rotary inside attention)."""
         return embed, None
 
-    def get_pos_offset(self, past_kv_cache: list[KVCacheEntry] | None, batch_size: int) -> int:
+    def get_pos_offset(self, past_kv_cache: list[KVCacheEntry | RecurrentState] | None, batch_size: int) -> int:
         """Positions already in `past_kv_cache` (0 without one), checked against `batch_size`."""
         check_kv_cache(past_kv_cache)
         if not past_kv_cache:
             return 0
-        cached_batch, offset = past_kv_cache[0].keys.shape[:2]
+        # Full-attention layers hold keys; a linear-attention layer's state only counts positions.
+        attention = [entry for entry in past_kv_cache if isinstance(entry, KVCacheEntry)]
+        if attention:
+            cached_batch, offset = attention[0].keys.shape[:2]
+        else:
+            state = past_kv_cache[0]
+            cached_batch = batch_size if state.conv is None else state.conv.shape[0]
+            offset = state.n_seen
         if cached_batch != batch_size:
             raise ValueError(f"past_kv_cache holds a batch of {cached_batch}, the input one of {batch_size}")
         return offset

@@ -92,24 +92,53 @@ def fold_value_biases(state_dict: StateDict, cfg: GatedQwen3Config) -> StateDict
     return _updated(state_dict, fold_value_biases_updates(state_dict, cfg))
 
 
+def _readers_of_ln1(cfg: GatedQwen3Config, layer: int) -> tuple[str, ...]:
+    """The weights that read ln1's output, as state-dict keys."""
+    if cfg.layer_type(layer) == "linear_attention":
+        return tuple(f"blocks.{layer}.linear_attn.{n}" for n in ("W_Q", "W_K", "W_V", "W_Z", "W_b", "W_a"))
+    names = ("W_Q", "_W_K", "_W_V") + (("W_G",) if cfg.is_gated else ())
+    return tuple(f"blocks.{layer}.attn.{n}" for n in names)
+
+
+def _readers_of_ln2(cfg: GatedQwen3Config, layer: int) -> tuple[str, ...]:
+    mlp = f"blocks.{layer}.mlp"
+    if cfg.mlp_kind(layer) == "dense":
+        return (f"{mlp}.W_gate", f"{mlp}.W_in")
+    names = [f"{mlp}.W_router", f"{mlp}.W_gate", f"{mlp}.W_in"]
+    if cfg.d_mlp_shared:
+        names += [f"{mlp}.W_shared_gate", f"{mlp}.shared_expert.W_gate", f"{mlp}.shared_expert.W_in"]
+    return tuple(names)
+
+
+def norm_scale(w: Tensor, cfg: GatedQwen3Config) -> Tensor:
+    """What a norm multiplies by: `w`, or `1 + w` for zero-centred norms (Qwen3.5, Qwen3-Next)."""
+    return 1 + w.to(_work_dtype(w)) if cfg.zero_centred_norms else w
+
+
+def identity_norm_weight(w: Tensor, cfg: GatedQwen3Config) -> Tensor:
+    """The weight of a norm that multiplies by one: zeros for zero-centred norms, else ones."""
+    return torch.zeros_like(w) if cfg.zero_centred_norms else torch.ones_like(w)
+
+
 def fold_layer_norm_updates(state_dict: StateDict, cfg: GatedQwen3Config, in_place: bool = False) -> Updates:
-    """In place, a tied state dict must already have its own `unembed.W_U` (see `needs_own_unembedding`)."""
-    readers_of_ln1 = ("W_Q", "_W_K", "_W_V") + (("W_G",) if cfg.is_gated else ())
+    """In place, a tied state dict must already have its own `unembed.W_U` (see `needs_own_unembedding`).
+    Each layer's own readers: attention or Gated DeltaNet projections for ln1, the dense MLP or
+    the MoE's router, experts, shared expert and its gate for ln2."""
     for layer in range(cfg.n_layers):
         block = f"blocks.{layer}"
         ln1, ln2 = state_dict[f"{block}.ln1.w"], state_dict[f"{block}.ln2.w"]
-        for name in readers_of_ln1:
-            yield f"{block}.attn.{name}", _scale_rows(state_dict[f"{block}.attn.{name}"], ln1, in_place)
-        for name in ("W_gate", "W_in"):
-            yield f"{block}.mlp.{name}", _scale_rows(state_dict[f"{block}.mlp.{name}"], ln2, in_place)
-        yield f"{block}.ln1.w", torch.ones_like(ln1)
-        yield f"{block}.ln2.w", torch.ones_like(ln2)
+        for norm, readers in ((ln1, _readers_of_ln1(cfg, layer)), (ln2, _readers_of_ln2(cfg, layer))):
+            scale = norm_scale(norm, cfg)
+            for name in readers:
+                yield name, _scale_rows(state_dict[name], scale, in_place)
+        yield f"{block}.ln1.w", identity_norm_weight(ln1, cfg)
+        yield f"{block}.ln2.w", identity_norm_weight(ln2, cfg)
     final = state_dict["ln_final.w"]
-    if "unembed.W_U" in state_dict or not bool((final == 1).all()):
+    if "unembed.W_U" in state_dict or not bool((norm_scale(final, cfg) == 1).all()):
         if in_place and "unembed.W_U" not in state_dict:
             raise ValueError("in place, a tied model must be untied before its ln_final.w is folded")
-        yield "unembed.W_U", _scale_rows(unembedding(state_dict), final, in_place)
-    yield "ln_final.w", torch.ones_like(final)
+        yield "unembed.W_U", _scale_rows(unembedding(state_dict), norm_scale(final, cfg), in_place)
+    yield "ln_final.w", identity_norm_weight(final, cfg)
 
 
 def center_unembed_updates(state_dict: StateDict, in_place: bool = False) -> Updates:
@@ -120,10 +149,15 @@ def center_unembed_updates(state_dict: StateDict, in_place: bool = False) -> Upd
     yield "unembed.b_U", (b_U.to(_work_dtype(b_U)) - b_U.mean(dtype=_work_dtype(b_U))).to(b_U.dtype)
 
 
-def needs_own_unembedding(state_dict: StateDict, fold_ln: bool, center_unembed: bool) -> bool:
-    """Whether processing a tied state dict this way changes `W_U` (so it must stop being `W_E.T`)."""
+def needs_own_unembedding(
+    state_dict: StateDict, fold_ln: bool, center_unembed: bool, zero_centred: bool = False
+) -> bool:
+    """Whether processing a tied state dict this way changes `W_U` (so it must stop being `W_E.T`).
+    Folding changes nothing when `ln_final` already multiplies by one: `w == 1`, or `w == 0` for a
+    zero-centred norm (`1 + w`)."""
+    identity = 0.0 if zero_centred else 1.0
     return "unembed.W_U" not in state_dict and (
-        center_unembed or (fold_ln and not bool((state_dict["ln_final.w"] == 1).all()))
+        center_unembed or (fold_ln and not bool((state_dict["ln_final.w"] == identity).all()))
     )
 
 
@@ -195,7 +229,9 @@ class WeightProcessingMixin:
             raise ValueError(REFACTOR_UNSUPPORTED)
         if fold_value_biases:
             refuse_gated_value_bias_fold(self.cfg)  # before any change
-        if self.unembed.tied and needs_own_unembedding(self.state_dict(), fold_ln, center_unembed):
+        if self.unembed.tied and needs_own_unembedding(
+            self.state_dict(), fold_ln, center_unembed, self.cfg.zero_centred_norms
+        ):
             self.unembed.untie()
             self.cfg.tie_word_embeddings = False
         steps = [

@@ -31,16 +31,53 @@ class _Stacked:
     def __get__(self, model: Any, owner: type | None = None) -> Any:
         if model is None:
             return self
-        if self.gated_only and not model.cfg.is_gated:
-            raise AttributeError(f"this model has no attention-output gate (cfg.gate == 'none'), so no {self.name}")
+        refusal = _refusal(model, self.name, self.part, self.gated_only)
+        if refusal:
+            raise AttributeError(refusal)  # nn.Module.__getattr__ drops this message: see WeightViewsMixin.__getattr__
         stacked = torch.stack([getattr(getattr(block, self.part), self.name) for block in model.blocks], dim=0)
         # A descriptor has no return annotation for the test suite's jaxtyping checks: check here.
         assert isinstance(stacked, self.annotation), f"{self.name}: {tuple(stacked.shape)} is not {self.annotation}"
         return stacked
 
 
+def _refusal(model: Any, name: str, part: str, gated_only: bool = False) -> str | None:
+    """Why `model.{name}` (stacked over layers from each block's `part`) cannot exist, or None."""
+    cfg = model.cfg
+    if gated_only and not cfg.is_gated:
+        return f"this model has no attention-output gate (cfg.gate == 'none'), so no {name}"
+    if part == "attn" and cfg.linear_attention_layers:
+        per_layer = {"OV": "W_V and .W_O", "QK": "W_Q and .W_K"}.get(name, name)
+        return (
+            f"model.{name} stacks one attention weight per layer, but layers {list(cfg.linear_attention_layers)} "
+            f"are linear_attention (Gated DeltaNet) layers, without one: use model.blocks[l].attn.{per_layer} on "
+            f"the full_attention layers {list(cfg.full_attention_layers)} (model.cfg.layer_types), or "
+            "model.blocks[l].linear_attn's weights on the others"
+        )
+    if part == "mlp" and cfg.moe_layers:
+        return (
+            f"model.{name} stacks one MLP weight per layer, but layers {list(cfg.moe_layers)} are mixtures of "
+            f"experts: use model.blocks[l].mlp.{name} ([expert, ...] on those layers, cfg.mlp_kind(l))"
+        )
+    return None
+
+
+# Views built from the attention weights of every layer, refused the same way as the stacks.
+_ATTN_VIEWS = ("OV", "QK")
+
+
 class WeightViewsMixin:
     """TransformerLens' weight attributes and the helpers that read them."""
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached when normal lookup fails, including when a view above raised AttributeError:
+        # nn.Module.__getattr__ would answer "no attribute", losing why and what to use instead.
+        view = WeightViewsMixin.__dict__.get(name)
+        if isinstance(view, _Stacked) or name in _ATTN_VIEWS:
+            part, gated_only = (view.part, view.gated_only) if isinstance(view, _Stacked) else ("attn", False)
+            refusal = _refusal(self, name, part, gated_only)
+            if refusal:
+                raise AttributeError(refusal)
+        return super().__getattr__(name)
 
     # The stacked weights, one line each. Key-value weights are expanded to one copy per query
     # head (`blocks[l].attn.W_K`), as TransformerLens shows grouped-query attention.

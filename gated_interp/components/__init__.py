@@ -14,7 +14,18 @@ checks that none is missing). Within one call the same name means the same size.
     head         query heads (`n_heads`)
     kv_head      key-value heads (`n_key_value_heads`); query head j reads kv head j // n_groups
     d_head       width of one head
-    half_d_head  rotary frequencies, d_head // 2
+    half_d_head  rotary frequencies, d_rotary // 2
+    d_rotary     leading dims of a head that rotary turns (`cfg.rotary_dim`: d_head, or a part of it)
+    lin_k_head   Gated DeltaNet query/key heads (`cfg.linear_n_key_heads`)
+    lin_v_head   Gated DeltaNet value heads (`cfg.linear_n_value_heads`); v head j reads k head j // ratio
+    d_lin_key    width of a DeltaNet query/key head
+    d_lin_value  width of a DeltaNet value head
+    d_conv       channels of the DeltaNet's causal convolution: queries, keys, values concatenated
+    conv_past    inputs the convolution keeps from earlier positions (`cfg.linear_conv_kernel` - 1)
+    expert       routed experts of a sparse-MoE MLP
+    top_k        experts chosen per token
+    d_mlp_expert hidden width of one routed expert
+    d_mlp_shared hidden width of a sparse-MoE layer's shared expert
     gate         gate logits per head: 1 (headwise) or d_head (elementwise)
     d_q_proj     rows of the released checkpoints' q_proj: queries and gate logits interleaved
     d_model      residual stream width
@@ -37,17 +48,22 @@ checks that none is missing). Within one call the same name means the same size.
 from gated_interp.components.attention import GatedAttention, KVCacheEntry
 from gated_interp.components.block import TransformerBlock
 from gated_interp.components.embed import Embed, Unembed
+from gated_interp.components.linear_attention import GatedDeltaNet, RecurrentState
 from gated_interp.components.mlp import GatedMLP
+from gated_interp.components.moe import SparseMoE
 from gated_interp.components.rms_norm import RMSNorm
 from gated_interp.components.rotary import RotaryEmbedding
 
 __all__ = [
     "Embed",
     "GatedAttention",
+    "GatedDeltaNet",
     "GatedMLP",
     "KVCacheEntry",
     "RMSNorm",
+    "RecurrentState",
     "RotaryEmbedding",
+    "SparseMoE",
     "TransformerBlock",
     "Unembed",
 ]

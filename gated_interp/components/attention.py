@@ -5,8 +5,11 @@ RMSNorm, rotary, softmax attention, `W_O`) with the gate as three visible lines:
 gate logits from the residual stream, a sigmoid, and a multiply of the SDPA output before `W_O`.
 
 Weights are stored per head, the TransformerLens way. The released checkpoints keep the gate
-rows inside `q_proj`, interleaved per key-value group; `gated_interp.loading.qproj_layout` turns
-that layout into `W_Q`/`W_G` and back.
+rows inside `q_proj`, interleaved per key-value group (the paper's release) or per query head
+(Qwen3.5, Qwen3-Next); `gated_interp.loading.qproj_layout` turns either layout into `W_Q`/`W_G`
+and back, so the component is the same for both. What those families change here are options of
+the config, not another class: rotary on the leading `cfg.rotary_dim` dims of each head, and
+zero-centred q/k norms (`1 + w`).
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ class GatedAttention(nn.Module):
         for name, shape in bias_shapes.items():
             register_bias(self, name, shape, cfg.qkv_bias, cfg.dtype)
         if cfg.use_qk_norm:
-            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
-            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False)
+            zero_centred = cfg.zero_centred_norms
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False, zero_centred=zero_centred)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.dtype, hooked=False, zero_centred=zero_centred)
 
         # Per-head copies of the block input (before ln1), with cfg.use_split_qkv_input / use_attn_in.
         self.hook_q_input = HookPoint()  # [batch, pos, head, d_model]; the gate reads it too
@@ -155,8 +159,8 @@ class GatedAttention(nn.Module):
     def forward(
         self,
         x: Float[Tensor, "batch pos d_model"],
-        cos: Float[Tensor, "batch pos d_head"],
-        sin: Float[Tensor, "batch pos d_head"],
+        cos: Float[Tensor, "batch pos d_rotary"],
+        sin: Float[Tensor, "batch pos d_rotary"],
         mask: Bool[Tensor, "batch 1 q_pos k_pos"] | None = None,
         past_kv: KVCacheEntry | None = None,
         split_norm: nn.Module | None = None,

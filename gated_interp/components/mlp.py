@@ -15,13 +15,15 @@ from gated_interp.config import GatedQwen3Config
 class GatedMLP(nn.Module):
     """`W_out(silu(x W_gate) * (x W_in))`; `hook_pre` is the gate projection, as in TransformerLens."""
 
-    def __init__(self, cfg: GatedQwen3Config):
+    def __init__(self, cfg: GatedQwen3Config, d_mlp: int | None = None):
+        """`d_mlp` overrides cfg.d_mlp (a sparse-MoE layer's shared expert has its own width)."""
         super().__init__()
-        self.W_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
-        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
-        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype))
+        d_mlp = cfg.d_mlp if d_mlp is None else d_mlp
+        self.W_gate = nn.Parameter(torch.empty(cfg.d_model, d_mlp, dtype=cfg.dtype))
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, d_mlp, dtype=cfg.dtype))
+        self.W_out = nn.Parameter(torch.empty(d_mlp, cfg.d_model, dtype=cfg.dtype))
         # Qwen3's MLP has no biases: zero buffers, there for TransformerLens code that reads them.
-        for name, width in (("b_gate", cfg.d_mlp), ("b_in", cfg.d_mlp), ("b_out", cfg.d_model)):
+        for name, width in (("b_gate", d_mlp), ("b_in", d_mlp), ("b_out", cfg.d_model)):
             register_bias(self, name, (width,), trainable=False, dtype=cfg.dtype)
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]

@@ -13,12 +13,24 @@ class RMSNorm(nn.Module):
 
     `hook_scale` holds the divisor and `hook_normalized` the unweighted result, so that
     `ActivationCache.apply_ln_to_stack` can divide any residual component by the cached scale.
+
+    `zero_centred` (Qwen3.5, Qwen3-Next): the weight is stored as an offset from one and the norm
+    multiplies by `1 + w`, in float32 before rounding to the input dtype, as their Hugging Face
+    code does. Folded, such a norm keeps `w = 0`.
     """
 
-    def __init__(self, width: int, eps: float, dtype: torch.dtype = torch.float32, hooked: bool = True):
+    def __init__(
+        self,
+        width: int,
+        eps: float,
+        dtype: torch.dtype = torch.float32,
+        hooked: bool = True,
+        zero_centred: bool = False,
+    ):
         super().__init__()
         self.eps = eps
-        self.w = nn.Parameter(torch.ones(width, dtype=dtype))
+        self.zero_centred = zero_centred
+        self.w = nn.Parameter(torch.zeros(width, dtype=dtype) if zero_centred else torch.ones(width, dtype=dtype))
         # q_norm/k_norm are unhooked: the attention hooks their outputs as hook_q_normed/hook_k_normed.
         self.hook_scale = HookPoint() if hooked else nn.Identity()  # [..., 1]
         self.hook_normalized = HookPoint() if hooked else nn.Identity()  # [..., width]
@@ -38,4 +50,6 @@ class RMSNorm(nn.Module):
         normalized = x32 / scale
         if hooked:
             normalized = self.hook_normalized(normalized)
+        if self.zero_centred:
+            return (normalized * (1.0 + self.w.to(normalized.dtype))).to(in_dtype)
         return normalized.to(in_dtype) * self.w

@@ -13,7 +13,9 @@ class RotaryEmbedding(nn.Module):
     """Maps position ids to (cos, sin) tables; `apply` rotates queries or keys with them.
 
     Positions are per sequence (`[batch, pos]`) rather than shared, because a left-padded sequence
-    must see the same positions as its unpadded self.
+    must see the same positions as its unpadded self. `d_head` here is the rotary width
+    (`cfg.rotary_dim`): with a partial rotary factor (Qwen3.5, Qwen3-Next) `apply` turns only the
+    leading dims of each head and passes the rest through.
     """
 
     def __init__(self, d_head: int, theta: float, scaling: dict[str, Any] | None = None):
@@ -38,7 +40,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(
         self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype
-    ) -> tuple[Float[Tensor, "batch pos d_head"], Float[Tensor, "batch pos d_head"]]:
+    ) -> tuple[Float[Tensor, "batch pos d_rotary"], Float[Tensor, "batch pos d_rotary"]]:
         angles = (positions.float() * self.position_scale)[..., None] * self.inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -46,9 +48,12 @@ class RotaryEmbedding(nn.Module):
     @staticmethod
     def apply(
         x: Float[Tensor, "batch pos head d_head"],
-        cos: Float[Tensor, "batch pos d_head"],
-        sin: Float[Tensor, "batch pos d_head"],
+        cos: Float[Tensor, "batch pos d_rotary"],
+        sin: Float[Tensor, "batch pos d_rotary"],
     ) -> Float[Tensor, "batch pos head d_head"]:
+        if cos.shape[-1] < x.shape[-1]:  # partial rotary: the trailing dims pass unturned
+            turned = RotaryEmbedding.apply(x[..., : cos.shape[-1]], cos, sin)
+            return torch.cat([turned, x[..., cos.shape[-1] :]], dim=-1)
         half = x.shape[-1] // 2
         rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos[:, :, None, :] + rotated_half * sin[:, :, None, :]

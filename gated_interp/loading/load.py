@@ -17,6 +17,7 @@ import torch
 
 from gated_interp._progress import progress_bar
 from gated_interp.config import GatedQwen3Config
+from gated_interp.loading import hybrid
 from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning
 from gated_interp.loading.hf_config import config_from_hf, read_config_json
 from gated_interp.loading.resolve import resolve_checkpoint
@@ -98,6 +99,11 @@ def load_folder(
     if refactor_factored_attn_matrices:
         raise ValueError(REFACTOR_UNSUPPORTED)
     hf = read_config_json(folder)
+    if hf.get("model_type") in hybrid.FAMILIES:
+        model = load_hybrid_folder(folder, hf, device=device, dtype=dtype, progress=progress)
+        if fold_ln or center_unembed or fold_value_biases:
+            model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        return model.eval()
     files = WeightFiles(folder)
     names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES)}
     cfg = config_from_hf(
@@ -115,23 +121,12 @@ def load_folder(
     check_tensors(names, files, cfg, folder)
     files.check_float(names)
 
-    tokenizer = load_tokenizer(folder)
-    if tokenizer is not None and len(tokenizer) > cfg.d_vocab:
-        # Token ids past the embedding would fail at the first string prompt, far from the cause.
-        raise CheckpointError(
-            f"{folder}: the tokenizer has {len(tokenizer)} tokens but config.json's vocab_size is {cfg.d_vocab}: "
-            "token ids >= vocab_size have no embedding. Use the tokenizer this checkpoint was trained with, or "
-            "remove the tokenizer files to load the model for token ids only"
-        )
-    model = HookedGatedQwen3(cfg, tokenizer=tokenizer)
+    model = HookedGatedQwen3(cfg, tokenizer=_checked_tokenizer(folder, cfg))
     params = dict(model.named_parameters())
     table = by_hf_name(cfg)
     non_finite = []
     with torch.no_grad():
-        long = sum(path.stat().st_size for path in files.files) >= LONG_LOAD_BYTES
-        for name in progress_bar(
-            sorted(names), progress=progress, long=long, desc=f"loading {folder.name}", leave=False
-        ):
+        for name in _loading_bar(sorted(names), files, folder, progress):
             tensor = files.get(name)
             if not bool(torch.isfinite(tensor).all()):
                 non_finite.append(name)
@@ -144,6 +139,89 @@ def load_folder(
     # Eval mode, as Hugging Face's from_pretrained returns: transformer_lens.patching refuses
     # models in training mode.
     return model.eval()
+
+
+def load_hybrid_folder(
+    folder: Path, hf: dict[str, Any], *, device: str | None, dtype: torch.dtype, progress: bool | None
+) -> HookedGatedQwen3:
+    """A Qwen3.5 / Qwen3-Next folder (`gated_interp.loading.hybrid`), unprocessed: the same checks
+    as the paper's folders (every name and shape before any copy, floating point, non-finite
+    values named), with the vision tower and multi-token-prediction head read past."""
+    files = WeightFiles(folder)
+    all_names = files.names()
+    if any(name.startswith(hybrid.VISION_PREFIX) for name in all_names) or hybrid.FAMILIES[hf["model_type"]].vision:
+        logger.warning("%s: loading the language model only; the vision tower (model.visual.*) is left out", folder)
+    names = {n for n in all_names if not hybrid.ignored(n) and not n.endswith(IGNORED_SUFFIXES)}
+    cfg = hybrid.config_from_hybrid_hf(
+        hf,
+        tie_word_embeddings_default="lm_head.weight" not in names,
+        dtype=dtype,
+        device=device,
+        model_name=folder.name,
+    )
+    if cfg.tie_word_embeddings and "lm_head.weight" in names:
+        check_tied_copy(files, folder, embed_name=f"{hybrid.family_of(cfg).prefix}embed_tokens.weight")
+        names.discard("lm_head.weight")
+    _check_names_and_shapes(names, hybrid.expected_shapes(cfg), files, folder, f"config.json ({hf['model_type']})")
+    files.check_float(names)
+
+    model = HookedGatedQwen3(cfg, tokenizer=_checked_tokenizer(folder, cfg))
+    params = dict(model.named_parameters())
+    table = hybrid.by_hf_name(cfg)
+    non_finite = []
+    with torch.no_grad():
+        for name in _loading_bar(sorted(names), files, folder, progress):
+            tensor = files.get(name)
+            if not bool(torch.isfinite(tensor).all()):
+                non_finite.append(name)
+            for our_name, expert, rearrange in table[name]:
+                target = params[our_name] if expert is None else params[our_name][expert]
+                target.copy_(rearrange(tensor))
+    if non_finite:
+        warn_non_finite(folder, non_finite)
+    return model
+
+
+def _checked_tokenizer(folder: Path, cfg: Any) -> Any:
+    """The folder's tokenizer (None without tokenizer files), refused when it has more tokens than
+    the embedding: those ids would fail at the first string prompt, far from the cause."""
+    tokenizer = load_tokenizer(folder)
+    if tokenizer is not None and len(tokenizer) > cfg.d_vocab:
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {len(tokenizer)} tokens but config.json's vocab_size is {cfg.d_vocab}: "
+            "token ids >= vocab_size have no embedding. Use the tokenizer this checkpoint was trained with, or "
+            "remove the tokenizer files to load the model for token ids only"
+        )
+    return tokenizer
+
+
+def _loading_bar(names: list[str], files: WeightFiles, folder: Path, progress: bool | None) -> Any:
+    """`names`, with a bar when asked, or on a terminal for checkpoints of `LONG_LOAD_BYTES` or more."""
+    long = sum(path.stat().st_size for path in files.files) >= LONG_LOAD_BYTES
+    return progress_bar(names, progress=progress, long=long, desc=f"loading {folder.name}", leave=False)
+
+
+def _check_names_and_shapes(
+    names: set[str], expected: dict[str, tuple[int, ...]], files: WeightFiles, folder: Path, described: str
+) -> None:
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    if missing:
+        raise CheckpointError(
+            f"{folder}: {len(missing)} tensor(s) the config calls for are missing, e.g. {missing[:4]}; "
+            f"{described}: check that config.json matches the weights"
+        )
+    if unexpected:
+        raise CheckpointError(
+            f"{folder}: {len(unexpected)} tensor(s) the config does not call for, e.g. {unexpected[:4]}; "
+            f"{described}: check that config.json matches the weights"
+        )
+    for name, shape in expected.items():
+        found = files.shape(name)
+        if found != shape:
+            raise CheckpointError(
+                f"{files.file_of(name)}: tensor {name} has shape {list(found)}, but config.json implies {list(shape)}"
+            )
 
 
 def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, folder: Path) -> None:
@@ -175,10 +253,10 @@ def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, fo
             )
 
 
-def check_tied_copy(files: WeightFiles, folder: Path) -> None:
+def check_tied_copy(files: WeightFiles, folder: Path, embed_name: str = "model.embed_tokens.weight") -> None:
     """config.json ties the embeddings, yet lm_head.weight is stored: loading uses the embedding, so
     the stored copy must equal it (else the model would silently differ from the file)."""
-    embed, head = files.get("model.embed_tokens.weight"), files.get("lm_head.weight")
+    embed, head = files.get(embed_name), files.get("lm_head.weight")
     if embed.shape != head.shape or not torch.equal(embed, head.to(embed.dtype)):
         raise CheckpointError(
             f"{folder}: config.json sets tie_word_embeddings true, but the stored lm_head.weight differs "

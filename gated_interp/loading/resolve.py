@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from gated_interp.loading.errors import CheckpointError, ReleaseNotAvailable
@@ -14,6 +15,8 @@ HUB_REPO = "QwQZh/gated_attention"
 CHECKPOINTS_ENV = "GATED_INTERP_CHECKPOINTS"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 # Only these are fetched from the hub: never the repository's Python files.
+# A hub repository id, "owner/name" (read as one when no such local folder exists).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "*.tiktoken")
 
 
@@ -31,6 +34,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, size: str = "1B") -> Pat
         return path
     if path.exists():
         raise CheckpointError(f"{path} is a file; give the checkpoint folder that holds config.json")
+    if HUB_ID.fullmatch(name):  # "Qwen/Qwen3.5-0.8B": no such folder here, so a hub repository
+        return _from_hub_repo(name)
     if os.sep in name or name.startswith("."):
         raise CheckpointError(f"checkpoint folder {path} does not exist")
     raise CheckpointError(
@@ -82,4 +87,23 @@ def _from_hub(subfolder: str) -> Path:
     folder = Path(root) / subfolder
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"the hub snapshot at {root} has no {subfolder}/config.json")
+    return folder
+
+
+def _from_hub_repo(repo: str) -> Path:
+    """A whole hub repository (e.g. "Qwen/Qwen3.5-0.8B"), its weights, configs and tokenizer only
+    (never its Python files), from the hub cache or downloaded by huggingface_hub."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo, allow_patterns=list(HUB_PATTERNS)))
+    except Exception as error:  # offline, unreachable, not cached, no such repository: one answer for all
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        raise CheckpointError(
+            f"{repo!r} is not a local folder, and as a hub repository it is neither in the hub cache nor "
+            f"downloadable ({reason}). Download it with `hf download {repo} --exclude '*.py' --local-dir DIR` "
+            "and give DIR, or check the spelling"
+        ) from None
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"the hub snapshot of {repo} at {folder} has no config.json")
     return folder

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from gated_interp.loading import hybrid
 from gated_interp.loading.errors import CheckpointError
 from gated_interp.loading.hf_config import hf_config_from
 from gated_interp.loading.state_dict import ours_to_hf
@@ -21,7 +22,9 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 
 def save_hf(model: HookedGatedQwen3, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Write config.json (with the gate flags), model.safetensors (interleaved `q_proj`) and the
-    tokenizer files. `dtype` defaults to the model's, so that save → load is exact.
+    tokenizer files; a Qwen3.5 / Qwen3-Next model in its own family's layout (a vision-language
+    one as its text-only family: the vision tower was never loaded). `dtype` defaults to the
+    model's, so that save → load is exact.
 
     All or nothing: everything is written into a temporary sibling folder, which then replaces
     `folder`; a failure leaves the previous checkpoint as it was. Weight files, shards, indexes and
@@ -47,10 +50,13 @@ def save_hf(model: HookedGatedQwen3, folder: str | os.PathLike, dtype: torch.dty
     except OSError as error:
         raise CheckpointError(f"cannot create the output folder {folder}: {error}") from None
     try:
-        tensors = {name: t.to("cpu", dtype).contiguous() for name, t in ours_to_hf(params, cfg)}
+        if hybrid.is_hybrid_family(cfg):  # Qwen3.5 / Qwen3-Next: their own names and config keys (loading/hybrid.py)
+            pairs, config = hybrid.to_hf(params, cfg), hybrid.hf_config_for_save(cfg, _DTYPE_NAMES[dtype])
+        else:
+            pairs, config = ours_to_hf(params, cfg), hf_config_from(cfg, torch_dtype=_DTYPE_NAMES[dtype])
+        tensors = {name: t.to("cpu", dtype).contiguous() for name, t in pairs}
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         del tensors
-        config = hf_config_from(cfg, torch_dtype=_DTYPE_NAMES[dtype])
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(str(staging))

@@ -25,6 +25,7 @@ from torch import Tensor
 from gated_interp._progress import progress_bar
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.cache import CacheLike
+from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3, ModelInput
 from gated_interp.patching.metrics import Metric, metric_scalar
 from gated_interp.patching.planner import DEFAULT_MAX_TOKENS, Chunk, SweepPlan, plan_sweep, tokens_per_forward
@@ -51,7 +52,7 @@ def patch_heads(
     activation: str = "z",
     per_position: bool = False,
     batch_size: int | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     progress: bool | None = None,
     n_boot: int = 0,
     ci: float = 0.95,
@@ -108,7 +109,7 @@ def patch_resid(
     metric: Metric,
     activation: str = "resid_pre",
     batch_size: int | None = None,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     progress: bool | None = None,
     n_boot: int = 0,
     ci: float = 0.95,
@@ -155,7 +156,7 @@ def _clean(clean_cache: CacheLike, where: Site, layer: int) -> Tensor:
 def _sweep(
     model: HookedGatedQwen3,
     tokens: Int[Tensor, "n pos"],
-    attention_mask: Int[Tensor, "n pos"] | None,
+    attention_mask: Mask[Tensor, "n pos"] | None,
     clean_cache: CacheLike,
     metric: Metric,
     where: Site,

@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from gated_interp.hooks import hook_name
+from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.activation import result_dtype
 from gated_interp.patching.metrics import Metric
@@ -64,7 +65,7 @@ def atp_star(
     metric: Metric,
     activations: Sequence[str] | None = None,
     per_position: bool = False,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     grad_drop: bool = True,
 ) -> dict[str, Float[Tensor, "layer head"] | Float[Tensor, "layer head pos"]]:
     """AtP* estimates for every head: `{activation: [layer, head]}` (or `[layer, head, pos]`).
@@ -122,7 +123,7 @@ def _corrupted_with_grads(
     tokens: Int[Tensor, "batch pos"],
     metric: Metric,
     short_names: set[str],
-    attention_mask: Int[Tensor, "batch pos"] | None,
+    attention_mask: Mask[Tensor, "batch pos"] | None,
     drop: int | None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Corrupted activations at `short_names` in every layer and the metric's gradients at hook_z

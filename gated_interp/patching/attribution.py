@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from gated_interp.cache import CacheLike
+from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.activation import checked_clean, result_dtype
 from gated_interp.patching.atp_star import atp_star
@@ -35,7 +36,7 @@ def attribution_patching(
     metric: Metric,
     activations: Sequence[str] | None = None,
     per_position: bool = False,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     method: str = "atp",
     grad_drop: bool = True,
 ) -> dict[str, Float[Tensor, "layer head"] | Float[Tensor, "layer head pos"] | Float[Tensor, "layer pos"]]:
@@ -73,7 +74,7 @@ def attribution_patching_from_cache(
     metric: Metric,
     activations: Sequence[str] | None = None,
     per_position: bool = False,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> dict[str, Tensor]:
     """`attribution_patching` with the clean activations given, as `patch_heads` takes them.
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from gated_interp.components import KVCacheEntry
 from gated_interp.hooks import hook_name, names_filter
+from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3
 
 # (hook name, hook function) pairs, as `run_with_hooks` takes them
@@ -50,7 +51,7 @@ class CorruptedRun:
 
 @torch.no_grad()
 def corrupted_run(
-    model: HookedGatedQwen3, tokens: Int[Tensor, "n pos"], attention_mask: Int[Tensor, "n pos"] | None
+    model: HookedGatedQwen3, tokens: Int[Tensor, "n pos"], attention_mask: Mask[Tensor, "n pos"] | None
 ) -> CorruptedRun:
     """One unpatched forward of the corrupted tokens, keeping what the copies start from."""
     wanted = ("resid_pre", "resid_mid", "z", "rot_k", "v")

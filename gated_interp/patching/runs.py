@@ -10,6 +10,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from gated_interp.cache import CacheLike
+from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3, ModelInput
 from gated_interp.patching.metrics import Metric, metric_scalar
 
@@ -17,7 +18,7 @@ from gated_interp.patching.metrics import Metric, metric_scalar
 def token_batch(
     model: HookedGatedQwen3,
     tokens: ModelInput,
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
     """The tokens and attention mask a sweep runs with, resolved as the model's forward resolves
     them: strings are tokenised (their padding masked), one prompt (`[pos]`) becomes a batch of
@@ -32,7 +33,7 @@ def clean_run(
     model: HookedGatedQwen3,
     tokens: Int[Tensor, "batch pos"],
     names: Collection[str],
-    attention_mask: Int[Tensor, "batch pos"] | None,
+    attention_mask: Mask[Tensor, "batch pos"] | None,
 ) -> tuple[Tensor, CacheLike]:
     """The clean logits and the cache of the hooks `names` (full hook names) only."""
     return model.run_with_cache(tokens, attention_mask=attention_mask, names_filter=lambda name: name in names)
@@ -43,7 +44,7 @@ def corrupted_with_grads(
     tokens: Int[Tensor, "batch pos"],
     metric: Metric,
     names: Sequence[str],
-    attention_mask: Int[Tensor, "batch pos"] | None,
+    attention_mask: Mask[Tensor, "batch pos"] | None,
     grad_names: Sequence[str] | None = None,
     extra_hooks: Sequence[tuple[str, Callable]] = (),
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

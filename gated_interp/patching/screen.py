@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from gated_interp._progress import progress_bar
+from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3
 from gated_interp.patching.activation import result_dtype, run_patch_chunk
 from gated_interp.patching.atp_star import atp_star
@@ -62,7 +63,7 @@ def screen_and_verify(
     metric: Metric,
     top_k: int = 10,
     activation: str = "z",
-    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
     grad_drop: bool = True,
     batch_size: int | None = None,
     progress: bool | None = None,
