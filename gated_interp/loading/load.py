@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,8 @@ def load_hybrid_folder(
     if cfg.tie_word_embeddings and "lm_head.weight" in names:
         check_tied_copy(files, folder, embed_name=f"{hybrid.family_of(cfg).prefix}embed_tokens.weight")
         names.discard("lm_head.weight")
-    _check_names_and_shapes(names, hybrid.expected_shapes(cfg), files, folder, f"config.json ({hf['model_type']})")
+    described = f"config.json ({hf['model_type']}): check that config.json matches the weights"
+    check_names_and_shapes(names, hybrid.expected_shapes(cfg), files, folder, described)
     files.check_float(names)
 
     model = HookedGatedQwen3(cfg, tokenizer=_checked_tokenizer(folder, cfg))
@@ -201,56 +203,49 @@ def _loading_bar(names: list[str], files: WeightFiles, folder: Path, progress: b
     return progress_bar(names, progress=progress, long=long, desc=f"loading {folder.name}", leave=False)
 
 
-def _check_names_and_shapes(
-    names: set[str], expected: dict[str, tuple[int, ...]], files: WeightFiles, folder: Path, described: str
+def check_names_and_shapes(
+    names: set[str],
+    expected: dict[str, tuple[int, ...]],
+    files: WeightFiles,
+    folder: Path,
+    described: str,
+    shape_hint: Callable[[str], str] = lambda name: "",
 ) -> None:
+    """Every tensor the config calls for is stored, nothing else, each with its shape, checked
+    before a byte is copied. `described` says what the config claims and what to check;
+    `shape_hint(name)` adds why a tensor has the shape it must have."""
     missing = sorted(set(expected) - names)
     unexpected = sorted(names - set(expected))
     if missing:
         raise CheckpointError(
-            f"{folder}: {len(missing)} tensor(s) the config calls for are missing, e.g. {missing[:4]}; "
-            f"{described}: check that config.json matches the weights"
+            f"{folder}: {len(missing)} tensor(s) the config calls for are missing, e.g. {missing[:4]}; {described}"
         )
     if unexpected:
         raise CheckpointError(
-            f"{folder}: {len(unexpected)} tensor(s) the config does not call for, e.g. {unexpected[:4]}; "
-            f"{described}: check that config.json matches the weights"
+            f"{folder}: {len(unexpected)} tensor(s) the config does not call for, e.g. {unexpected[:4]}; {described}"
         )
     for name, shape in expected.items():
         found = files.shape(name)
         if found != shape:
             raise CheckpointError(
-                f"{files.file_of(name)}: tensor {name} has shape {list(found)}, but config.json implies {list(shape)}"
+                f"{files.file_of(name)}: tensor {name} has shape {list(found)}, but config.json implies "
+                f"{list(shape)}{shape_hint(name)}"
             )
 
 
 def check_tensors(names: set[str], files: WeightFiles, cfg: GatedQwen3Config, folder: Path) -> None:
-    expected = expected_hf_shapes(cfg)
-    missing = sorted(set(expected) - names)
-    unexpected = sorted(names - set(expected))
+    """The paper's layout: the tensors `expected_hf_shapes(cfg)` names."""
     described = (
         f"config.json describes gate={cfg.gate!r}, qkv_bias={cfg.qkv_bias}, use_qk_norm={cfg.use_qk_norm}, "
-        f"tie_word_embeddings={cfg.tie_word_embeddings}"
+        f"tie_word_embeddings={cfg.tie_word_embeddings}: check that these flags match the weights"
     )
-    if missing:
-        raise CheckpointError(
-            f"{folder}: {len(missing)} tensor(s) the config calls for are missing, e.g. {missing[:4]}; "
-            f"{described}: check that these flags match the weights"
-        )
-    if unexpected:
-        raise CheckpointError(
-            f"{folder}: {len(unexpected)} tensor(s) the config does not call for, e.g. {unexpected[:4]}; "
-            f"{described}: check that these flags match the weights"
-        )
-    for name, shape in expected.items():
-        found = files.shape(name)
-        if found != shape:
-            hint = ""
-            if name.endswith("q_proj.weight"):
-                hint = f" (q_proj carries queries plus gate logits: gate={cfg.gate!r} gives {cfg.d_q_proj} rows)"
-            raise CheckpointError(
-                f"{folder}: tensor {name} has shape {list(found)}, but config.json implies {list(shape)}{hint}"
-            )
+
+    def q_proj_hint(name: str) -> str:
+        if not name.endswith("q_proj.weight"):
+            return ""
+        return f" (q_proj carries queries plus gate logits: gate={cfg.gate!r} gives {cfg.d_q_proj} rows)"
+
+    check_names_and_shapes(names, expected_hf_shapes(cfg), files, folder, described, q_proj_hint)
 
 
 def check_tied_copy(files: WeightFiles, folder: Path, embed_name: str = "model.embed_tokens.weight") -> None:
