@@ -12,6 +12,13 @@ and returns tensors or DataFrames; drawing them is `gated_interp.plotting`'s job
     gate_attribution(cache, layer=2, head=1, pos=0)  # what drives that gate logit
     head_quietness(cache, mask)                 # DataFrame: quiet through a sink, the gate, or active
     compare_variants({"baseline": m0, "gate_headwise": m1}, prompts, n_boot=1000)  # with 95% intervals
+    linear_attention_stats(cache, mask, n_boot=1000)  # Gated DeltaNet heads: decay, half-life, beta, silu(z)
+
+On a hybrid model (Qwen3.5, Qwen3-Next) the attention and gate measurements run over its
+full-attention layers with their own layer indices (`[layer, head]` tensors have NaN rows for the
+linear-attention layers, tables rows for the layers measured), massive activations over every
+layer, and `linear_attention_stats` over the linear-attention layers; asking for a quantity on a
+layer it does not apply to raises, naming the layers it does apply to.
 
 At long context a full cache does not fit (every layer's `[batch, head, pos, pos]` pattern):
 `analysis.streaming` computes the same numbers from a model and tokens, one layer at a time and
@@ -38,6 +45,7 @@ from gated_interp.analysis.interventions import (
     remove_sink,
     zero_ablate_heads,
 )
+from gated_interp.analysis.linear_attention import linear_attention_stats
 from gated_interp.analysis.massive import massive_activations, max_abs_resid, max_abs_resid_by_layer
 from gated_interp.analysis.measurement import Measurement
 from gated_interp.analysis.quietness import head_quietness
@@ -68,6 +76,7 @@ __all__ = [
     "head_quietness",
     "intervene",
     "key_importance",
+    "linear_attention_stats",
     "massive_activations",
     "max_abs_resid",
     "max_abs_resid_by_layer",
