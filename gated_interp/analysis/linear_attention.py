@@ -43,7 +43,9 @@ LINEAR_COLUMNS = ("decay", "half_life", "beta", "gate_abs", "gate_frac_near_zero
 WHAT = "linear_attention_stats"
 
 
-def _per_sequence(cache: Any, layer: int, attention_mask: Tensor | None) -> Float[Tensor, "batch head quantity two"]:
+def _per_sequence(
+    cache: Any, layer: int, attention_mask: Tensor | None
+) -> Float[Tensor, "batch lin_v_head quantity sum_count"]:
     """One layer's per-sequence (sum, count) of decay, beta, |silu(z)| and the near-zero count."""
     decay = get(cache, "decay", layer, WHAT)  # [batch, pos, lin_v_head]
     beta = get(cache, "beta", layer, WHAT)
@@ -61,7 +63,9 @@ def _per_sequence(cache: Any, layer: int, attention_mask: Tensor | None) -> Floa
     return torch.stack([torch.stack(sums, -1), torch.stack(counts, -1).to(sums[0].dtype)], -1).double().cpu()
 
 
-def _pooled(values: Float[Tensor, "seq layer head quantity two"]) -> Float[Tensor, "layer head column"]:
+def _pooled(
+    values: Float[Tensor, "seq layer lin_v_head quantity sum_count"],
+) -> Float[Tensor, "layer lin_v_head column"]:
     """Pooled means (every real position weighs the same) and the half-life they imply."""
     means = values[..., 0].sum(0) / values[..., 1].sum(0)  # [layer, head, 4]
     decay, beta, gate_abs, near_zero = means.unbind(-1)

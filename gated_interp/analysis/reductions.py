@@ -135,7 +135,7 @@ def check_eps(eps: float) -> None:
         raise ValueError(f"eps must be a number strictly between 0 and 1 (e.g. 0.3), got {eps!r}")
 
 
-def _only_measured(importance: Float[Tensor, "seq layer head"]) -> Float[Tensor, "seq layer head"]:
+def _only_measured(importance: Float[Tensor, "seq layer head"]) -> Float[Tensor, "seq attn_layer head"]:
     """The layers that hold a measurement (all of them when none does: then no key is real)."""
     keep = measured_layers(importance)
     return importance[:, keep] if keep.any() else importance
