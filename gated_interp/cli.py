@@ -289,7 +289,9 @@ def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, A
 
     if model.tokenizer is None:
         raise CheckpointError(f"{name}: the checkpoint has no tokenizer files, and the demo runs text")
-    layers = plotting.demo_layers(model.cfg.n_layers, zero_based=True)
+    # Attention maps exist on full-attention layers only (a hybrid model's every 4th): chosen among those.
+    full = model.cfg.full_attention_layers
+    layers = tuple(full[i] for i in plotting.demo_layers(len(full), zero_based=True))
     with torch.no_grad():
         _, cache = model.run_with_cache(prompt, names_filter=_demo_hooks)
     str_tokens = model.to_str_tokens(prompt)
@@ -305,7 +307,7 @@ def demo_variant(model: Any, name: str, prompt: str, out: Path) -> tuple[Path, A
     )
     path = plotting.save_demo_figure(fig, out, name)
     plt.close(fig)
-    by_layer = analysis.first_token_attention_by_layer(cache).cpu()
+    by_layer = analysis.first_token_attention_by_layer(cache).cpu()  # NaN on linear-attention layers
     largest = analysis.max_abs_resid_by_layer(cache).cpu()
     return path, by_layer, largest, len(str_tokens)
 
@@ -425,7 +427,10 @@ def compare_variants_one_at_a_time(variants: list[Variant], prompts: Any, args: 
             compare_variants({variant.name: model}, prompts, batch_size=args.batch_size, progress=_bars(args))
         )
         _release(model)
-    return pd.concat(frames)
+    table = pd.concat(frames)
+    if "attention_layers" in table:  # a hybrid among them: the others measured attention on every layer
+        table["attention_layers"] = table["attention_layers"].fillna("all")
+    return table
 
 
 def _takes_text(model: Any, prompts: Any) -> bool:
@@ -435,7 +440,11 @@ def _takes_text(model: Any, prompts: Any) -> bool:
 def format_table(table: Any) -> str:
     """The table under its column names (those of the CSV and of `compare_variants`), 4 decimals
     (max_abs_resid 1) and '-' for an absent gate."""
-    formatters = {column: ("{:.1f}" if column == "max_abs_resid" else "{:.4f}").format for column in table.columns}
+    formatters = {
+        column: ("{:.1f}" if column == "max_abs_resid" else "{:.4f}").format
+        for column in table.columns
+        if column != "attention_layers"  # which layers a hybrid's attention columns come from: text
+    }
     return table.to_string(formatters=formatters, na_rep="-")
 
 

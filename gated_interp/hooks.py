@@ -229,6 +229,7 @@ HOOKS: tuple[HookSpec, ...] = (
         "decay", "decay", "batch pos lin_v_head", "log of the per-step state decay, `-exp(A_log) softplus(a + dt_bias)`"
     ),
     _linear("recurrent_out", "recurrent_out", _LIN_V, "delta-rule output, before the gated norm"),
+    _linear("lin_gate", "gate", _LIN_V, "`silu(z)`, the output gate the gated norm multiplies by (float32)"),
     _linear("lin_out", "out", _LIN_V, "gated-norm output: exactly what the DeltaNet's `W_O` reads"),
     HookSpec(
         "attn_out", f"{_B}.hook_attn_out", "block", "batch pos d_model", "token mixer output (attention or DeltaNet)"

@@ -12,6 +12,13 @@ and returns tensors or DataFrames; drawing them is `gated_interp.plotting`'s job
     gate_attribution(cache, layer=2, head=1, pos=0)  # what drives that gate logit
     head_quietness(cache, mask)                 # DataFrame: quiet through a sink, the gate, or active
     compare_variants({"baseline": m0, "gate_headwise": m1}, prompts, n_boot=1000)  # with 95% intervals
+    linear_attention_stats(cache, mask, n_boot=1000)  # Gated DeltaNet heads: decay, half-life, beta, silu(z)
+
+On a hybrid model (Qwen3.5, Qwen3-Next) the attention and gate measurements run over its
+full-attention layers with their own layer indices (`[layer, head]` tensors have NaN rows for the
+linear-attention layers, tables rows for the layers measured), massive activations over every
+layer, and `linear_attention_stats` over the linear-attention layers; asking for a quantity on a
+layer it does not apply to raises, naming the layers it does apply to.
 
 At long context a full cache does not fit (every layer's `[batch, head, pos, pos]` pattern):
 `analysis.streaming` computes the same numbers from a model and tokens, one layer at a time and
@@ -31,13 +38,17 @@ from gated_interp.analysis.gates import gate_stats, gate_values, mean_gate_by_he
 from gated_interp.analysis.interventions import (
     ablation_effects,
     fix_gates,
+    fix_linear_gates,
     intervene,
     mean_ablate_heads,
     mean_gates,
+    mean_linear_gates,
     open_gates,
+    open_linear_gates,
     remove_sink,
     zero_ablate_heads,
 )
+from gated_interp.analysis.linear_attention import linear_attention_stats
 from gated_interp.analysis.massive import massive_activations, max_abs_resid, max_abs_resid_by_layer
 from gated_interp.analysis.measurement import Measurement
 from gated_interp.analysis.quietness import head_quietness
@@ -60,6 +71,7 @@ __all__ = [
     "first_token_attention",
     "first_token_attention_by_layer",
     "fix_gates",
+    "fix_linear_gates",
     "gate_attribution",
     "gate_attribution_stack",
     "gate_stats",
@@ -68,6 +80,7 @@ __all__ = [
     "head_quietness",
     "intervene",
     "key_importance",
+    "linear_attention_stats",
     "massive_activations",
     "max_abs_resid",
     "max_abs_resid_by_layer",
@@ -75,9 +88,11 @@ __all__ = [
     "mean_gate_by_head",
     "mean_gate_score",
     "mean_gates",
+    "mean_linear_gates",
     "measure",
     "measure_variant",
     "open_gates",
+    "open_linear_gates",
     "remove_sink",
     "sink_rate",
     "streaming",

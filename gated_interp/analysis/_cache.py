@@ -28,10 +28,43 @@ def _has_batch_dim(cache: Any) -> bool:
     return getattr(cache, "has_batch_dim", True)
 
 
+def model_cfg(cache: Any) -> Any:
+    """The config of the cache's model, or None (a plain dict knows no model)."""
+    return getattr(getattr(cache, "model", None), "cfg", None)
+
+
 def _cache_model_is_ungated(cache: Any) -> bool:
     """True when the cache knows its model and that model has no gate (a plain dict knows no model)."""
-    cfg = getattr(getattr(cache, "model", None), "cfg", None)
+    cfg = model_cfg(cache)
     return cfg is not None and not cfg.is_gated
+
+
+def check_layer_type(cfg: Any, hook: str, layer: int, what: str, where: str | None = None) -> None:
+    """Raise a `ValueError` when `hook` does not exist at `layer` because of the layer's type (a
+    linear-attention layer has no attention pattern or sigmoid gate; a full-attention layer no
+    Gated DeltaNet), naming the layers it does exist on."""
+    spec = hooks.spec(hook, where)
+    if cfg is None or spec.layer_type is None or cfg.layer_type(layer) == spec.layer_type:
+        return
+    raise ValueError(f"{what} does not apply to layer {layer}: {spec.absent_because(cfg, layer)}")
+
+
+def by_true_layer(cache: Any, layers: list[int], values: list[Tensor]) -> Tensor:
+    """Per-layer results stacked so that row l is layer l: `[layer, ...]`.
+
+    When the measured layers are 0, 1, ... of a model whose every layer has them, that is the plain
+    stack. Otherwise (a hybrid model's full-attention layers, a cache of some layers only) the rows
+    span the model's layers (or, for a plain dict, up to the last measured one), with
+    `reductions.NOT_MEASURED` (NaN) on the others: no layer is ever renumbered."""
+    cfg = model_cfg(cache)
+    hybrid = cfg is not None and bool(getattr(cfg, "linear_attention_layers", ()))
+    if layers == list(range(len(layers))) and not hybrid:
+        return torch.stack(values)
+    n_rows = cfg.n_layers if cfg is not None else max(layers) + 1
+    out = values[0].new_full((n_rows, *values[0].shape), float("nan"))
+    for layer, value in zip(layers, values):
+        out[layer] = value
+    return out
 
 
 def layers_with(cache: Any, hook: str) -> list[int]:
@@ -105,6 +138,7 @@ def get(cache: Any, hook: str, layer: int | None, what: str, where: str | None =
         require_gated(cache, what)
     if layer is not None:
         layer = resolve_layer(cache, hook, layer, what)
+        check_layer_type(model_cfg(cache), hook, layer, what, where)
     store = _as_dict(cache)
     key = spec.name(layer)
     if key not in store:

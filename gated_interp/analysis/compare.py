@@ -49,6 +49,11 @@ def compare_variants(
     max_abs_resid (the paper's M-Act: mean over layers of max |resid_post|), mean_gate (NaN for an
     ungated model) and loss (mean next-token loss, padding excluded).
 
+    Families can sit side by side (the paper's variants, Qwen3.5 / Qwen3-Next hybrids): on a hybrid
+    the attention columns are measured on its full-attention layers, max_abs_resid on every layer,
+    and when any model is hybrid the table gains an `attention_layers` column naming the layers each
+    row's attention columns were measured on ("all" for a model with attention in every layer).
+
     With `n_boot > 0`, each column gains `<column>_lo` and `<column>_hi`: a percentile-bootstrap
     `ci` interval over sequences (`n_boot` resamples, fixed by `seed`). Memory grows linearly
     with the context (see `analysis.streaming`).
@@ -57,8 +62,10 @@ def compare_variants(
         raise ValueError("no models given: pass a dict {variant name: model}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
         raise ValueError(f"n_boot must be an int >= 0 (0: no intervals), got {n_boot!r}")
-    rows = {}
+    rows, layers_measured = {}, {}
     for name, model in models.items():
+        full, n_layers = tuple(model.cfg.full_attention_layers), model.cfg.n_layers
+        layers_measured[name] = "all" if len(full) == n_layers else ",".join(map(str, full))
         m = measure(model, prompts, attention_mask, batch_size, eps, progress=progress, desc=name)
         row = m.summary()
         if n_boot:
@@ -69,5 +76,7 @@ def compare_variants(
     if n_boot:
         columns += [f"{column}_{end}" for column in COLUMNS for end in ("lo", "hi")]
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    if any(value != "all" for value in layers_measured.values()):
+        frame["attention_layers"] = pd.Series(layers_measured)
     frame.index.name = "variant"
     return frame

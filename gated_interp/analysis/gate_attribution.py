@@ -22,7 +22,10 @@ The norm weight `ln1.w` is applied explicitly, so folded (`load_hooked(fold_ln=T
 all ones and lives inside `W_G`) and raw (`fold_ln=False`) models give the same contributions.
 
 Components, in order: "embed", then per earlier layer l: "L{l}H{h}" for each head, "L{l} b_O",
-"L{l} mlp_out"; last the gate bias "b_G".
+"L{l} mlp_out"; last the gate bias "b_G". On a hybrid model (Qwen3.5, Qwen3-Next) the gated heads
+are those of the full-attention layers; an earlier linear-attention layer contributes one term per
+Gated DeltaNet value head, "L{l} lin{h}" (`hook_lin_out[..., h, :] @ W_O[h]`, kind "linear_head";
+that layer has no `b_O`), and zero-centred norms multiply by `1 + ln1.w`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from gated_interp.analysis._cache import get
+from gated_interp.analysis._cache import check_layer_type, get
 
 __all__ = ["gate_attribution", "gate_attribution_stack", "top_gate_contributors"]
 
@@ -83,6 +86,7 @@ def gate_attribution_stack(
     cfg = model.cfg
     if not 0 <= layer < cfg.n_layers:
         raise ValueError(f"layer {layer} is outside 0..{cfg.n_layers - 1}")
+    check_layer_type(cfg, "gate", layer, "gate_attribution")
     if not 0 <= head < cfg.n_heads:
         raise ValueError(f"head {head} is outside 0..{cfg.n_heads - 1}")
     what = "gate_attribution"
@@ -95,13 +99,19 @@ def gate_attribution_stack(
 
     components, labels = [at(embed)], ["embed"]
     for source in range(layer):
-        attn = model.blocks[source].attn
-        z = at(get(cache, "z", source, what))  # [batch, pos, head, d_head]
-        per_head = torch.einsum("bphd,hdm->hbpm", z, attn.W_O.detach().to(f64))
-        components += list(per_head)
-        labels += [f"L{source}H{h}" for h in range(cfg.n_heads)]
-        components.append(attn.b_O.detach().to(f64).expand_as(components[0]))
-        labels.append(f"L{source} b_O")
+        if cfg.layer_type(source) == "linear_attention":
+            out = at(get(cache, "lin_out", source, what))  # [batch, pos, lin_v_head, d_lin_value]
+            W_O = model.blocks[source].linear_attn.W_O.detach().to(f64)
+            components += list(torch.einsum("bphd,hdm->hbpm", out, W_O))
+            labels += [f"L{source} lin{h}" for h in range(cfg.linear_n_value_heads)]
+        else:
+            attn = model.blocks[source].attn
+            z = at(get(cache, "z", source, what))  # [batch, pos, head, d_head]
+            per_head = torch.einsum("bphd,hdm->hbpm", z, attn.W_O.detach().to(f64))
+            components += list(per_head)
+            labels += [f"L{source}H{h}" for h in range(cfg.n_heads)]
+            components.append(attn.b_O.detach().to(f64).expand_as(components[0]))
+            labels.append(f"L{source} b_O")
         components.append(at(get(cache, "mlp_out", source, what)))
         labels.append(f"L{source} mlp_out")
     stack = torch.stack(components)  # [component, batch, pos, d_model]
@@ -111,7 +121,9 @@ def gate_attribution_stack(
     b_G = attn.b_G.detach()[head].to(f64)  # [gate]
     if apply_ln:
         scale = at(get(cache, "scale", layer, what, where="ln1"))  # [batch, pos, 1]
-        stack = stack / scale * model.blocks[layer].ln1.w.detach().to(f64)
+        ln1 = model.blocks[layer].ln1
+        weight = ln1.w.detach().to(f64) + (1.0 if ln1.zero_centred else 0.0)  # what the norm multiplies by
+        stack = stack / scale * weight
     out = stack @ W_G  # [component, batch, pos, gate]
     out = torch.cat([out, b_G.expand_as(out[:1])])
     labels.append("b_G")
@@ -181,6 +193,8 @@ def _describe(label: str) -> tuple[str, int | None, int | None]:
         return "attn_bias", int(layer_part[1:]), None
     if rest == "mlp_out":
         return "mlp", int(layer_part[1:]), None
+    if rest.startswith("lin"):
+        return "linear_head", int(layer_part[1:]), int(rest[3:])
     layer_str, head_str = label[1:].split("H")
     return "head", int(layer_str), int(head_str)
 

@@ -3,6 +3,9 @@
 `hook_gate` is `[batch, pos, head, gate]` with gate = 1 (headwise) or d_head (elementwise).
 Everything here needs a gated model's cache and raises a `ValueError` on a baseline's.
 Padding positions (`attention_mask == 0`, on either side or in holes) are left out.
+On a hybrid model the sigmoid gate sits on the full-attention layers: tables have rows for those
+layers (their own indices), `[layer, head]` tensors NaN rows for the linear-attention layers (whose
+output gate `silu(z)` is `analysis.linear_attention`'s), and asking for a linear layer's gate raises.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis import reductions
-from gated_interp.analysis._cache import get, per_layer, real_positions
+from gated_interp.analysis._cache import by_true_layer, get, per_layer, real_positions
 from gated_interp.masks import Mask
 
 
@@ -47,15 +50,18 @@ def _gate_sums(cache: Any, attention_mask: Tensor | None, what: str) -> tuple[li
 def mean_gate_by_head(
     cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None
 ) -> Float[Tensor, "layer head"]:
-    """Mean gate score of each head (over real positions and gate elements): `[layer, head]`."""
-    _, sums = _gate_sums(cache, attention_mask, "mean_gate_by_head")
-    return torch.stack([reductions.pool_mean(total, count, reductions.NO_REAL_POSITION) for total, count in sums])
+    """Mean gate score of each head (over real positions and gate elements): `[layer, head]` (NaN
+    rows for a hybrid model's linear-attention layers)."""
+    layers, sums = _gate_sums(cache, attention_mask, "mean_gate_by_head")
+    pooled = [reductions.pool_mean(total, count, reductions.NO_REAL_POSITION) for total, count in sums]
+    return by_true_layer(cache, layers, pooled)
 
 
 def mean_gate_score(cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None) -> float:
     """The paper's mean gate score (`mean_gate`): over all layers, real positions, heads and gate
-    elements (every head has as many scores, so it is the mean of the per-head means)."""
-    return float(mean_gate_by_head(cache, attention_mask).mean())
+    elements (every head has as many scores, so it is the mean of the per-head means); on a hybrid
+    model, over its full-attention layers."""
+    return float(reductions.average_over(mean_gate_by_head(cache, attention_mask), "model"))
 
 
 def gate_stats(cache: Any, attention_mask: Mask[Tensor, "batch pos"] | None = None) -> pd.DataFrame:

@@ -10,6 +10,14 @@
 
 `ablation_effects` measures the loss (and an optional metric) with and without each intervention.
 Layers and heads are 0-based.
+
+On a hybrid model (Qwen3.5, Qwen3-Next) each intervention acts on the layers that have its hook:
+the sigmoid gates, `remove_sink` and head `z` on the full-attention layers (the default `layers`);
+`open_linear_gates` / `fix_linear_gates` / `mean_linear_gates` on the Gated DeltaNet output gate
+`silu(z)` (`hook_lin_gate`, `[batch, pos, lin_v_head, d_lin_value]`) of the linear-attention
+layers; `zero_ablate_heads` / `mean_ablate_heads` take (layer, head) pairs of either kind, a
+linear-attention head being a value head of `hook_lin_out` (what its `W_O` reads). Naming a layer
+of the wrong kind raises, naming the layers of the right one.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -47,17 +56,42 @@ def _indices(chosen: list[Any], n: int, what: str, per: str) -> list[int]:
     return [i % n for i in chosen]
 
 
-def _layers(model: Any, layers: Iterable[int] | int | None) -> list[int]:
-    n = model.cfg.n_layers
-    chosen = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
-    return _indices(chosen, n, "layers", "")
+# What each layer type's gate, head output and head count are (a hybrid model has both types).
+_GATE_HOOK = {"full_attention": "gate", "linear_attention": "lin_gate"}
+_HEAD_HOOK = {"full_attention": "z", "linear_attention": "lin_out"}
+_COUNTERPART = {
+    "full_attention": "the *_linear_gates functions",
+    "linear_attention": "open_gates / fix_gates / mean_gates",
+}
 
 
-def _heads(model: Any, heads: Iterable[int] | int | None) -> list[int] | slice:
+def _layers(model: Any, layers: Iterable[int] | int | None, layer_type: str | None = None, what: str = "") -> list[int]:
+    """The chosen layers (default: every layer of `layer_type`), refusing one of another type."""
+    cfg = model.cfg
+    n = cfg.n_layers
+    if layers is None:
+        return [layer for layer in range(n) if layer_type is None or cfg.layer_type(layer) == layer_type]
+    chosen = _indices([layers] if isinstance(layers, int) else list(layers), n, "layers", "")
+    wrong = [layer for layer in chosen if layer_type is not None and cfg.layer_type(layer) != layer_type]
+    if wrong:
+        right = [layer for layer in range(n) if cfg.layer_type(layer) == layer_type]
+        raise ValueError(
+            f"{what} acts on {layer_type} layers ({right}, model.cfg.layer_types), but layers {wrong} are not"
+            + (f": for those use {_COUNTERPART[layer_type]}" if "gate" in what else "")
+        )
+    return chosen
+
+
+def _n_heads(model: Any, layer: int) -> int:
+    cfg = model.cfg
+    return cfg.linear_n_value_heads if cfg.layer_type(layer) == "linear_attention" else cfg.n_heads
+
+
+def _heads(model: Any, heads: Iterable[int] | int | None, n_heads: int | None = None) -> list[int] | slice:
     if heads is None:
         return slice(None)
     chosen = [heads] if isinstance(heads, int) else list(heads)
-    return _indices(chosen, model.cfg.n_heads, "heads", " per layer")
+    return _indices(chosen, n_heads or model.cfg.n_heads, "heads", " per layer")
 
 
 def _by_layer(model: Any, heads: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
@@ -65,7 +99,8 @@ def _by_layer(model: Any, heads: Sequence[tuple[int, int]]) -> dict[int, list[in
         raise ValueError("no heads given: pass a list of (layer, head) pairs")
     grouped: dict[int, list[int]] = defaultdict(list)
     for layer, head in heads:
-        grouped[_layers(model, [layer])[0]] += _heads(model, [head])
+        layer = _layers(model, [layer])[0]
+        grouped[layer] += _heads(model, [head], _n_heads(model, layer))
     return dict(grouped)
 
 
@@ -75,10 +110,6 @@ def _require_gate(model: Any, what: str) -> None:
             f"{what} needs a gated model, but this one is ungated (cfg.gate == 'none'): it has no hook_gate; "
             "use a headwise or elementwise variant"
         )
-
-
-def _gate_hook(layer: int) -> str:
-    return hook_name("gate", layer)
 
 
 # ---- gates -----------------------------------------------------------------------------------
@@ -98,14 +129,24 @@ def fix_gates(
             f"fix_gates value must be a gate score in [0, 1] (a sigmoid's range; 0 closes the gate, 1 opens it), "
             f"got {value if values.numel() == 1 else 'a tensor with values outside [0, 1] or NaN'}"
         )
-    head_index = _heads(model, heads)
+    return _fixed(model, value, _layers(model, layers, "full_attention", "fix_gates"), heads)
 
-    def hook(gate: Float[Tensor, "batch pos head gate"], hook: Any) -> Tensor:
+
+def _fixed(model: Any, value: float | Tensor, layers: list[int], heads: Iterable[int] | int | None) -> list[Hook]:
+    """Hooks setting the chosen heads' gate (sigmoid or silu(z), by each layer's type) to `value`."""
+
+    def hook(gate: Float[Tensor, "batch pos head gate"], hook: Any, head_index: Any) -> Tensor:
         gate = gate.clone()
         gate[:, :, head_index] = torch.as_tensor(value, dtype=gate.dtype, device=gate.device)
         return gate
 
-    return [(_gate_hook(layer), hook) for layer in _layers(model, layers)]
+    return [
+        (
+            hook_name(_GATE_HOOK[model.cfg.layer_type(layer)], layer),
+            partial(hook, head_index=_heads(model, heads, _n_heads(model, layer))),
+        )
+        for layer in layers
+    ]
 
 
 def open_gates(
@@ -134,24 +175,38 @@ def mean_gates(
     its own run exactly.
     """
     _require_gate(model, "mean_gates")
+    return _means(
+        model, reference_tokens, _layers(model, layers, "full_attention", "mean_gates"), heads, attention_mask, over
+    )
+
+
+def _means(
+    model: Any,
+    reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
+    chosen_layers: list[int],
+    heads: Iterable[int] | int | None,
+    attention_mask: Mask[Tensor, "batch pos"] | None,
+    over: Sequence[str] | str,
+) -> list[Hook]:
+    """`mean_gates` on the chosen layers' gates (sigmoid or silu(z), by each layer's type)."""
     over = (over,) if isinstance(over, str) else tuple(over)
     if set(over) not in ({"batch", "pos"}, {"batch"}):
         raise ValueError(f"over must be ('batch', 'pos') or ('batch',), got {over!r}")
-    chosen_layers, head_index = _layers(model, layers), _heads(model, heads)
     tokens, mask = next(as_batches(model, reference_tokens, None, attention_mask))
-    names = {_gate_hook(layer) for layer in chosen_layers}
+    gate_name = {layer: hook_name(_GATE_HOOK[model.cfg.layer_type(layer)], layer) for layer in chosen_layers}
+    names = set(gate_name.values())
     _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=lambda name: name in names)
     weights = mask.to(model.cfg.dtype)[:, :, None, None]  # [batch, pos, 1, 1]
     means: dict[int, Tensor] = {}
     for layer in chosen_layers:
-        gate = cache[_gate_hook(layer)]
+        gate = cache[gate_name[layer]]
         if "pos" in over:
             means[layer] = (gate * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, gate]
         else:
             # A position that is padding in every reference sequence keeps a 0/0: say so at use.
             means[layer] = (gate * weights).sum(0) / weights.sum(0)  # [pos, head, gate]
 
-    def make_hook(mean: Tensor) -> Callable[[Tensor, Any], Tensor]:
+    def make_hook(mean: Tensor, head_index: Any) -> Callable[[Tensor, Any], Tensor]:
         def hook(gate: Float[Tensor, "batch pos head gate"], hook: Any) -> Tensor:
             gate = gate.clone()
             if mean.ndim == 2:
@@ -168,7 +223,67 @@ def mean_gates(
 
         return hook
 
-    return [(_gate_hook(layer), make_hook(means[layer])) for layer in chosen_layers]
+    return [
+        (gate_name[layer], make_hook(means[layer], _heads(model, heads, _n_heads(model, layer))))
+        for layer in chosen_layers
+    ]
+
+
+# ---- the linear-attention layers' output gate silu(z) -----------------------------------------
+# silu's minimum (at z = -1.2785): no output gate can be set below it.
+SILU_MIN = -0.2784645427610738
+
+
+def _require_linear(model: Any, what: str) -> None:
+    if not model.cfg.linear_attention_layers:
+        raise ValueError(
+            f"{what} acts on the Gated DeltaNet output gate silu(z) of linear-attention layers, and this model "
+            "has none (every layer is full attention): use open_gates / fix_gates / mean_gates"
+        )
+
+
+def fix_linear_gates(
+    model: Any,
+    value: float | Tensor,
+    layers: Iterable[int] | int | None = None,
+    heads: Iterable[int] | int | None = None,
+) -> list[Hook]:
+    """Set the output gate `silu(z)` (`hook_lin_gate`) of the chosen linear-attention layers (default:
+    all) and value heads to `value` (a float, or a tensor broadcastable to `[pos, n_chosen_heads,
+    d_lin_value]`). `silu(z)` lies in [SILU_MIN, inf): values below, NaN and inf are refused."""
+    _require_linear(model, "fix_linear_gates")
+    values = torch.as_tensor(value)
+    if values.is_complex() or not bool(((values >= SILU_MIN) & values.isfinite()).all()):
+        raise ValueError(
+            f"fix_linear_gates value must be an output gate silu(z): a finite number >= {SILU_MIN:.4f} (0 closes "
+            f"the gate, 1 takes it out), got {value if values.numel() == 1 else 'a tensor with values outside it'}"
+        )
+    return _fixed(model, value, _layers(model, layers, "linear_attention", "fix_linear_gates"), heads)
+
+
+def open_linear_gates(
+    model: Any, layers: Iterable[int] | int | None = None, heads: Iterable[int] | int | None = None
+) -> list[Hook]:
+    """Output gate `silu(z)` 1 on the chosen linear-attention heads: the gated norm then multiplies by
+    one, i.e. the layer without its output gate."""
+    return fix_linear_gates(model, 1.0, layers, heads)
+
+
+@torch.no_grad()
+def mean_linear_gates(
+    model: Any,
+    reference_tokens: Int[Tensor, "batch pos"] | Sequence[str],
+    layers: Iterable[int] | int | None = None,
+    heads: Iterable[int] | int | None = None,
+    attention_mask: Mask[Tensor, "batch pos"] | None = None,
+    over: Sequence[str] | str = ("batch", "pos"),
+) -> list[Hook]:
+    """`mean_gates` for the linear-attention layers' output gate `silu(z)`: each chosen value head's
+    gate replaced by its element-wise mean on `reference_tokens` (over sequences and real positions,
+    or with `over="batch"` per position)."""
+    _require_linear(model, "mean_linear_gates")
+    chosen = _layers(model, layers, "linear_attention", "mean_linear_gates")
+    return _means(model, reference_tokens, chosen, heads, attention_mask, over)
 
 
 # ---- heads -----------------------------------------------------------------------------------
@@ -184,11 +299,15 @@ def _set_heads_hooks(
 
         return hook
 
-    return [(hook_name("z", layer), make_hook(layer, index)) for layer, index in _by_layer(model, heads).items()]
+    return [
+        (hook_name(_HEAD_HOOK[model.cfg.layer_type(layer)], layer), make_hook(layer, index))
+        for layer, index in _by_layer(model, heads).items()
+    ]
 
 
 def zero_ablate_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[Hook]:
     """Zero the (gated) output `hook_z` of each `(layer, head)`: the head writes nothing (b_O stays).
+    On a linear-attention layer, `head` is a Gated DeltaNet value head and its `hook_lin_out` is zeroed.
     Layers and heads are 0-based; negative ones count from the last (`(-1, -1)`: the last head of
     the last layer)."""
     return _set_heads_hooks(model, heads, lambda layer: 0.0)
@@ -202,14 +321,16 @@ def mean_ablate_heads(
     attention_mask: Mask[Tensor, "batch pos"] | None = None,
 ) -> list[Hook]:
     """Replace `hook_z` of each `(layer, head)` by its mean over the reference batch and real
-    positions (`[d_head]` per head), at every position."""
+    positions (`[d_head]` per head), at every position; on a linear-attention layer, `hook_lin_out`
+    of that value head."""
     grouped = _by_layer(model, heads)
     tokens, mask = next(as_batches(model, reference_tokens, None, attention_mask))
-    names = {hook_name("z", layer) for layer in grouped}
+    head_name = {layer: hook_name(_HEAD_HOOK[model.cfg.layer_type(layer)], layer) for layer in grouped}
+    names = set(head_name.values())
     _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=lambda name: name in names)
     weights = mask.to(model.cfg.dtype)[:, :, None, None]
     means = {
-        layer: (cache[hook_name("z", layer)] * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, d_head]
+        layer: (cache[head_name[layer]] * weights).sum((0, 1)) / weights.sum((0, 1))  # [head, d_head]
         for layer in grouped
     }
     return _set_heads_hooks(model, heads, lambda layer: means[layer])
@@ -246,7 +367,7 @@ def remove_sink(
         pattern[:, head_index, max(first_query, 0) :] = rows
         return pattern
 
-    return [(hook_name("pattern", layer), hook) for layer in _layers(model, layers)]
+    return [(hook_name("pattern", layer), hook) for layer in _layers(model, layers, "full_attention", "remove_sink")]
 
 
 # ---- running ---------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ everywhere: `loss`, `first_token_attention` (the paper's F-Attn), `sink_rate`, `
 (the paper's M-Act: mean over layers of the largest |resid_post|), `mean_gate`; per layer
 `first_token_attention_by_layer`, `max_abs_resid_by_layer`, `mean_gate_by_layer`; and
 `gate_frac_below_0.1`.
+
+On a hybrid model the attention and gate quantities are per-layer tensors with NaN rows for the
+linear-attention layers; every pooling over layers runs over `attention_layers` only.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class Measurement:
     gate_below: Float[Tensor, "seq layer head threshold"] | None = None
     n_gate: Float[Tensor, "seq"] | None = None  # real positions x gate width
     extra: dict[str, Any] = field(default_factory=dict)
+    # The layers the attention and gate quantities are measured on (a hybrid model's full-attention
+    # layers; None: every layer).
+    attention_layers: tuple[int, ...] | None = None
 
     @property
     def n_sequences(self) -> int:
@@ -59,6 +65,7 @@ class Measurement:
             for name, value in self.__dict__.items()
             if name != "extra"
         }
+        taken["attention_layers"] = self.attention_layers
         return Measurement(**taken)
 
     # pooled quantities, exactly as one batch of all these sequences gives them
@@ -91,7 +98,11 @@ class Measurement:
         return reductions.pool_mean(self.gate_sum, self.n_gate, reductions.NO_REAL_POSITION).mean(-1)
 
     def mean_gate(self) -> float:
-        return float(self.mean_gate_by_layer().mean()) if self.gated else float("nan")
+        """Mean gate score over the gated layers (a hybrid's full-attention layers); NaN if ungated."""
+        if not self.gated:
+            return float("nan")
+        by_head = reductions.pool_mean(self.gate_sum, self.n_gate, reductions.NO_REAL_POSITION)
+        return float(reductions.average_over(by_head, "model"))
 
     def gate_frac_below(self, threshold: float = 0.1) -> float:
         """`gate_frac_below_<threshold>`: the fraction of gate values below `threshold` (one of
@@ -103,7 +114,9 @@ class Measurement:
         if not self.gated:
             return float("nan")
         below = self.gate_below[..., reductions.GATE_THRESHOLDS.index(threshold)]
-        return float(reductions.pool_mean(below, self.n_gate, reductions.NO_REAL_POSITION).mean())
+        return float(
+            reductions.average_over(reductions.pool_mean(below, self.n_gate, reductions.NO_REAL_POSITION), "model")
+        )
 
     def summary(self) -> dict[str, float]:
         """The five pooled quantities of `QUANTITIES`, as floats (mean_gate NaN if ungated)."""
@@ -143,11 +156,16 @@ class Measurement:
             """Sums `[seq, ...]` over counted items `n [seq]`, pooled per resample and averaged over
             the trailing axes (layers, heads: each has as many items): `[boot]`, NaN if none counted."""
             total = (counts @ n.double())[:, None]
-            means = (counts @ sums.double().reshape(sums.shape[0], -1)) / total
+            flat = sums.double().reshape(sums.shape[0], -1)
+            flat = flat[
+                :, ~torch.isnan(flat).all(0)
+            ]  # the measured layers' columns (NaN rows: a hybrid's linear layers)
+            means = (counts @ flat) / total
             return means.where(total > 0, torch.nan).mean(1)
 
-        real_key = ~torch.isnan(self.key_importance[:, 0, 0])  # the sequences reductions.pool_sink_rate keeps
-        sinks = (self.key_importance > self.eps).double().mean(dim=(1, 2))  # per sequence, as pool_sink_rate
+        importance = self.key_importance[:, reductions.measured_layers(self.key_importance)]
+        real_key = ~torch.isnan(importance[:, 0, 0])  # the sequences reductions.pool_sink_rate keeps
+        sinks = (importance > self.eps).double().mean(dim=(1, 2))  # per sequence, as pool_sink_rate
         drawn = (counts > 0)[:, :, None]
         # In the values' own dtype, as max_abs_resid_by_layer: a resample that draws the largest
         # sequence then gives exactly the point estimate.
@@ -187,4 +205,6 @@ class Measurement:
         if self.gated:
             result["mean_gate_by_layer"] = self.mean_gate_by_layer().tolist()
             result["gate_frac_below_0.1"] = self.gate_frac_below(0.1)
+        if self.attention_layers is not None and len(self.attention_layers) < self.max_abs_resid.shape[1]:
+            result["attention_layers"] = list(self.attention_layers)  # the NaN entries above are the others
         return result

@@ -44,6 +44,7 @@ def head_quietness(
     model: Any = None,
 ) -> pd.DataFrame:
     """One row per (layer, head): how much the head writes, and whether a sink or its gate quiets it.
+    On a hybrid model, one row per head of its full-attention layers (their own layer indices).
 
     Columns (layers and heads 0-based, `label` as TransformerLens' `L{layer}H{head}`):
     - `first_token_attention`: mean attention of the later queries to the first token.
@@ -70,7 +71,7 @@ def head_quietness(
         raise ValueError("head_quietness needs the model's W_O: pass a cache from model.run_with_cache or model=...")
     cfg = model.cfg
     rows = []
-    for layer in range(cfg.n_layers):
+    for layer in cfg.full_attention_layers:  # a hybrid model's linear-attention layers have no heads of this kind
         pattern = _fetch(cache, "pattern", layer)  # [batch, head, q, k]
         batch, _, n_q, n_k = pattern.shape
         if n_q != n_k or n_q < 2:

@@ -8,6 +8,11 @@ cache-based functions (`sinks`, `gates`, `massive`, `quietness`) and the streami
 (`streaming.measure`) both call these, so the two paths cannot drift apart.
 
 Everything is computed in float32 at least (float64 inputs stay float64).
+
+On a hybrid model (Qwen3.5, Qwen3-Next) the attention quantities exist on its full-attention layers
+only. Tables indexed by layer keep the model's own layer numbers: a `[.., layer, ..]` tensor has a
+row per layer, NaN on the layers a quantity does not apply to (`NOT_MEASURED`), and every pooling
+over layers below (`average_over`, the sink rate) runs over the measured layers only.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ GATE_THRESHOLDS = (0.1, 0.5)
 # Why a pooled mean has nothing to average.
 NO_LATER_QUERY = "no real query at position >= 1: every sequence in the batch is a single token"
 NO_REAL_POSITION = "no real position in the batch: the attention_mask is all zeros"
+
+
+# The fill of a layer row that a quantity does not apply to (a linear-attention layer's attention).
+NOT_MEASURED = float("nan")
+
+
+def measured_layers(values: Float[Tensor, "*seq layer head"]) -> Bool[Tensor, "layer"]:
+    """The layers that hold a measurement: rows not entirely `NOT_MEASURED` (over sequences and heads)."""
+    flat = values.reshape(-1, *values.shape[-2:])
+    return ~torch.isnan(flat).all(-1).all(0)
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -120,8 +135,14 @@ def check_eps(eps: float) -> None:
         raise ValueError(f"eps must be a number strictly between 0 and 1 (e.g. 0.3), got {eps!r}")
 
 
+def _only_measured(importance: Float[Tensor, "seq layer head"]) -> Float[Tensor, "seq attn_layer head"]:
+    """The layers that hold a measurement (all of them when none does: then no key is real)."""
+    keep = measured_layers(importance)
+    return importance[:, keep] if keep.any() else importance
+
+
 def _real_key_sequences(importance: Float[Tensor, "seq layer head"], key_position: int) -> Bool[Tensor, "seq"]:
-    valid = ~torch.isnan(importance[:, 0, 0])
+    valid = ~torch.isnan(_only_measured(importance)[:, 0, 0])
     if not valid.any():
         raise ValueError(
             f"no sequence has a real token number {key_position} (key_position counts real tokens from "
@@ -131,15 +152,17 @@ def _real_key_sequences(importance: Float[Tensor, "seq layer head"], key_positio
 
 
 def pool_key_importance(importance: Float[Tensor, "seq layer head"], key_position: int) -> Float[Tensor, "layer head"]:
-    """Importance averaged over the sequences in which the key is a real token."""
+    """Importance averaged over the sequences in which the key is a real token (NaN rows for the
+    layers not measured stay NaN)."""
     return importance[_real_key_sequences(importance, key_position)].mean(0)
 
 
 def pool_sink_rate(importance: Float[Tensor, "seq layer head"], eps: float, key_position: int) -> float:
     """Gu et al.'s sink rate: per sequence, the fraction of (layer, head) pairs whose importance
-    exceeds `eps`; averaged over the sequences in which the key is a real token."""
+    exceeds `eps`, over the measured layers (a hybrid model's full-attention layers); averaged over
+    the sequences in which the key is a real token."""
     valid = _real_key_sequences(importance, key_position)
-    return float((importance[valid] > eps).float().mean(dim=(1, 2)).mean())
+    return float((_only_measured(importance)[valid] > eps).float().mean(dim=(1, 2)).mean())
 
 
 # ---- residual stream (the paper's M-Act) -------------------------------------------------------
@@ -230,7 +253,10 @@ def pool_mean(sums: Float[Tensor, "seq *rest"], counts: Float[Tensor, "seq"], if
 def average_over(
     by_head: Float[Tensor, "layer head"], per: Literal["head", "layer", "model"]
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "layer"] | Float[Tensor, ""]:
-    """`[layer, head]` as it is (`per="head"`), averaged over heads (`"layer"`), or over both (`"model"`)."""
+    """`[layer, head]` as it is (`per="head"`), averaged over heads (`"layer"`: NaN for a layer not
+    measured), or over heads and the measured layers (`"model"`)."""
     if per not in ("head", "layer", "model"):
         raise ValueError(f"per must be 'head', 'layer' or 'model', got {per!r}")
-    return {"head": by_head, "layer": by_head.mean(-1), "model": by_head.mean()}[per]
+    if per == "model":
+        return by_head[measured_layers(by_head)].mean()
+    return by_head if per == "head" else by_head.mean(-1)

@@ -13,6 +13,11 @@ Positions count real tokens (`attention_mask [batch, pos]`, 1 = real token), as 
 positions do: "the first token" and "key position k" are each sequence's real tokens number 0 and
 k, whether the batch is right-padded, left-padded or has holes, so a padded batch measures what
 each sequence gives alone (`analysis.reductions.FIRST_TOKEN`). Padding queries and keys are left out.
+
+On a hybrid model (Qwen3.5, Qwen3-Next) these are measured on its full-attention layers, the only
+ones with an attention pattern: `[layer, head]` results keep a row per model layer, NaN on the
+linear-attention layers, so that row l is layer l; the per-model averages and the sink rate run
+over the full-attention layers (`model.cfg.full_attention_layers`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from gated_interp.analysis import reductions
-from gated_interp.analysis._cache import get, per_layer, real_positions, require_layers
+from gated_interp.analysis._cache import (
+    by_true_layer,
+    check_layer_type,
+    get,
+    model_cfg,
+    per_layer,
+    real_positions,
+    require_layers,
+)
 from gated_interp.masks import Mask
 
 
@@ -36,7 +49,9 @@ def first_token_attention(
     """Mean attention that the real queries after each sequence's first real token give to it.
 
     Returns `[layer, head]` (`per="head"`), `[layer]` averaged over heads (`per="layer"`), or a
-    0-d tensor averaged over layers and heads (`per="model"`, the paper's F-Attn). Every real query
+    0-d tensor averaged over layers and heads (`per="model"`, the paper's F-Attn). On a hybrid model,
+    the rows of linear-attention layers are NaN and `per="model"` averages the full-attention
+    layers. Every real query
     of every sequence counts once (a pooled mean over batch and positions). For long contexts,
     `analysis.streaming.first_token_attention(model, tokens)` gives the same without a cache.
     """
@@ -50,8 +65,9 @@ def first_token_attention(
         to_first = reductions.weight_to_token(pattern, real, reductions.FIRST_TOKEN)  # [batch, head, q_pos]
         return reductions.first_token_attention(to_first, real), reductions.first_token_queries(real, n_q)
 
-    _, per_seq = per_layer(cache, "pattern", attention_mask, "first_token_attention", reduce)
-    result = torch.stack([reductions.pool_mean(sums, counts, reductions.NO_LATER_QUERY) for sums, counts in per_seq])
+    layers, per_seq = per_layer(cache, "pattern", attention_mask, "first_token_attention", reduce)
+    pooled = [reductions.pool_mean(sums, counts, reductions.NO_LATER_QUERY) for sums, counts in per_seq]
+    result = by_true_layer(cache, layers, pooled)
     return reductions.average_over(result, per)
 
 
@@ -86,7 +102,8 @@ def key_importance(
     `key_position` counts each sequence's real tokens from its first (0-based), as the model's
     positions do, so padding on either side changes nothing. Returns `[layer, head]` averaged over
     sequences, or `[batch, layer, head]` with `per_sequence=True`. Sequences with no real token
-    number `key_position` are NaN per sequence and left out of the average.
+    number `key_position` are NaN per sequence and left out of the average. On a hybrid model the
+    linear-attention layers' rows are NaN.
     `analysis.streaming.key_importance(model, tokens)` gives the same without a cache.
     """
     reductions.check_key_position(key_position)
@@ -99,8 +116,8 @@ def key_importance(
             )
         return reductions.key_importance(reductions.weight_to_token(pattern, real, key_position), real, key_position)
 
-    _, per_seq = per_layer(cache, "pattern", attention_mask, "key_importance", reduce)
-    importance = torch.stack(per_seq, dim=1)  # [batch, layer, head]
+    layers, per_seq = per_layer(cache, "pattern", attention_mask, "key_importance", reduce)
+    importance = by_true_layer(cache, layers, per_seq).transpose(0, 1)  # [batch, layer, head]
     return importance if per_sequence else reductions.pool_key_importance(importance, key_position)
 
 
@@ -112,7 +129,8 @@ def sink_rate(
 ) -> float:
     """Gu et al.'s sink rate: the fraction of (layer, head) pairs whose importance of
     `key_position` exceeds `eps`, computed per sequence and averaged over sequences (as they
-    average the metric over their 100 sequences). Returns a float in [0, 1]. `eps` is an attention
+    average the metric over their 100 sequences); on a hybrid model, the (layer, head) pairs of its
+    full-attention layers. Returns a float in [0, 1]. `eps` is an attention
     weight strictly between 0 and 1 (anything else is refused: it would count every head or none)."""
     reductions.check_eps(eps)
     importance = key_importance(cache, key_position, attention_mask, per_sequence=True)
@@ -130,6 +148,9 @@ def head_averaged_patterns(
     padding, holes): exactly the map the sequence gives alone. Returns
     `[len(layers), n_real, n_real]`."""
     available = require_layers(cache, "pattern", "head_averaged_patterns")
+    for layer in layers:
+        if isinstance(layer, int) and 0 <= layer < getattr(model_cfg(cache), "n_layers", 0):
+            check_layer_type(model_cfg(cache), "pattern", layer, "head_averaged_patterns")
     wrong = [layer for layer in layers if layer not in available]
     if wrong:
         raise ValueError(

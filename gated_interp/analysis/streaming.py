@@ -14,6 +14,10 @@ never hooked, so the model's own fused attention kernel stays on too.
     streaming.first_token_attention(model, tokens)     # same names as the cache-based functions
     streaming.gate_stats(model, tokens)
 
+On a hybrid model (Qwen3.5, Qwen3-Next) the attention and gate quantities are reduced on its
+full-attention layers (NaN rows elsewhere, pooled over those layers; `Measurement.attention_layers`
+says which) and `max_abs_resid` on every layer, exactly as the cache-based functions give them.
+
 `measure` is what `compare_variants`, the model card and the training log
 (`gated_interp.train.trainer`) use. The quantities and their names: `analysis.measurement`.
 """
@@ -67,21 +71,26 @@ class _Reducer:
         self.model, self.key_position, self.bar = model, key_position, bar
         self.real = mask.bool()
         batch, n_layers, n_heads = mask.shape[0], cfg.n_layers, cfg.n_heads
-        self.first_token_sum = torch.zeros(batch, n_layers, n_heads)
-        self.key_importance = torch.zeros(batch, n_layers, n_heads)
+        # Rows of layers without softmax attention (a hybrid's linear-attention layers) stay NaN.
+        self.first_token_sum = torch.full((batch, n_layers, n_heads), reductions.NOT_MEASURED)
+        self.key_importance = torch.full((batch, n_layers, n_heads), reductions.NOT_MEASURED)
         self.max_abs_resid = torch.zeros(batch, n_layers)
-        self.gate_sum = torch.zeros(batch, n_layers, n_heads)
-        self.gate_below = torch.zeros(batch, n_layers, n_heads, len(reductions.GATE_THRESHOLDS))
+        self.gate_sum = torch.full((batch, n_layers, n_heads), reductions.NOT_MEASURED)
+        self.gate_below = torch.full(
+            (batch, n_layers, n_heads, len(reductions.GATE_THRESHOLDS)), reductions.NOT_MEASURED
+        )
         self.queries: dict[int, Tensor] = {}
         self.layer_hooks: dict[str, list[Callable[[int, Tensor], None]]] = {}
 
     def hooks(self) -> list[tuple[str, Callable]]:
         hooks = []
-        for layer in range(self.model.cfg.n_layers):
-            hooks.append((hook_name("rot_q", layer), self._keep_queries(layer)))
-            hooks.append((hook_name("rot_k", layer), self._from_keys(layer)))
-            if self.model.cfg.is_gated:
-                hooks.append((hook_name("gate", layer), self._gate(layer)))
+        cfg = self.model.cfg
+        for layer in range(cfg.n_layers):
+            if cfg.layer_type(layer) == "full_attention":
+                hooks.append((hook_name("rot_q", layer), self._keep_queries(layer)))
+                hooks.append((hook_name("rot_k", layer), self._from_keys(layer)))
+                if cfg.is_gated:
+                    hooks.append((hook_name("gate", layer), self._gate(layer)))
             hooks.append((hook_name("resid_post", layer), self._resid(layer)))
         return hooks
 
@@ -216,6 +225,7 @@ def measure(
     width = model.cfg.gate_width if gated else 0
     n_real = torch.cat(reals)
     return Measurement(
+        attention_layers=tuple(model.cfg.full_attention_layers),
         gated=gated,
         key_position=key_position,
         eps=eps,

@@ -11,6 +11,7 @@ checks that none is missing). Within one call the same name means the same size.
     window       fixed token windows of a held-out or training set
     eval_window  held-out windows, beside training `window`s in the same call
     layer        blocks (0-based)
+    attn_layer   the layers an attention quantity is measured on (a hybrid model's full-attention ones)
     head         query heads (`n_heads`)
     kv_head      key-value heads (`n_key_value_heads`); query head j reads kv head j // n_groups
     d_head       width of one head
@@ -42,6 +43,9 @@ checks that none is missing). Within one call the same name means the same size.
     threshold    gate-score thresholds counted below (`analysis.reductions.GATE_THRESHOLDS`)
     boot         bootstrap resamples (`analysis.bootstrap`)
     rest         any trailing axes a statistic keeps (`analysis.bootstrap`)
+    quantity     per-head quantities of one table (`analysis.linear_attention`)
+    column       the columns a table derives from its quantities
+    sum_count    a per-sequence sum and its count, pooled by dividing sums by counts
     component    rows of a decomposition (`analysis.gate_attribution_stack`: embed, heads, biases, MLPs)
 """
 

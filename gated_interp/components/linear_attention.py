@@ -63,6 +63,7 @@ class GatedDeltaNet(nn.Module):
         self.hook_beta = HookPoint()  # [batch, pos, lin_v_head]
         self.hook_decay = HookPoint()  # [batch, pos, lin_v_head], log of the per-step decay (<= 0)
         self.hook_recurrent_out = HookPoint()  # [batch, pos, lin_v_head, d_lin_value], before the gated norm
+        self.hook_gate = HookPoint()  # [batch, pos, lin_v_head, d_lin_value], silu(z): the output gate
         self.hook_out = HookPoint()  # [batch, pos, lin_v_head, d_lin_value], what W_O reads
 
     def forward(
@@ -108,7 +109,7 @@ class GatedDeltaNet(nn.Module):
         """RMSNorm over each value head, times `silu(z)`: transformers' `RMSNormGated`, rounding included."""
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
-        return (self.norm_w * normed.to(x.dtype) * F.silu(z.float())).to(x.dtype)
+        return (self.norm_w * normed.to(x.dtype) * self.hook_gate(F.silu(z.float()))).to(x.dtype)
 
 
 def _delta_rule(

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from gated_interp.config import GatedQwen3Config, variant_of
+from gated_interp.loading import hybrid
 from gated_interp.loading.hf_config import config_from_hf, gate_kind, read_config_json
 from gated_interp.loading.load import TOKENIZER_FILES
 from gated_interp.loading.state_dict import IGNORED_SUFFIXES
@@ -25,16 +26,28 @@ def describe_checkpoint(folder: Path, variant: str | None = None) -> list[tuple[
     folder = Path(folder)
     hf = read_config_json(folder)
     files = WeightFiles(folder)
-    names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES)}
-    cfg = config_from_hf(hf, tie_word_embeddings_default="lm_head.weight" not in names, device="cpu")
+    is_hybrid = hf.get("model_type") in hybrid.FAMILIES  # Qwen3.5 / Qwen3-Next: read as load_hooked reads them
+    names = {n for n in files.names() if not n.endswith(IGNORED_SUFFIXES) and not (is_hybrid and hybrid.ignored(n))}
+    tied = "lm_head.weight" not in names
+    cfg = (
+        hybrid.config_from_hybrid_hf(
+            hf, tie_word_embeddings_default=tied, dtype=torch.float32, device="cpu", model_name=folder.name
+        )
+        if is_hybrid
+        else config_from_hf(hf, tie_word_embeddings_default=tied, device="cpu")
+    )
     on_disk = sum(math.prod(files.shape(n)) for n in names)
     tokenizer = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
     return [
         ("folder", str(folder)),
         ("model_type", str(hf.get("model_type"))),
-        ("variant", variant or variant_of(gate_kind(hf)) + " (from config)"),
+        (
+            "variant",
+            variant or (f"hybrid ({hf['model_type']})" if is_hybrid else variant_of(gate_kind(hf)) + " (from config)"),
+        ),
         ("gate", gate_text(cfg)),
         ("layers", str(cfg.n_layers)),
+        ("layer types", layer_types_text(cfg)),
         ("d_model", str(cfg.d_model)),
         ("heads / kv heads", f"{cfg.n_heads} / {cfg.n_key_value_heads} ({cfg.n_groups} query heads per kv head)"),
         ("d_head", str(cfg.d_head)),
@@ -54,6 +67,14 @@ def describe_checkpoint(folder: Path, variant: str | None = None) -> list[tuple[
     ]
 
 
+def layer_types_text(cfg: GatedQwen3Config) -> str:
+    """Which layers are full attention and which Gated DeltaNet (0-based)."""
+    full, linear = list(cfg.full_attention_layers), list(cfg.linear_attention_layers)
+    if not linear:
+        return "full_attention on every layer"
+    return f"full_attention on layers {full}; linear_attention (Gated DeltaNet) on layers {linear}"
+
+
 def gate_text(cfg: GatedQwen3Config) -> str:
     if not cfg.is_gated:
         return "none (plain softmax attention)"
@@ -62,6 +83,10 @@ def gate_text(cfg: GatedQwen3Config) -> str:
 
 def qproj_layout_text(cfg: GatedQwen3Config) -> str:
     """e.g. "per kv group: 2 heads x 64 query rows + 2 x 1 gate rows; 8 groups, 2048 rows"."""
+    if cfg.is_gated and cfg.gate_layout == "per_head":  # Qwen3.5 / Qwen3-Next: each query head, then its gate
+        return (
+            f"per query head: {cfg.d_head} query rows + {cfg.gate_width} gate rows; {cfg.d_q_proj} rows x {cfg.d_model}"
+        )
     layout = f"per kv group: {cfg.n_groups} heads x {cfg.d_head} query rows"
     if cfg.is_gated:
         layout += f" + {cfg.n_groups} x {cfg.gate_width} gate rows"

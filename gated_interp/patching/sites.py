@@ -46,6 +46,15 @@ class Site:
 def site(model: HookedGatedQwen3, activation: str) -> Site:
     """The `Site` of `activation` (axes read off the hook table), with a clear error for names
     this model does not have."""
+    if model.cfg.linear_attention_layers:
+        # The sweeps reuse the corrupted run's keys and values per layer and position; a Gated DeltaNet
+        # layer carries a recurrent state instead, which they do not yet rebuild: refuse, never guess.
+        raise ValueError(
+            f"this package's patching sweeps do not run on hybrid models yet (linear-attention layers "
+            f"{list(model.cfg.linear_attention_layers)}): patch the full-attention heads with "
+            "transformer_lens.patching and an index_df over model.cfg.full_attention_layers (README, Qwen3.5 "
+            "section), or use analysis.zero_ablate_heads / ablation_effects, which take heads of both kinds"
+        )
     if activation in GATE_ACTIVATIONS and not model.cfg.is_gated:
         raise ValueError(f"activation {activation!r} needs a gated model, but this one has cfg.gate == 'none'")
     if activation not in HEAD_ACTIVATIONS + RESID_ACTIVATIONS:
