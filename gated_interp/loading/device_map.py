@@ -76,6 +76,8 @@ def resolve_units(raw: dict[str, Any], cfg: GatedQwen3Config) -> dict[str, str |
     """One device per unit (see `units`) from a map whose keys may be coarser ("", "blocks")."""
     wanted = units(cfg)
     known = {"", "blocks", *wanted}
+    # accelerate's maps also name the model's top-level hook points, which hold no tensors.
+    raw = {key: device for key, device in raw.items() if not key.startswith("hook_")}
     for key in raw:
         if key not in known:
             inside = next((u for u in wanted if key.startswith(u + ".")), None)
@@ -207,3 +209,53 @@ def plan_for_config(
     for unit, device in resolved.items():
         per_device[str(device)] = per_device.get(str(device), 0) + sizes.get(unit, 0)
     return DevicePlan(cfg.model_name or "model", dtype, resolved, per_device, sizes[""])
+
+
+def plan_device_map(
+    name_or_path: str | Any,
+    *,
+    device_map: DeviceMapSpec = "auto",
+    max_memory: dict[Any, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+    size: str = "1B",
+) -> DevicePlan:
+    """The device map `load_hooked(name_or_path, device_map=..., max_memory=..., dtype=...)` would
+    use, and the weights' bytes per device, from config.json alone: a folder (weights not needed),
+    a hub id (only its config.json is fetched) or a variant name. `print(plan)` shows it."""
+    import os
+    from pathlib import Path
+
+    from gated_interp.loading import hybrid
+    from gated_interp.loading.hf_config import config_from_hf, read_config_json
+
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_dir():
+        folder = path
+    elif isinstance(name_or_path, str) and name_or_path.count("/") == 1 and not path.exists():
+        folder = _hub_config_only(name_or_path)
+    else:
+        from gated_interp.loading.resolve import resolve_checkpoint
+
+        folder = resolve_checkpoint(name_or_path, size)
+    hf = read_config_json(folder)
+    build = hybrid.config_from_hybrid_hf if hf.get("model_type") in hybrid.FAMILIES else config_from_hf
+    # The dispatched model is untied (see `empty_model`), so the default does not change the sizes.
+    cfg = build(hf, tie_word_embeddings_default=False, dtype=dtype, device="meta", model_name=folder.name)
+    return plan_for_config(cfg, device_map, max_memory, dtype)
+
+
+def _hub_config_only(repo: str) -> Any:
+    """The folder holding `repo`'s config.json, fetched alone from the hub (or its cache)."""
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+
+    from gated_interp.loading.errors import CheckpointError
+
+    try:
+        return Path(hf_hub_download(repo, "config.json")).parent
+    except Exception as error:  # offline, no such repository, gated: one message naming the repository
+        raise CheckpointError(
+            f"cannot fetch config.json of {repo} from the hub ({type(error).__name__}: {error}); "
+            f"download it (hf download {repo} config.json --local-dir DIR) and plan from DIR"
+        ) from None
