@@ -9,6 +9,7 @@ the forward pass asks here: where a module computes, and each parameter's value 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -44,3 +45,21 @@ def named_parameter_values(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
             with align_module_device(module, "cpu" if has_offloaded_params(module) else None):
                 values += [(f"{name}.{p}", param.detach()) for p, param in module.named_parameters(recurse=False)]
         yield from values
+
+
+@contextmanager
+def onloaded(module: nn.Module) -> Iterator[nn.Module]:
+    """Inside, `module`'s own parameters hold their values on the device it computes on, also when
+    a device map offloaded them (they are meta outside a forward pass); a no-op otherwise. For
+    code that reads a weight directly, e.g. `with onloaded(block.attn): W_O = block.attn.W_O[heads]`
+    (keep what you need as a new tensor: the parameter is released on exit)."""
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:  # accelerate absent: nothing can be offloaded
+        yield module
+        return
+    if not has_offloaded_params(module):
+        yield module
+        return
+    with align_module_device(module):
+        yield module
