@@ -43,7 +43,8 @@ start = time.perf_counter()
 if mode == "whole":
     model = load_hooked(folder, progress=False)
 else:
-    model = load_hooked(folder, progress=False, device_map="auto", max_memory={"cpu": cpu_bytes}, offload_folder=offload)
+    memory = {"cpu": cpu_bytes}
+    model = load_hooked(folder, progress=False, device_map="auto", max_memory=memory, offload_folder=offload)
 load_s = time.perf_counter() - start
 peak = status("VmHWM:")
 tokens = torch.randint(0, model.cfg.d_vocab, (1, pos))
@@ -92,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         shards = sorted(folder.glob("*.safetensors"))
         size = sum(p.stat().st_size for p in shards)
         largest = max(p.stat().st_size for p in shards)
-        print(f"model: {size / 2**20:.0f} MiB of float32 weights in {len(shards)} shards (largest {largest / 2**20:.0f} MiB)")
+        print(
+            f"model: {size / 2**20:.0f} MiB of float32 weights in {len(shards)} shards "
+            f"(largest {largest / 2**20:.0f} MiB)"
+        )
         print(f"{'load':<10} {'peak added':>11} {'/ model':>8} {'/ shard':>8} {'load s':>7} {'forward s':>10}  devices")
         for mode in ("whole", "offloaded"):
             got = probe(folder, mode, size // 4, Path(work) / "offload", args.pos)

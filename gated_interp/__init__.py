@@ -64,8 +64,8 @@ assert set(__all__) == set(_LAZY)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from gated_interp.cache import GatedActivationCache
     from gated_interp.config import GatedQwen3Config
-    from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
     from gated_interp.loading.device_map import plan_device_map
+    from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
     from gated_interp.loading.load import load_hooked
     from gated_interp.loading.resolve import VARIANTS
     from gated_interp.loading.save import save_hf

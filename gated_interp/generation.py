@@ -14,8 +14,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gated_interp.devices import execution_device
 from gated_interp.components import KVCacheEntry, RecurrentState
+from gated_interp.devices import execution_device
 from gated_interp.masks import Mask
 from gated_interp.tokenization import ModelInput, PaddingSide
 

@@ -129,7 +129,9 @@ def fold_layer_norm_updates(state_dict: StateDict, cfg: GatedQwen3Config, in_pla
     yield from fold_final_norm_updates(state_dict, cfg, in_place)
 
 
-def fold_block_norms_updates(state_dict: StateDict, cfg: GatedQwen3Config, layer: int, in_place: bool = False) -> Updates:
+def fold_block_norms_updates(
+    state_dict: StateDict, cfg: GatedQwen3Config, layer: int, in_place: bool = False
+) -> Updates:
     """Block `layer`'s ln1 and ln2 folded into their readers; `state_dict` needs that block's keys
     only (a model loaded across devices is folded one block at a time)."""
     block = f"blocks.{layer}"

@@ -65,8 +65,7 @@ def _device(value: Any, where: str) -> str | int:
             torch.device(value)
         except RuntimeError:
             raise ValueError(
-                f"device_map{where}: {value!r} is not a device: use 'cpu', 'cuda', 'cuda:1', a GPU index, "
-                "or 'disk'"
+                f"device_map{where}: {value!r} is not a device: use 'cpu', 'cuda', 'cuda:1', a GPU index, or 'disk'"
             ) from None
         return value
     raise ValueError(f"device_map{where}: {value!r} is not a device")

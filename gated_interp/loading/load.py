@@ -95,9 +95,9 @@ def load_hooked(
         fold_value_biases=fold_value_biases,
         center_writing_weights=center_writing_weights,
         refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-        dispatch=None if device_map is None else dict(
-            device_map=device_map, max_memory=max_memory, offload_folder=offload_folder
-        ),
+        dispatch=None
+        if device_map is None
+        else dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder),
     )
 
 

@@ -22,10 +22,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from gated_interp.devices import onloaded
 from gated_interp._progress import progress_bar
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.cache import CacheLike
+from gated_interp.devices import onloaded
 from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3, ModelInput
 from gated_interp.patching.metrics import Metric, metric_scalar

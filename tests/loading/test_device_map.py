@@ -65,7 +65,10 @@ def test_hooks_see_the_values_of_the_whole_model(models):
     tokens = whole.to_tokens(PROMPTS)
     seen: dict[str, list[torch.Tensor]] = {"whole": [], "split": []}
     for key, model in (("whole", whole), ("split", split)):
-        hooks = [(f"blocks.{layer}.attn.hook_gate", lambda t, hook, key=key: seen[key].append(t.clone())) for layer in range(4)]
+        hooks = [
+            (f"blocks.{layer}.attn.hook_gate", lambda t, hook, key=key: seen[key].append(t.clone()))
+            for layer in range(4)
+        ]
         model.run_with_hooks(tokens, fwd_hooks=hooks)
     for layer, (got, want) in enumerate(zip(seen["split"], seen["whole"])):
         _equal(got, want, f"hook_gate {layer}")
@@ -75,7 +78,9 @@ def test_streaming_measurement_and_intervention(models):
     whole, split = models
     tokens = whole.to_tokens(PROMPTS)
     assert streaming.measure(split, tokens).summary() == streaming.measure(whole, tokens).summary()
-    ablated = [m.run_with_hooks(tokens, fwd_hooks=interventions.zero_ablate_heads(m, [(1, 0), (3, 2)])) for m in (whole, split)]
+    ablated = [
+        m.run_with_hooks(tokens, fwd_hooks=interventions.zero_ablate_heads(m, [(1, 0), (3, 2)])) for m in (whole, split)
+    ]
     _equal(ablated[1], ablated[0], "zero-ablated logits")
 
 
