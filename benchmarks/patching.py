@@ -245,7 +245,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of each, interleaved")
     parser.add_argument("--tl-sample", type=int, default=96, help="patches TransformerLens runs per sweep at most")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--breakdown", action="store_true", help="time our sweeps' stages once more (printed after the table)")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time our sweeps' stages once more (printed after the table)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()

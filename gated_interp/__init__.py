@@ -28,6 +28,7 @@ _LAZY = {
     "HookedGatedQwen3": "gated_interp.model",
     "VARIANTS": "gated_interp.loading.resolve",
     "load_hooked": "gated_interp.loading.load",
+    "plan_device_map": "gated_interp.loading.device_map",
     "save_hf": "gated_interp.loading.save",
 }
 _SUBPACKAGES = frozenset(
@@ -55,6 +56,7 @@ __all__ = [
     "NonFiniteWeightsWarning",
     "ReleaseNotAvailable",
     "load_hooked",
+    "plan_device_map",
     "save_hf",
 ]
 assert set(__all__) == set(_LAZY)
@@ -62,6 +64,7 @@ assert set(__all__) == set(_LAZY)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from gated_interp.cache import GatedActivationCache
     from gated_interp.config import GatedQwen3Config
+    from gated_interp.loading.device_map import plan_device_map
     from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
     from gated_interp.loading.load import load_hooked
     from gated_interp.loading.resolve import VARIANTS

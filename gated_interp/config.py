@@ -51,7 +51,9 @@ UNGROUP_UNSUPPORTED = (
     "or repeat the cached keys with .repeat_interleave(cfg.n_groups, dim=2)."
 )
 N_DEVICES_UNSUPPORTED = (
-    "n_devices > 1 (TransformerLens' layer-wise multi-GPU split) is not supported: use one device, "
+    "n_devices > 1 (TransformerLens' layer-wise multi-GPU split) is not supported: for a model bigger than "
+    "one device, load it with accelerate's device map, load_hooked(..., device_map='auto', max_memory=..., "
+    "offload_folder=...), which places each block whole on a GPU, the CPU or the disk; or use one device, "
     "e.g. load_hooked(..., device='cuda'), or a smaller dtype (dtype=torch.bfloat16)."
 )
 

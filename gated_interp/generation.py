@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gated_interp.components import KVCacheEntry, RecurrentState
+from gated_interp.devices import execution_device
 from gated_interp.masks import Mask
 from gated_interp.tokenization import ModelInput, PaddingSide
 
@@ -138,9 +139,11 @@ class GenerationMixin:
         def entry(layer: int) -> KVCacheEntry | RecurrentState:
             if self.cfg.layer_type(layer) == "linear_attention":
                 return RecurrentState()
+            # On the device the layer computes on (a model dispatched across devices extends it there).
+            device = execution_device(self.blocks[layer], self.cfg.device)
             return KVCacheEntry(
-                torch.empty(shape, dtype=self.cfg.dtype, device=self.cfg.device),
-                torch.empty(shape, dtype=self.cfg.dtype, device=self.cfg.device),
+                torch.empty(shape, dtype=self.cfg.dtype, device=device),
+                torch.empty(shape, dtype=self.cfg.dtype, device=device),
             )
 
         return [entry(layer) for layer in range(self.cfg.n_layers)]

@@ -64,8 +64,13 @@ class TransformerLensCompatMixin:
         dtype: torch.dtype | None = None,
         size: str = "1B",
         progress: bool | None = None,
+        device_map: Any = None,
+        max_memory: dict[Any, Any] | None = None,
+        offload_folder: str | os.PathLike | None = None,
     ) -> Any:
         """`gated_interp.load_hooked(model_name, ...)`, under TransformerLens' name and options.
+        A model bigger than one device takes `device_map` (with `max_memory`, `offload_folder`), as
+        TransformerLens 3.x's bridge does, instead of `n_devices`.
 
         `model_name` is a variant (`"gate_headwise"`, ...; `size="tiny"` for the bundled models) or
         a checkpoint folder. Unlike TransformerLens, `center_writing_weights` and `center_unembed`
@@ -87,6 +92,9 @@ class TransformerLensCompatMixin:
             fold_value_biases=fold_value_biases,
             center_writing_weights=center_writing_weights,
             refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
         )
 
     @classmethod

@@ -125,14 +125,27 @@ def fold_layer_norm_updates(state_dict: StateDict, cfg: GatedQwen3Config, in_pla
     Each layer's own readers: attention or Gated DeltaNet projections for ln1, the dense MLP or
     the MoE's router, experts, shared expert and its gate for ln2."""
     for layer in range(cfg.n_layers):
-        block = f"blocks.{layer}"
-        ln1, ln2 = state_dict[f"{block}.ln1.w"], state_dict[f"{block}.ln2.w"]
-        for norm, readers in ((ln1, _readers_of_ln1(cfg, layer)), (ln2, _readers_of_ln2(cfg, layer))):
-            scale = norm_scale(norm, cfg)
-            for name in readers:
-                yield name, _scale_rows(state_dict[name], scale, in_place)
-        yield f"{block}.ln1.w", identity_norm_weight(ln1, cfg)
-        yield f"{block}.ln2.w", identity_norm_weight(ln2, cfg)
+        yield from fold_block_norms_updates(state_dict, cfg, layer, in_place)
+    yield from fold_final_norm_updates(state_dict, cfg, in_place)
+
+
+def fold_block_norms_updates(
+    state_dict: StateDict, cfg: GatedQwen3Config, layer: int, in_place: bool = False
+) -> Updates:
+    """Block `layer`'s ln1 and ln2 folded into their readers; `state_dict` needs that block's keys
+    only (a model loaded across devices is folded one block at a time)."""
+    block = f"blocks.{layer}"
+    ln1, ln2 = state_dict[f"{block}.ln1.w"], state_dict[f"{block}.ln2.w"]
+    for norm, readers in ((ln1, _readers_of_ln1(cfg, layer)), (ln2, _readers_of_ln2(cfg, layer))):
+        scale = norm_scale(norm, cfg)
+        for name in readers:
+            yield name, _scale_rows(state_dict[name], scale, in_place)
+    yield f"{block}.ln1.w", identity_norm_weight(ln1, cfg)
+    yield f"{block}.ln2.w", identity_norm_weight(ln2, cfg)
+
+
+def fold_final_norm_updates(state_dict: StateDict, cfg: GatedQwen3Config, in_place: bool = False) -> Updates:
+    """`ln_final.w` folded into `W_U`; needs `ln_final.w` and `unembed.W_U` (or a tied `embed.W_E`)."""
     final = state_dict["ln_final.w"]
     if "unembed.W_U" in state_dict or not bool((norm_scale(final, cfg) == 1).all()):
         if in_place and "unembed.W_U" not in state_dict:

@@ -20,10 +20,14 @@ _LAZY = {
     "load_hooked": "gated_interp.loading.load",
     "save_hf": "gated_interp.loading.save",
     "describe_checkpoint": "gated_interp.loading.inspect",
+    "plan_device_map": "gated_interp.loading.device_map",
+    "DevicePlan": "gated_interp.loading.device_map",
 }
 _SUBMODULES = frozenset(
     {
         "bundled",
+        "device_map",
+        "dispatch",
         "errors",
         "hf_config",
         "inspect",
@@ -37,16 +41,19 @@ _SUBMODULES = frozenset(
 )
 __all__ = [
     "CheckpointError",
+    "DevicePlan",
     "NonFiniteWeightsWarning",
     "ReleaseNotAvailable",
     "bundled",
     "describe_checkpoint",
     "load_hooked",
+    "plan_device_map",
     "save_hf",
 ]
 
 if TYPE_CHECKING:
     from gated_interp.loading import bundled
+    from gated_interp.loading.device_map import DevicePlan, plan_device_map
     from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
     from gated_interp.loading.inspect import describe_checkpoint
     from gated_interp.loading.load import load_hooked

@@ -19,6 +19,7 @@ import torch
 from gated_interp._progress import progress_bar
 from gated_interp.config import GatedQwen3Config
 from gated_interp.loading import hybrid
+from gated_interp.loading.device_map import DeviceMapSpec
 from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning
 from gated_interp.loading.hf_config import config_from_hf, read_config_json
 from gated_interp.loading.resolve import resolve_checkpoint
@@ -49,6 +50,9 @@ def load_hooked(
     fold_value_biases: bool = False,
     center_writing_weights: bool = False,
     refactor_factored_attn_matrices: bool = False,
+    device_map: DeviceMapSpec | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> HookedGatedQwen3:
     """Load a released-format checkpoint as a hooked model.
 
@@ -67,7 +71,20 @@ def load_hooked(
     256 MiB or more; True always, False never. `fold_value_biases` (ungated models only) moves `b_V` into `b_O`;
     TransformerLens' `center_writing_weights` and `refactor_factored_attn_matrices` cannot hold on
     this architecture and raise, saying why, before anything is read.
+
+    Models bigger than one device: `device_map` ("auto", "balanced", "balanced_low_0",
+    "sequential", a device, "disk", or a dict from module name to device), `max_memory` (device →
+    bytes or "20GiB") and `offload_folder` mean what they mean in transformers' `from_pretrained`
+    (see `gated_interp.loading.device_map`). The model is built on the meta device, each block is
+    placed whole, and the weights go from the checkpoint to their device one block at a time
+    (`gated_interp.loading.dispatch`). `plan_device_map` shows the map before anything is loaded.
     """
+    if device_map is not None and device is not None:
+        raise ValueError("pass either device or device_map: a device_map says where every part goes")
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ValueError("max_memory and offload_folder apply with a device_map: pass device_map='auto'")
+    if device_map is not None and fold_value_biases:
+        raise ValueError("fold_value_biases is not available with a device_map; load without one to fold them")
     folder = resolve_checkpoint(name_or_path, size)
     return load_folder(
         folder,
@@ -79,6 +96,9 @@ def load_hooked(
         fold_value_biases=fold_value_biases,
         center_writing_weights=center_writing_weights,
         refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+        dispatch=None
+        if device_map is None
+        else dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder),
     )
 
 
@@ -93,6 +113,7 @@ def load_folder(
     fold_value_biases: bool = False,
     center_writing_weights: bool = False,
     refactor_factored_attn_matrices: bool = False,
+    dispatch: dict[str, Any] | None = None,
 ) -> HookedGatedQwen3:
     # TransformerLens' options that cannot hold here fail before a byte of weights is read.
     if center_writing_weights:
@@ -101,7 +122,12 @@ def load_folder(
         raise ValueError(REFACTOR_UNSUPPORTED)
     hf = read_config_json(folder)
     if hf.get("model_type") in hybrid.FAMILIES:
-        model = load_hybrid_folder(folder, hf, device=device, dtype=dtype, progress=progress)
+        model = load_hybrid_folder(
+            folder, hf, device=device, dtype=dtype, progress=progress, dispatch=dispatch,
+            fold_ln=fold_ln, center_unembed=center_unembed,
+        )  # fmt: skip
+        if dispatch is not None:
+            return model
         if fold_ln or center_unembed or fold_value_biases:
             model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed, fold_value_biases=fold_value_biases)
         return model.eval()
@@ -121,10 +147,15 @@ def load_folder(
         refuse_gated_value_bias_fold(cfg)
     check_tensors(names, files, cfg, folder)
     files.check_float(names)
+    table = by_hf_name(cfg)
+    if dispatch is not None:
+        return _dispatched(
+            folder, cfg, files, names, lambda name, t: ((n, None, v) for n, v in hf_to_ours(name, t, cfg, table)),
+            progress, fold_ln, center_unembed, dispatch,
+        )  # fmt: skip
 
     model = HookedGatedQwen3(cfg, tokenizer=_checked_tokenizer(folder, cfg))
     params = dict(model.named_parameters())
-    table = by_hf_name(cfg)
     non_finite = []
     with torch.no_grad():
         for name in _loading_bar(sorted(names), files, folder, progress):
@@ -143,7 +174,15 @@ def load_folder(
 
 
 def load_hybrid_folder(
-    folder: Path, hf: dict[str, Any], *, device: str | None, dtype: torch.dtype, progress: bool | None
+    folder: Path,
+    hf: dict[str, Any],
+    *,
+    device: str | None,
+    dtype: torch.dtype,
+    progress: bool | None,
+    dispatch: dict[str, Any] | None = None,
+    fold_ln: bool = False,
+    center_unembed: bool = False,
 ) -> HookedGatedQwen3:
     """A Qwen3.5 / Qwen3-Next folder (`gated_interp.loading.hybrid`), unprocessed: the same checks
     as the paper's folders (every name and shape before any copy, floating point, non-finite
@@ -166,10 +205,15 @@ def load_hybrid_folder(
     described = f"config.json ({hf['model_type']}): check that config.json matches the weights"
     check_names_and_shapes(names, hybrid.expected_shapes(cfg), files, folder, described)
     files.check_float(names)
+    table = hybrid.by_hf_name(cfg)
+    if dispatch is not None:  # processed while loading (fold_ln, center_unembed), one block at a time
+        return _dispatched(
+            folder, cfg, files, names, lambda name, t: ((n, e, r(t)) for n, e, r in table[name]),
+            progress, fold_ln, center_unembed, dispatch,
+        )  # fmt: skip
 
     model = HookedGatedQwen3(cfg, tokenizer=_checked_tokenizer(folder, cfg))
     params = dict(model.named_parameters())
-    table = hybrid.by_hf_name(cfg)
     non_finite = []
     with torch.no_grad():
         for name in _loading_bar(sorted(names), files, folder, progress):
@@ -179,6 +223,36 @@ def load_hybrid_folder(
             for our_name, expert, rearrange in table[name]:
                 target = params[our_name] if expert is None else params[our_name][expert]
                 target.copy_(rearrange(tensor))
+    if non_finite:
+        warn_non_finite(folder, non_finite)
+    return model
+
+
+def _dispatched(
+    folder: Path,
+    cfg: GatedQwen3Config,
+    files: WeightFiles,
+    names: set[str],
+    convert: Any,
+    progress: bool | None,
+    fold_ln: bool,
+    center_unembed: bool,
+    dispatch: dict[str, Any],
+) -> HookedGatedQwen3:
+    """The checked folder loaded across devices (`gated_interp.loading.dispatch`)."""
+    from gated_interp.loading.dispatch import load_dispatched
+
+    non_finite: list[str] = []
+
+    def seen(name: str, tensor: torch.Tensor) -> None:
+        if not bool(torch.isfinite(tensor).all()):
+            non_finite.append(name)
+
+    model = load_dispatched(
+        cfg, _checked_tokenizer(folder, cfg), names, files.get, convert, **dispatch,
+        fold_ln=fold_ln, center_unembed=center_unembed,
+        progress_names=lambda ordered: _loading_bar(ordered, files, folder, progress), on_tensor=seen,
+    )  # fmt: skip
     if non_finite:
         warn_non_finite(folder, non_finite)
     return model

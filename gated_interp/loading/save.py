@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from gated_interp.devices import named_parameter_values
 from gated_interp.loading import hybrid
 from gated_interp.loading.errors import CheckpointError
 from gated_interp.loading.hf_config import hf_config_from
@@ -40,7 +41,7 @@ def save_hf(model: HookedGatedQwen3, folder: str | os.PathLike, dtype: torch.dty
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"cannot save to {folder}: it is a file, not a folder")
 
-    params = {name: p.detach() for name, p in model.named_parameters()}
+    params = dict(named_parameter_values(model))  # a dispatched model's offloaded weights read back
     _refuse_unsaved_biases(model, params)
     if dtype == torch.float16:
         _refuse_fp16_overflow(params)

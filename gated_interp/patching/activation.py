@@ -25,6 +25,7 @@ from torch import Tensor
 from gated_interp._progress import progress_bar
 from gated_interp.analysis.bootstrap import bootstrap_ci
 from gated_interp.cache import CacheLike
+from gated_interp.devices import onloaded
 from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3, ModelInput
 from gated_interp.patching.metrics import Metric, metric_scalar
@@ -286,7 +287,8 @@ def _run_z_chunk(
         keep[torch.arange(k), patches[:, 2].to(delta.device) - start] = 1
         delta = delta * keep[:, :, None, None]
     block = model.blocks[layer]
-    W_O = block.attn.W_O[heads]  # [k, d_head, d_model]
+    with onloaded(block.attn):  # W_O's values also when a device map offloaded this block
+        W_O = block.attn.W_O[heads]  # [k, d_head, d_model]
     mid = (resid_mid[None] + torch.einsum("kpnd,kdm->knpm", delta, W_O)).flatten(0, 1)  # [k * n, pos, d_model]
     post = mid + block.mlp(block.ln2(mid))
     logits = run_from(model, run, layer + 1, start, post)
