@@ -122,7 +122,9 @@ def compare(ours, bridge, rows, tokens, full: int, linear: int) -> list[tuple[st
         found = holders(want, bridge_cache, layer)
         if not found:
             near = f"blocks.{layer}.{hint}"
-            found = [f"none ({near} {list(bridge_cache[near].shape)} holds something else)"] if near in bridge_cache else ["none"]
+            found = ["none"]
+            if near in bridge_cache:
+                found = [f"none ({near} {list(bridge_cache[near].shape)} holds something else)"]
         table.append((quantity, f"{name} {list(want.shape)}", "; ".join(found)))
     return table
 

@@ -53,10 +53,10 @@ from gated_interp.loading.bundled import TINY_DIR
 from gated_interp.train.data import evaluation_windows, make_windows, read_documents, tokenize_documents
 from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
 from gated_interp.train.trainer import (
-    CONFIG_FILE,
-    STATE_FILE,
     ARCHITECTURES,
+    CONFIG_FILE,
     LAYOUT_VARIANTS,
+    STATE_FILE,
     TRAINABLE_VARIANT_GATES,
     TrainConfig,
     train_variants,

@@ -29,7 +29,6 @@ from gated_interp.config import VARIANT_GATES, GatedQwen3Config
 from gated_interp.loading import save_hf
 from gated_interp.model import HookedGatedQwen3
 
-
 # The layouts the trainer builds, each with its variants and their gates. "qwen3" is the paper's
 # (every layer full attention, the gate's rows per key-value group); "qwen3_5" is Qwen3.5's hybrid
 # (`qwen3_5_architecture`), gated as it ships or not at all.
