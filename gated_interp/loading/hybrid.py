@@ -42,6 +42,12 @@ FAMILIES: dict[str, Family] = {
 VISION_PREFIX = "model.visual."
 IGNORED_PREFIXES = ("mtp.", VISION_PREFIX)
 _ARCHITECTURE_FAMILY = {family.architecture: model_type for model_type, family in FAMILIES.items()}
+# gated_interp's own config.json key, false for a model without the attention-output gate (the
+# ungated twin `gated_interp.train` trains beside a gated one). The families' format cannot say
+# "no gate" (transformers' Qwen3.5 always gates), so such a model is written with its gate rows of
+# q_proj all zero (sigmoid(0) = 1/2 exactly) and o_proj doubled: transformers computes the same
+# function, and loading reads it back ungated after checking that the gate rows are zero.
+UNGATED_KEY = "gated_interp_attn_output_gate"
 
 
 def is_hybrid_family(cfg: GatedQwen3Config) -> bool:
@@ -99,6 +105,8 @@ def config_from_hybrid_hf(
     if text.get("attention_bias"):
         raise CheckpointError("config.json sets attention_bias: the hybrid families are read without biases")
     n_heads, d_model = _int(text, "num_attention_heads"), _int(text, "hidden_size")
+    if text.get(UNGATED_KEY, True) not in (True, False):
+        raise CheckpointError(f"config.json: {UNGATED_KEY} must be true or false, got {text[UNGATED_KEY]!r}")
     try:
         return GatedQwen3Config(
             d_model=d_model,
@@ -109,7 +117,7 @@ def config_from_hybrid_hf(
             d_mlp=_int(text, "intermediate_size", 0),
             d_vocab=_int(text, "vocab_size"),
             n_ctx=text.get("max_position_embeddings") or 2048,
-            gate="elementwise",
+            gate="elementwise" if text.get(UNGATED_KEY, True) else "none",
             gate_layout="per_head",
             use_qk_norm=True,
             tie_word_embeddings=bool(text.get("tie_word_embeddings", tie_word_embeddings_default)),
@@ -286,7 +294,41 @@ def expected_shapes(cfg: GatedQwen3Config) -> dict[str, tuple[int, ...]]:
 
 
 def by_hf_name(cfg: GatedQwen3Config) -> dict[str, list[Part]]:
-    return {name: parts for name, _, parts in _rows(cfg)}
+    """HF tensor → the parts it loads into. For an ungated model (`UNGATED_KEY`) the gate rows
+    load into nothing (parameter name None) but must be zero, and o_proj is halved."""
+    table = {name: parts for name, _, parts in _rows(cfg)}
+    if cfg.gate != "none":
+        return table
+    for name, parts in table.items():
+        if name.endswith("self_attn.q_proj.weight"):
+            table[name] = [parts[0], (None, None, _zero_gate_rows(name, parts[1][2]))]
+        elif name.endswith("self_attn.o_proj.weight"):
+            ((ours, expert, rearrange),) = parts
+            table[name] = [(ours, expert, lambda t, rearrange=rearrange: rearrange(t) / 2)]
+    return table
+
+
+def _zero_gate_rows(name: str, gate_half: Any) -> Any:
+    def check(t: Tensor) -> None:
+        if bool(gate_half(t).any()):
+            raise CheckpointError(
+                f"config.json sets {UNGATED_KEY}: false, but the gate rows of {name} are not zero: the folder "
+                f"holds a gated model. Remove {UNGATED_KEY} from config.json to load it with its gate"
+            )
+
+    return check
+
+
+def with_neutral_gate(params: dict[str, Tensor], cfg: GatedQwen3Config) -> dict[str, Tensor]:
+    """An ungated model's parameters as the gated layout stores them: zero gate weights (every
+    gate 1/2) and each full-attention o_proj doubled, the same function (`UNGATED_KEY`)."""
+    out = dict(params)
+    for layer in cfg.full_attention_layers:
+        att = f"blocks.{layer}.attn"
+        w_q = params[f"{att}.W_Q"]
+        out[f"{att}.W_G"] = torch.zeros_like(w_q)
+        out[f"{att}.W_O"] = params[f"{att}.W_O"] * 2
+    return out
 
 
 def ignored(name: str) -> bool:
@@ -370,6 +412,14 @@ def hf_config_for_save(cfg: GatedQwen3Config, dtype_name: str) -> dict[str, Any]
         linear_conv_kernel_dim=cfg.linear_conv_kernel,
         dtype=dtype_name,
     )
+    hf.pop(UNGATED_KEY, None)
+    if cfg.gate == "none":
+        hf[UNGATED_KEY] = False
+    elif cfg.gate != "elementwise":
+        raise CheckpointError(
+            f"a {model_type} folder holds an elementwise gate per query head (or, with {UNGATED_KEY}, none); "
+            f"this model's gate is {cfg.gate!r}"
+        )
     if cfg.d_mlp or family.moe != "all":
         hf["intermediate_size"] = cfg.d_mlp
     if cfg.moe_layers:

@@ -206,6 +206,11 @@ def load_hybrid_folder(
     check_names_and_shapes(names, hybrid.expected_shapes(cfg), files, folder, described)
     files.check_float(names)
     table = hybrid.by_hf_name(cfg)
+    if dispatch is not None and cfg.gate == "none":
+        raise CheckpointError(
+            f"{folder}: an ungated model ({hybrid.UNGATED_KEY}: false) cannot be loaded with a device_map; "
+            "load it whole (these are small trained models)"
+        )
     if dispatch is not None:  # processed while loading (fold_ln, center_unembed), one block at a time
         return _dispatched(
             folder, cfg, files, names, lambda name, t: ((n, e, r(t)) for n, e, r in table[name]),
@@ -221,6 +226,9 @@ def load_hybrid_folder(
             if not bool(torch.isfinite(tensor).all()):
                 non_finite.append(name)
             for our_name, expert, rearrange in table[name]:
+                if our_name is None:  # an ungated model's zero gate rows: checked, not kept
+                    rearrange(tensor)
+                    continue
                 target = params[our_name] if expert is None else params[our_name][expert]
                 target.copy_(rearrange(tensor))
     if non_finite:

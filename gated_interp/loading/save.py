@@ -52,7 +52,11 @@ def save_hf(model: HookedGatedQwen3, folder: str | os.PathLike, dtype: torch.dty
         raise CheckpointError(f"cannot create the output folder {folder}: {error}") from None
     try:
         if hybrid.is_hybrid_family(cfg):  # Qwen3.5 / Qwen3-Next: their own names and config keys (loading/hybrid.py)
-            pairs, config = hybrid.to_hf(params, cfg), hybrid.hf_config_for_save(cfg, _DTYPE_NAMES[dtype])
+            config = hybrid.hf_config_for_save(cfg, _DTYPE_NAMES[dtype])
+            if cfg.gate == "none":  # the format always gates: a neutral gate stands in (hybrid.UNGATED_KEY)
+                pairs = hybrid.to_hf(hybrid.with_neutral_gate(params, cfg), cfg)
+            else:
+                pairs = hybrid.to_hf(params, cfg)
         else:
             pairs, config = ours_to_hf(params, cfg), hf_config_from(cfg, torch_dtype=_DTYPE_NAMES[dtype])
         tensors = {name: t.to("cpu", dtype).contiguous() for name, t in pairs}

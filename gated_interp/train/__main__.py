@@ -3,6 +3,13 @@
     python -m gated_interp.train --corpus CORPUS_DIR                  # writes runs/tiny
     python -m maintainer.model_card --run runs/tiny --corpus CORPUS_DIR --out OUT_DIR
 
+In Qwen3.5's layout (`--layout qwen3_5`: Gated DeltaNet on three layers of four, full attention
+on the fourth, norms of 1 + w, rotary on a quarter of each head), the pair hybrid_gated (the gate
+per query head, elementwise, as Qwen3.5 ships) and hybrid_ungated (the same model without it),
+saved as Qwen3.5 text folders that transformers' Qwen3_5ForCausalLM loads:
+
+    python -m gated_interp.train --corpus CORPUS_DIR --layout qwen3_5 --out runs/hybrid
+
 Stopping and resuming: a run stopped by --max-minutes, --stop-after-steps or an interruption
 continues from its last checkpoint (every --save-interval steps) with
 
@@ -46,11 +53,12 @@ from gated_interp.loading.bundled import TINY_DIR
 from gated_interp.train.data import evaluation_windows, make_windows, read_documents, tokenize_documents
 from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
 from gated_interp.train.trainer import (
+    ARCHITECTURES,
     CONFIG_FILE,
+    LAYOUT_VARIANTS,
     STATE_FILE,
-    VARIANT_GATES,
+    TRAINABLE_VARIANT_GATES,
     TrainConfig,
-    default_architecture,
     train_variants,
 )
 
@@ -82,7 +90,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path("runs/tiny"),
         help="output folder, one sub-folder per variant; default: runs/tiny (never the bundled models' folder)",
     )
-    parser.add_argument("--variants", nargs="+", default=list(defaults.variants), choices=list(VARIANT_GATES))
+    parser.add_argument(
+        "--layout",
+        choices=list(LAYOUT_VARIANTS),
+        default="qwen3",
+        help="qwen3: the paper's models (default); qwen3_5: Qwen3.5's hybrid layout (3 Gated DeltaNet : 1 "
+        "full-attention layers), variants hybrid_gated and hybrid_ungated",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=list(TRAINABLE_VARIANT_GATES),
+        help="default: every variant of --layout",
+    )
     parser.add_argument("--tokens", type=float, default=defaults.total_tokens, help="training tokens per variant")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
     parser.add_argument("--vocab-size", type=int, default=4096)
@@ -117,6 +138,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    layout_variants = LAYOUT_VARIANTS[args.layout]
+    if args.variants is None:
+        args.variants = list(layout_variants)
+    elif args.resume is None and not set(args.variants) <= set(layout_variants):
+        print(
+            f"error: --variants {' '.join(args.variants)}: the {args.layout} layout trains {list(layout_variants)}"
+            + ("" if args.layout == "qwen3_5" else "; add --layout qwen3_5 for the hybrid pair"),
+            file=sys.stderr,
+        )
+        return 2
     if args.resume is not None:
         args.out = args.resume
     if args.out.resolve() == TINY_DIR.resolve() or TINY_DIR.resolve() in args.out.resolve().parents:
@@ -146,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         train = TrainConfig.from_dict(json.loads(config_path.read_text()))
         tokenizer = AutoTokenizer.from_pretrained(args.resume / "_tokenizer")
     else:
-        architecture = default_architecture(
-            d_vocab=args.vocab_size,
-            n_ctx=args.seq_len,
-            use_qk_norm=args.qk_norm,
-            **{name: getattr(args, name) for name in MODEL_INT_OPTIONS + MODEL_FLOAT_OPTIONS},
-        )
+        try:
+            architecture = ARCHITECTURES[args.layout](
+                d_vocab=args.vocab_size,
+                n_ctx=args.seq_len,
+                use_qk_norm=args.qk_norm,
+                **{name: getattr(args, name) for name in MODEL_INT_OPTIONS + MODEL_FLOAT_OPTIONS},
+            )
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         train = TrainConfig(
             variants=tuple(args.variants),
             model=architecture,

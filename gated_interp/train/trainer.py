@@ -1,10 +1,11 @@
-"""Train the three variants side by side, differing only in the attention-output gate.
+"""Train the variants of one layout side by side, differing only in the attention-output gate.
 
 All variants share the tokenizer, the initial seed of every weight they have in common, the data
 and its order, and the hyperparameters: each step feeds the *same* batch to every variant. Every
 `eval_interval` steps each variant is evaluated on fixed held-out windows (loss, first-token
 attention per layer, max |residual| per layer), so that the emergence of the attention sink is
-recorded as it happens. Checkpoints are written with `save_hf` in the released format.
+recorded as it happens. Checkpoints are written with `save_hf`: in the released format for the
+paper's layout, as Qwen3.5 text folders (`qwen3_5_text`) for the hybrid one.
 """
 
 from __future__ import annotations
@@ -28,12 +29,57 @@ from gated_interp.config import VARIANT_GATES, GatedQwen3Config
 from gated_interp.loading import save_hf
 from gated_interp.model import HookedGatedQwen3
 
+# The layouts the trainer builds, each with its variants and their gates. "qwen3" is the paper's
+# (every layer full attention, the gate's rows per key-value group); "qwen3_5" is Qwen3.5's hybrid
+# (`qwen3_5_architecture`), gated as it ships or not at all.
+HYBRID_VARIANT_GATES: dict[str, str] = {"hybrid_gated": "elementwise", "hybrid_ungated": "none"}
+LAYOUT_VARIANTS: dict[str, dict[str, str]] = {"qwen3": VARIANT_GATES, "qwen3_5": HYBRID_VARIANT_GATES}
+TRAINABLE_VARIANT_GATES: dict[str, str] = {**VARIANT_GATES, **HYBRID_VARIANT_GATES}
+# Qwen3.5: one full-attention layer after every three Gated DeltaNet layers.
+FULL_ATTENTION_INTERVAL = 4
+
 
 def default_architecture(**overrides) -> GatedQwen3Config:
     """The tiny models' architecture (`GatedQwen3Config.tiny`, on the CPU): its per-run fields
     (`d_vocab` from the tokenizer, `n_ctx` from `seq_len`, `gate` from the variant) are filled in
     when the models are built."""
     return GatedQwen3Config.tiny(**{"device": "cpu", **overrides})
+
+
+def qwen3_5_architecture(**overrides) -> GatedQwen3Config:
+    """The tiny models' sizes in Qwen3.5's layout: layers linear, linear, linear, full, ...; every
+    norm multiplies by 1 + w; rotary on the first quarter of each head; the gate (when a variant
+    has one) elementwise per query head, its rows interleaved per head in q_proj; saved as a
+    `qwen3_5_text` folder. The Gated DeltaNet's widths follow Qwen3.5's proportions (query/key
+    heads half of d_model, value heads all of it): d_model / (2 d_head) key heads and twice as many
+    value heads of width d_head."""
+    base = default_architecture(**overrides)
+    if not base.use_qk_norm:
+        raise ValueError("the qwen3_5 layout always has per-head query and key norms (as Qwen3.5): drop --no-qk-norm")
+    if base.n_layers < FULL_ATTENTION_INTERVAL:
+        raise ValueError(
+            f"the qwen3_5 layout puts full attention on every {FULL_ATTENTION_INTERVAL}th layer: it needs "
+            f"n_layers >= {FULL_ATTENTION_INTERVAL}, got {base.n_layers}"
+        )
+    key_heads = max(1, base.d_model // (2 * base.d_head))
+    return replace(
+        base,
+        layer_types=tuple(
+            "full_attention" if (i + 1) % FULL_ATTENTION_INTERVAL == 0 else "linear_attention"
+            for i in range(base.n_layers)
+        ),
+        zero_centred_norms=True,
+        partial_rotary_factor=0.25,
+        gate_layout="per_head",
+        original_architecture="Qwen3_5ForCausalLM",
+        linear_n_key_heads=key_heads,
+        linear_n_value_heads=2 * key_heads,
+        linear_d_key=base.d_head,
+        linear_d_value=base.d_head,
+    )
+
+
+ARCHITECTURES = {"qwen3": default_architecture, "qwen3_5": qwen3_5_architecture}
 
 
 # The architecture keys of the old flat `train_config` layout (training summaries and the bundled
@@ -90,7 +136,8 @@ class TrainConfig:
         (d_model, n_layers, ..., rope_theta) sat next to the training ones."""
         data = dict(data)
         if "model" in data:
-            model = dict(data.pop("model"))
+            # JSON gives lists where the config holds tuples (layer_types, moe_layers).
+            model = {key: tuple(v) if isinstance(v, list) else v for key, v in data.pop("model").items()}
             if isinstance(model.get("dtype"), str):
                 model["dtype"] = getattr(torch, model["dtype"])
             architecture = GatedQwen3Config(**model)
@@ -120,11 +167,15 @@ def _default_of(f) -> Any:
 
 def model_config(train: TrainConfig, variant: str, vocab_size: int) -> GatedQwen3Config:
     """`train.model` with this run's vocabulary, context and the variant's gate."""
+    hybrid = train.model.layer_types is not None
+    if variant not in (HYBRID_VARIANT_GATES if hybrid else VARIANT_GATES):
+        layout = "qwen3_5" if hybrid else "qwen3"
+        raise ValueError(f"variant {variant!r} is not one of the {layout} layout's {list(LAYOUT_VARIANTS[layout])}")
     return replace(
         train.model,
         d_vocab=vocab_size,
         n_ctx=train.seq_len,
-        gate=VARIANT_GATES[variant],
+        gate=TRAINABLE_VARIANT_GATES[variant],
         model_name=f"tiny_{variant}",
     )
 
@@ -161,12 +212,13 @@ def make_optimizer(model: HookedGatedQwen3, train: TrainConfig) -> torch.optim.O
 
 
 def evaluate(model: HookedGatedQwen3, windows: Int[Tensor, "window pos"], batch_size: int = 16) -> dict[str, float]:
-    """Held-out loss, and per layer the mean attention that queries >= 1 give to position 0 and
-    the max |residual| after the block, on fixed windows (`analysis.streaming.measure`)."""
+    """Held-out loss, and per layer the mean attention that queries >= 1 give to position 0 (on
+    the full-attention layers: a hybrid's Gated DeltaNet layers have no attention pattern) and
+    the max |residual| after the block (every layer), on fixed windows (`analysis.streaming.measure`)."""
     m = measure(model, windows, batch_size=batch_size, progress=False)
     row = {"val_loss": m.loss()}
     by_layer = m.first_token_attention("layer").tolist()
-    row.update({f"first_token_attention_L{layer}": value for layer, value in enumerate(by_layer)})
+    row.update({f"first_token_attention_L{layer}": by_layer[layer] for layer in m.attention_layers})
     row.update({f"max_abs_resid_L{layer}": value for layer, value in enumerate(m.max_abs_resid_by_layer().tolist())})
     return row
 
