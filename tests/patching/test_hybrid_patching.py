@@ -230,5 +230,5 @@ def test_screen_and_verify_ranks_linear_heads(setup):
     exact = patch_heads(model, corrupted, clean_cache, metric, "lin_gate", progress=False)
     verified = result.table[result.table.verified]
     torch.testing.assert_close(
-        torch.tensor(verified.exact_metric.to_list()), exact[verified["layer"].to_list(), verified["head"].to_list()].double()
+        torch.tensor(verified.exact_metric.to_list(), dtype=torch.float64), exact[verified["layer"].to_list(), verified["head"].to_list()].double()
     )
