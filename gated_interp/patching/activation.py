@@ -35,7 +35,15 @@ from gated_interp.patching.runner import CorruptedRun, copy_logits, corrupted_ru
 from gated_interp.patching.runs import token_batch
 from gated_interp.patching.sites import RESID_ACTIVATIONS, Site, site
 
-__all__ = ["DEFAULT_MAX_TOKENS", "by_true_layer", "checked_clean", "patch_heads", "patch_resid", "result_dtype", "run_patch_chunk"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "by_true_layer",
+    "checked_clean",
+    "patch_heads",
+    "patch_resid",
+    "result_dtype",
+    "run_patch_chunk",
+]
 
 SweepResult = (
     Float[Tensor, "layer head"]
@@ -69,7 +77,10 @@ def patch_heads(
         forward derives (`cfg.default_padding_side="left"`).
     activation: "z", "z_pre_gate", "gate_logits", "gate", "q", "k", "v" (`[batch, pos, head, ...]`;
         k and v index key-value heads) or "pattern" / "attn_scores" (`[batch, head, q_pos, k_pos]`,
-        positions are destination positions).
+        positions are destination positions). On a hybrid model also the Gated DeltaNet's
+        "recurrent_out", "lin_gate", "lin_out", "lin_z", "lin_v", "beta", "decay" (value heads),
+        "lin_q", "lin_k" (key heads); the result spans every layer, NaN rows on the layers without
+        the activation (a hybrid's layers of the other type).
     per_position: patch one (head, position) at a time and return `[layer, head, pos]`; otherwise
         the head at all positions, `[layer, head]`. By position, each forward starts at its
         patches' position, reusing the corrupted run before it.

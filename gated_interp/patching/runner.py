@@ -88,7 +88,9 @@ def corrupted_run(
     wanted = ("resid_pre", "resid_mid", "z", "rot_k", "v")
     logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask, names_filter=names_filter(*wanted))
     # z, rot_k and v exist on full-attention layers only: None on a hybrid model's linear ones
-    per_layer = [[cache.cache_dict.get(hook_name(name, layer)) for layer in range(model.cfg.n_layers)] for name in wanted]
+    per_layer = [
+        [cache.cache_dict.get(hook_name(name, layer)) for layer in range(model.cfg.n_layers)] for name in wanted
+    ]
     return CorruptedRun(logits, attention_mask, *per_layer)
 
 
@@ -130,7 +132,9 @@ def _past(model: HookedGatedQwen3, run: CorruptedRun, layer: int, start: int, k:
     values of positions ..start - 1, or (linear attention) a fresh copy of its state there, which
     the block then advances in place."""
     if run.keys[layer] is not None:
-        return KVCacheEntry(run.keys[layer][:, :start].repeat(k, 1, 1, 1), run.values[layer][:, :start].repeat(k, 1, 1, 1))
+        return KVCacheEntry(
+            run.keys[layer][:, :start].repeat(k, 1, 1, 1), run.values[layer][:, :start].repeat(k, 1, 1, 1)
+        )
     state = run.prefix_state(model, layer, start)
     return RecurrentState(state.conv.repeat(k, 1, 1), state.recurrent.repeat(k, 1, 1, 1), n_seen=start)
 

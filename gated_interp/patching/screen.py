@@ -70,8 +70,8 @@ def screen_and_verify(
 ) -> ScreenResult:
     """Rank every head by AtP* on `activation` ("z", "gate_logits", "q", or "k" for key-value
     heads; on a hybrid model also the Gated DeltaNet's "recurrent_out", "lin_gate" or "lin_out",
-    ranking the linear-attention layers' value heads), then patch the `top_k` highest-ranked exactly (clean activation of that head at every
-    position into the corrupted run, batched as `patch_heads`).
+    ranking the linear-attention layers' value heads), then patch the `top_k` highest-ranked
+    exactly (clean activation of that head at every position into the corrupted run, batched as `patch_heads`).
 
     `metric(logits[batch, pos, d_vocab]) -> scalar` as for every sweep; `batch_size` patches per
     forward (default as `patch_heads`). Returns a `ScreenResult`; `exact_metric` equals what

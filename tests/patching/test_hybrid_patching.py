@@ -90,12 +90,13 @@ def test_sweeps_equal_transformer_lens_index_df(setup):
     model, clean, corrupted, metric = setup
     _, clean_cache = model.run_with_cache(clean)
     cfg = model.cfg
+    heads, by_pos = tl_patching.layer_head_vector_patch_setter, tl_patching.layer_pos_head_vector_patch_setter
     cases = [  # (activation, layers, heads, setter, index columns)
-        ("z", FULL, cfg.n_heads, tl_patching.layer_head_vector_patch_setter, ["layer", "head"]),
-        ("recurrent_out", LINEAR, cfg.linear_n_value_heads, tl_patching.layer_head_vector_patch_setter, ["layer", "head"]),
-        ("lin_gate", LINEAR, cfg.linear_n_value_heads, tl_patching.layer_pos_head_vector_patch_setter, ["layer", "pos", "head"]),
+        ("z", FULL, cfg.n_heads, heads, ["layer", "head"]),
+        ("recurrent_out", LINEAR, cfg.linear_n_value_heads, heads, ["layer", "head"]),
+        ("lin_gate", LINEAR, cfg.linear_n_value_heads, by_pos, ["layer", "pos", "head"]),
         ("resid_pre", range(cfg.n_layers), 0, tl_patching.layer_pos_patch_setter, ["layer", "pos"]),
-    ]  # fmt: skip
+    ]
     for activation, layers, n_heads, setter, columns in cases:
         sizes = {"layer": list(layers), "head": range(n_heads), "pos": range(N_POS)}
         index_df = pd.DataFrame(list(itertools.product(*(sizes[c] for c in columns))), columns=columns)
@@ -159,7 +160,7 @@ def test_clear_errors_on_hybrid(setup, tmp_path):
     dense, _, _ = make_tiny(tmp_path / "dense", gate="headwise", seed=1)
     tokens = torch.randint(0, 32, (2, 5))
     _, dense_cache = dense.run_with_cache(tokens)
-    with pytest.raises(ValueError, match=r"only on linear-attention \(Gated DeltaNet\) layers, and this model has none"):
+    with pytest.raises(ValueError, match=r"only on linear-attention \(Gated DeltaNet\) layers, and this model has"):
         patch_heads(dense, tokens, dense_cache, lambda logits: logits[:, -1, 0].mean(), "recurrent_out")
 
 
@@ -229,6 +230,5 @@ def test_screen_and_verify_ranks_linear_heads(setup):
     _, clean_cache = model.run_with_cache(clean)
     exact = patch_heads(model, corrupted, clean_cache, metric, "lin_gate", progress=False)
     verified = result.table[result.table.verified]
-    torch.testing.assert_close(
-        torch.tensor(verified.exact_metric.to_list(), dtype=torch.float64), exact[verified["layer"].to_list(), verified["head"].to_list()].double()
-    )
+    want = exact[verified["layer"].to_list(), verified["head"].to_list()].double()
+    torch.testing.assert_close(torch.tensor(verified.exact_metric.to_list(), dtype=torch.float64), want)
