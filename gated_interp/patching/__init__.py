@@ -20,7 +20,7 @@ from gated_interp.patching.metrics import logit_diff, normalized_metric
 from gated_interp.patching.planner import DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, SweepPlan
 from gated_interp.patching.results import HEAD_AXES, HEAD_POS_AXES, RESID_AXES, to_dataframe
 from gated_interp.patching.screen import ScreenResult, screen_and_verify, spearman
-from gated_interp.patching.sites import HEAD_ACTIVATIONS, RESID_ACTIVATIONS
+from gated_interp.patching.sites import HEAD_ACTIVATIONS, LINEAR_HEAD_ACTIVATIONS, RESID_ACTIVATIONS
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -28,6 +28,7 @@ __all__ = [
     "HEAD_ACTIVATIONS",
     "HEAD_AXES",
     "HEAD_POS_AXES",
+    "LINEAR_HEAD_ACTIVATIONS",
     "RESID_ACTIVATIONS",
     "RESID_AXES",
     "ScreenResult",

@@ -14,7 +14,7 @@ how much (`planner.SweepPlan`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from gated_interp._progress import progress_bar
 from gated_interp.analysis.bootstrap import bootstrap_ci
+from gated_interp.analysis.reductions import NOT_MEASURED
 from gated_interp.cache import CacheLike
 from gated_interp.devices import onloaded
 from gated_interp.masks import Mask
@@ -34,7 +35,15 @@ from gated_interp.patching.runner import CorruptedRun, copy_logits, corrupted_ru
 from gated_interp.patching.runs import token_batch
 from gated_interp.patching.sites import RESID_ACTIVATIONS, Site, site
 
-__all__ = ["DEFAULT_MAX_TOKENS", "checked_clean", "patch_heads", "patch_resid", "result_dtype", "run_patch_chunk"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "by_true_layer",
+    "checked_clean",
+    "patch_heads",
+    "patch_resid",
+    "result_dtype",
+    "run_patch_chunk",
+]
 
 SweepResult = (
     Float[Tensor, "layer head"]
@@ -68,7 +77,10 @@ def patch_heads(
         forward derives (`cfg.default_padding_side="left"`).
     activation: "z", "z_pre_gate", "gate_logits", "gate", "q", "k", "v" (`[batch, pos, head, ...]`;
         k and v index key-value heads) or "pattern" / "attn_scores" (`[batch, head, q_pos, k_pos]`,
-        positions are destination positions).
+        positions are destination positions). On a hybrid model also the Gated DeltaNet's
+        "recurrent_out", "lin_gate", "lin_out", "lin_z", "lin_v", "beta", "decay" (value heads),
+        "lin_q", "lin_k" (key heads); the result spans every layer, NaN rows on the layers without
+        the activation (a hybrid's layers of the other type).
     per_position: patch one (head, position) at a time and return `[layer, head, pos]`; otherwise
         the head at all positions, `[layer, head]`. By position, each forward starts at its
         patches' position, reusing the corrupted run before it.
@@ -95,8 +107,8 @@ def patch_heads(
     if where.head_axis is None:
         raise ValueError(f"{activation!r} has no heads: use patch_resid for residual-stream activations")
     tokens, mask = token_batch(model, corrupted_tokens, attention_mask)
-    n_heads = _clean(clean_cache, where, 0).shape[where.head_axis]
-    axes = [range(model.cfg.n_layers), range(n_heads)]
+    n_heads = _clean(clean_cache, where, where.layers[0]).shape[where.head_axis]
+    axes = [where.layers, range(n_heads)]
     if per_position:
         axes.append(range(tokens.shape[-1]))
     options = SweepOptions(batch_size, progress, n_boot, ci, seed, memory_budget, dry_run)
@@ -128,7 +140,7 @@ def patch_resid(
         raise ValueError(f"patch_resid patches {RESID_ACTIVATIONS}, got {activation!r}; use patch_heads for heads")
     where = site(model, activation)
     tokens, mask = token_batch(model, corrupted_tokens, attention_mask)
-    axes = [range(model.cfg.n_layers), range(tokens.shape[-1])]
+    axes = [where.layers, range(tokens.shape[-1])]
     options = SweepOptions(batch_size, progress, n_boot, ci, seed, memory_budget, dry_run)
     return _sweep(model, tokens, mask, clean_cache, metric, where, axes, options)
 
@@ -161,7 +173,7 @@ def _sweep(
     clean_cache: CacheLike,
     metric: Metric,
     where: Site,
-    axes: list[range],
+    axes: list[Sequence[int]],
     options: SweepOptions,
 ) -> SweepResult:
     """Run every patch in the grid `axes` (layer first; position last when there is one), in the
@@ -171,7 +183,7 @@ def _sweep(
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
     n_prompts, n_pos = tokens.shape
-    clean = [where.canonical(checked_clean(clean_cache, where, layer, tokens.shape)) for layer in axes[0]]
+    clean = {layer: where.canonical(checked_clean(clean_cache, where, layer, tokens.shape)) for layer in axes[0]}
     per_position = where.head_axis is None or len(axes) == 3
     # A z patch changes layer `layer` only through W_O, so its copies start at resid_mid:
     # corrupted resid_mid + (z_clean - z_corrupted)[head] @ W_O[head], skipping a recomputation of
@@ -209,10 +221,23 @@ def _sweep(
     bar.close()
     shape = tuple(len(a) for a in axes)
     if not n_boot:
-        return values.reshape(shape)
+        return by_true_layer(values.reshape(shape), axes[0], model.cfg.n_layers)
     # [prompt, patch] → [patch]
     lo, hi = bootstrap_ci(per_prompt.T, n_boot=n_boot, ci=options.ci, seed=options.seed)
-    return values.reshape(shape), lo.to(values.dtype).reshape(shape), hi.to(values.dtype).reshape(shape)
+    return tuple(
+        by_true_layer(x.to(values.dtype).reshape(shape), axes[0], model.cfg.n_layers) for x in (values, lo, hi)
+    )
+
+
+def by_true_layer(values: Tensor, layers: Sequence[int], n_layers: int) -> Tensor:
+    """`values` (one row per layer of `layers`) as `[n_layers, ...]`: row l is layer l, NaN
+    (`reductions.NOT_MEASURED`) on the layers without the activation (a hybrid model's layers of
+    the other type), as the analyses lay out their `[layer, head]` tensors."""
+    if list(layers) == list(range(n_layers)):
+        return values
+    out = values.new_full((n_layers, *values.shape[1:]), NOT_MEASURED)
+    out[list(layers)] = values
+    return out
 
 
 def checked_clean(clean_cache: CacheLike, where: Site, layer: int, shape: torch.Size) -> Tensor:
@@ -231,7 +256,7 @@ def checked_clean(clean_cache: CacheLike, where: Site, layer: int, shape: torch.
 def run_patch_chunk(
     model: HookedGatedQwen3,
     run: CorruptedRun,
-    clean: list[Tensor],
+    clean: dict[int, Tensor],
     where: Site,
     patches: Int[Tensor, "k n_axes"],
     chunk: Chunk,

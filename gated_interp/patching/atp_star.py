@@ -19,6 +19,13 @@ Nodes: "z" (each head's output, the plain AtP estimate `(z_c - z_x) · dM/dz`), 
 (gate fix), "q" (query heads, QK fix) and "k" (key-value heads, QK fix), per head or per
 (head, position). Patching "q" or "k" means patching `hook_q` / `hook_k` (the raw projections): at
 a given position the normalised, rotated query that enters the softmax is a function of it alone.
+
+On a hybrid model the Gated DeltaNet heads are nodes too: "recurrent_out" (the delta rule's output,
+before the gated norm), "lin_gate" (the output gate `silu(z)`) and "lin_out" (what the layer's
+`W_O` reads), each with the plain estimate `(a_c - a_x) · dM/da` and GradDrop. They need no fix:
+there is no softmax to saturate, and the output is linear in `lin_gate` (so its plain estimate is
+already the gate fix of `silu`: the nonlinearity is recomputed exactly in `lin_gate_c`).
+Estimates are `[layer, head]` over all layers, NaN on the layers of the other type.
 """
 
 from __future__ import annotations
@@ -30,18 +37,23 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from gated_interp import hooks
 from gated_interp.hooks import hook_name
 from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import result_dtype
+from gated_interp.patching.activation import by_true_layer, result_dtype
 from gated_interp.patching.metrics import Metric
 from gated_interp.patching.runs import clean_run, corrupted_with_grads, token_batch
+from gated_interp.patching.sites import site
 
-ATP_STAR_ACTIVATIONS = ("z", "gate_logits", "q", "k")
+# Gated DeltaNet nodes: plain estimates at the node itself (see the module docstring)
+LINEAR_STAR_ACTIVATIONS = ("recurrent_out", "lin_gate", "lin_out")
+ATP_STAR_ACTIVATIONS = ("z", "gate_logits", "q", "k") + LINEAR_STAR_ACTIVATIONS
 
 
 def default_star_activations(model: HookedGatedQwen3) -> tuple[str, ...]:
-    return ("z", "q", "k") + (("gate_logits",) if model.cfg.is_gated else ())
+    linear = ("recurrent_out", "lin_gate") if model.cfg.linear_attention_layers else ()
+    return ("z", "q", "k") + (("gate_logits",) if model.cfg.is_gated else ()) + linear
 
 
 def _needed(activations: Sequence[str]) -> tuple[set[str], set[str]]:
@@ -55,7 +67,8 @@ def _needed(activations: Sequence[str]) -> tuple[set[str], set[str]]:
     if "q" in activations or "k" in activations:
         clean |= {"rot_q", "rot_k"}
         corrupted |= {"rot_q", "rot_k", "pattern", "attn_scores"}
-    return clean, corrupted
+    linear = set(activations) & set(LINEAR_STAR_ACTIVATIONS)
+    return clean | linear, corrupted | linear
 
 
 def atp_star(
@@ -92,9 +105,10 @@ def atp_star(
             f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens {tuple(tokens.shape)} must have the "
             "same [batch, pos]"
         )
+    layers = {activation: site(model, activation).layers for activation in activations}  # checks each name
     clean_names, corrupted_names = _needed(activations)
     n_layers = model.cfg.n_layers
-    _, clean = clean_run(model, clean_tokens, _hook_names(clean_names, n_layers), attention_mask)
+    _, clean = clean_run(model, clean_tokens, _hook_names(model, clean_names), attention_mask)
     drops = list(range(n_layers)) if grad_drop and n_layers > 1 else [None]
     total: dict[str, Tensor] = {}
     for drop in drops:
@@ -103,19 +117,27 @@ def atp_star(
             est = torch.stack(
                 [
                     _estimate(model, activation, layer, clean.cache_dict, acts, grads, per_position)
-                    for layer in range(n_layers)
+                    for layer in layers[activation]
                 ]
             )
             if drop is not None:
                 est = est.abs()
             total[activation] = total.get(activation, 0) + est
     scale = 1 / (n_layers - 1) if drops[0] is not None else 1.0
-    return {a: (total[a] * scale).to(result_dtype(model)).cpu() for a in activations}
+    return {
+        a: by_true_layer((total[a] * scale).to(result_dtype(model)).cpu(), layers[a], n_layers) for a in activations
+    }
 
 
-def _hook_names(short_names: set[str], n_layers: int) -> list[str]:
-    """Full hook names of `short_names` in every layer, in a fixed order (the hooks' order)."""
-    return [hook_name(name, layer) for layer in range(n_layers) for name in sorted(short_names)]
+def _hook_names(model: HookedGatedQwen3, short_names: set[str]) -> list[str]:
+    """Full hook names of `short_names` in every layer that has them, in a fixed order."""
+    cfg = model.cfg
+    return [
+        hook_name(name, layer)
+        for layer in range(cfg.n_layers)
+        for name in sorted(short_names)
+        if hooks.spec(name).exists_at(cfg, layer)
+    ]
 
 
 def _corrupted_with_grads(
@@ -132,8 +154,8 @@ def _corrupted_with_grads(
     def block_grad(act: Tensor, hook: object) -> Tensor:
         return act.detach()  # same value forward, no gradient back through this block's output
 
-    names = _hook_names(short_names, model.cfg.n_layers)
-    wanted = _hook_names(short_names & {"z", "pattern"}, model.cfg.n_layers)
+    names = _hook_names(model, short_names)
+    wanted = _hook_names(model, short_names & {"z", "pattern", *LINEAR_STAR_ACTIVATIONS})
     blocked = [] if drop is None else [(hook_name(out, drop), block_grad) for out in ("attn_out", "mlp_out")]
     return corrupted_with_grads(model, tokens, metric, names, attention_mask, grad_names=wanted, extra_hooks=blocked)
 
@@ -156,6 +178,9 @@ def _estimate(
     def g(name: str) -> Tensor:
         return grads[hook_name(name, layer)].double()
 
+    if activation in LINEAR_STAR_ACTIVATIONS:  # the plain estimate at the node: [batch, pos, lin_v_head, d]
+        per = ((c(activation) - x(activation)) * g(activation)).sum(dim=(0, 3))  # [pos, head]
+        return per.T if per_position else per.sum(0)
     if activation in ("z", "gate_logits"):
         if activation == "z":
             delta = c("z") - x("z")  # [batch, pos, head, d_head]

@@ -9,6 +9,7 @@ position) of every requested activation at once (Nanda, "Attribution Patching", 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from jaxtyping import Float, Int
@@ -17,7 +18,7 @@ from torch import Tensor
 from gated_interp.cache import CacheLike
 from gated_interp.masks import Mask
 from gated_interp.model import HookedGatedQwen3
-from gated_interp.patching.activation import checked_clean, result_dtype
+from gated_interp.patching.activation import by_true_layer, checked_clean, result_dtype
 from gated_interp.patching.atp_star import atp_star
 from gated_interp.patching.metrics import Metric
 from gated_interp.patching.runs import clean_run, corrupted_with_grads, token_batch
@@ -25,8 +26,11 @@ from gated_interp.patching.sites import GATE_ACTIVATIONS, site
 
 
 def default_activations(model: HookedGatedQwen3) -> tuple[str, ...]:
-    """Head outputs and queries, plus the gate's activations when the model has a gate."""
-    return ("z", "q", "pattern") + (GATE_ACTIVATIONS if model.cfg.is_gated else ())
+    """Head outputs and queries, plus the gate's activations when the model has a gate; on a
+    hybrid model also the Gated DeltaNet heads' output before and the output gate (`recurrent_out`,
+    `lin_gate`)."""
+    linear = ("recurrent_out", "lin_gate") if model.cfg.linear_attention_layers else ()
+    return ("z", "q", "pattern") + (GATE_ACTIVATIONS if model.cfg.is_gated else ()) + linear
 
 
 def attribution_patching(
@@ -60,7 +64,7 @@ def attribution_patching(
     if method != "atp":
         raise ValueError(f"method must be 'atp' (attribution patching) or 'atp*' (AtP*), got {method!r}")
     activations = tuple(activations) if activations is not None else default_activations(model)
-    names = {site(model, a).hook_name(layer) for a in activations for layer in range(model.cfg.n_layers)}
+    names = {where.hook_name(layer) for where in map(partial(site, model), activations) for layer in where.layers}
     _, clean_cache = clean_run(model, clean_tokens, names, attention_mask)
     return attribution_patching_from_cache(
         model, corrupted_tokens, clean_cache, metric, activations, per_position, attention_mask
@@ -88,14 +92,14 @@ def attribution_patching_from_cache(
         model,
         tokens,
         metric,
-        [s.hook_name(layer) for s in sites for layer in range(model.cfg.n_layers)],
+        [s.hook_name(layer) for s in sites for layer in s.layers],
         attention_mask,
     )
 
     results = {}
     for where in sites:
         per_layer = []
-        for layer in range(model.cfg.n_layers):
+        for layer in where.layers:
             name = where.hook_name(layer)
             clean = checked_clean(clean_cache, where, layer, tokens.shape).to(acts[name])
             # [head?, pos, batch, rest...]: sum batch and features; then positions unless kept.
@@ -105,5 +109,6 @@ def attribution_patching_from_cache(
             if where.head_axis is not None and not per_position:
                 summed = summed.sum(-1)
             per_layer.append(summed)
-        results[where.activation] = torch.stack(per_layer).to(result_dtype(model)).cpu()
+        stacked = torch.stack(per_layer).to(result_dtype(model)).cpu()
+        results[where.activation] = by_true_layer(stacked, where.layers, model.cfg.n_layers)
     return results

@@ -69,8 +69,9 @@ def screen_and_verify(
     progress: bool | None = None,
 ) -> ScreenResult:
     """Rank every head by AtP* on `activation` ("z", "gate_logits", "q", or "k" for key-value
-    heads), then patch the `top_k` highest-ranked exactly (clean activation of that head at every
-    position into the corrupted run, batched as `patch_heads`).
+    heads; on a hybrid model also the Gated DeltaNet's "recurrent_out", "lin_gate" or "lin_out",
+    ranking the linear-attention layers' value heads), then patch the `top_k` highest-ranked
+    exactly (clean activation of that head at every position into the corrupted run, batched as `patch_heads`).
 
     `metric(logits[batch, pos, d_vocab]) -> scalar` as for every sweep; `batch_size` patches per
     forward (default as `patch_heads`). Returns a `ScreenResult`; `exact_metric` equals what
@@ -82,13 +83,16 @@ def screen_and_verify(
     estimates = atp_star(
         model, clean_tokens, corrupted_tokens, metric, [activation], attention_mask=attention_mask, grad_drop=grad_drop
     )[activation]
-    n_layers, n_heads = estimates.shape
-    order = estimates.abs().flatten().argsort(descending=True)
+    n_heads = estimates.shape[1]
+    flat = estimates.flatten()
+    # On a hybrid model the rows of the other layer type are NaN (not measured): rank the rest.
+    measured = (~torch.isnan(flat)).nonzero()[:, 0]
+    order = measured[flat[measured].abs().argsort(descending=True)]
     top = order[: min(top_k, len(order))]
     patches = torch.stack([top // n_heads, top % n_heads], dim=1)  # [k, (layer, head)]
 
     tokens, corrupted_mask = token_batch(model, corrupted_tokens, attention_mask)
-    names = {where.hook_name(layer) for layer in range(n_layers)}
+    names = {where.hook_name(layer) for layer in where.layers}
     clean_logits, clean_cache = clean_run(
         model, token_batch(model, clean_tokens, attention_mask)[0], names, attention_mask
     )
@@ -96,7 +100,7 @@ def screen_and_verify(
     with torch.no_grad():
         clean_value = float(metric_scalar(metric(clean_logits)))
         corrupted_value = float(metric_scalar(metric(run.logits)))
-    canonical = [where.canonical(clean_cache[where.hook_name(layer)]) for layer in range(n_layers)]
+    canonical = {layer: where.canonical(clean_cache[where.hook_name(layer)]) for layer in where.layers}
     if batch_size is None:
         batch_size = max(1, DEFAULT_MAX_TOKENS // tokens.numel())
     exact = torch.empty(len(patches), dtype=result_dtype(model))
@@ -111,7 +115,6 @@ def screen_and_verify(
             bar.update(len(chunk))
     bar.close()
 
-    flat = estimates.flatten()
     table = pd.DataFrame(
         {
             "layer": (order // n_heads).tolist(),

@@ -260,16 +260,3 @@ def test_ablation_effects_with_intervals_on_both_kinds(hybrid, run):
     assert table.loc["open linear gates", "loss"] == pytest.approx(float(hybrid.loss_fn(logits, tokens)), rel=1e-5)
     assert (table.loss_lo <= table.loss + 1e-9).all() and (table.loss <= table.loss_hi + 1e-9).all()
 
-
-def test_patching_sweeps_refuse_hybrid_models_by_name(hybrid, run):
-    from gated_interp import patching
-
-    tokens, cache = run
-    metric = lambda logits: logits[:, -1, 0].mean()  # noqa: E731
-    for call in (
-        lambda: patching.patch_heads(hybrid, tokens.flip(-1), cache, metric),
-        lambda: patching.patch_resid(hybrid, tokens.flip(-1), cache, metric),
-        lambda: patching.attribution_patching(hybrid, tokens, tokens.flip(-1), metric),
-    ):
-        with pytest.raises(ValueError, match=r"hybrid models yet \(linear-attention layers \[0, 2\]\).*index_df"):
-            call()
