@@ -82,10 +82,11 @@ class GatedDeltaNet(nn.Module):
         kh, vh, dk, dv = cfg.linear_n_key_heads, cfg.linear_n_value_heads, cfg.linear_d_key, cfg.linear_d_value
         carried = state is not None and state.conv is not None
         # Queries, keys and values each: projection, causal depthwise convolution over the inputs
-        # carried from earlier positions and these, SiLU. The convolution is per channel, so the
-        # three parts run apart: concatenating their weights into transformers' one matrix
-        # would copy them on every call.
+        # carried from earlier positions (zeros on a first call: the convolution pads, no copy)
+        # and these, SiLU. The convolution is per channel, so the three parts run apart:
+        # concatenating their weights into transformers' one matrix would copy them every call.
         widths = [kh * dk, kh * dk, vh * dv]
+        n_past = cfg.linear_conv_kernel - 1
         parts, histories = [], []
         for W, conv, past in zip(
             (self.W_Q, self.W_K, self.W_V),
@@ -94,10 +95,15 @@ class GatedDeltaNet(nn.Module):
         ):
             projected = F.linear(x, as_matrix(W).T).transpose(1, 2)  # [batch, channel, pos]
             if past is None:
-                past = projected.new_zeros(batch, projected.shape[1], cfg.linear_conv_kernel - 1)
-            history = torch.cat([past.to(projected.dtype), projected], dim=-1)
-            parts.append(F.silu(F.conv1d(history, conv[:, None, :], groups=conv.shape[0])).transpose(1, 2))
-            histories.append(history[..., pos:])
+                convolved = F.conv1d(projected, conv[:, None, :], padding=n_past, groups=conv.shape[0])[..., :pos]
+                kept = projected[..., max(0, pos - n_past) :]
+                history = F.pad(kept, (n_past - kept.shape[-1], 0)) if state is not None else None
+            else:
+                history = torch.cat([past.to(projected.dtype), projected], dim=-1)
+                convolved = F.conv1d(history, conv[:, None, :], groups=conv.shape[0])
+                history = history[..., history.shape[-1] - n_past :]
+            parts.append(F.silu(convolved).transpose(1, 2))
+            histories.append(history)
         q = self.hook_q(parts[0].unflatten(-1, (kh, dk)))
         k = self.hook_k(parts[1].unflatten(-1, (kh, dk)))
         v = self.hook_v(parts[2].unflatten(-1, (vh, dv)))
