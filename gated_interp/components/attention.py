@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformer_lens import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
-from gated_interp.components.bias import register_bias
+from gated_interp.components.bias import bias_to_add, register_bias
 from gated_interp.components.per_head import as_matrix, per_head_weight
 from gated_interp.components.rms_norm import RMSNorm
 from gated_interp.components.rotary import RotaryEmbedding
@@ -131,8 +131,8 @@ class GatedAttention(nn.Module):
         One matmul against `W` as `[d_model, head * d]` (a view: see `per_head`): an einsum here
         runs one small batched matmul per head and then permutes its output, which is measurably
         slower than the single large matmul Hugging Face's `nn.Linear` does. The bias rides in
-        the same call (`addmm`), so a zero bias costs next to nothing."""
-        return F.linear(x, as_matrix(W).T, b.flatten()).unflatten(-1, (W.shape[0], W.shape[2]))
+        the same call (`addmm`); a zero bias buffer is left out (`bias_to_add`)."""
+        return F.linear(x, as_matrix(W).T, bias_to_add(b.flatten())).unflatten(-1, (W.shape[0], W.shape[2]))
 
     @staticmethod
     def _project_heads(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
@@ -205,7 +205,7 @@ class GatedAttention(nn.Module):
             )
             return result.sum(dim=-2) + self.b_O
         # `W_O [head, d_head, d_model]` is already `[head * d_head, d_model]` in memory.
-        return F.linear(z.flatten(-2), self.W_O.flatten(0, 1).T, self.b_O)
+        return F.linear(z.flatten(-2), self.W_O.flatten(0, 1).T, bias_to_add(self.b_O))
 
     def _attend(
         self,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from gated_interp.components.bias import register_bias
+from gated_interp.components.bias import bias_to_add, register_bias
 from gated_interp.config import GatedQwen3Config
 
 
@@ -54,4 +54,4 @@ class Unembed(nn.Module):
         self.W_U = nn.Parameter(W_U, requires_grad=self._embed.W_E.requires_grad)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return F.linear(x, self.W_U.T, self.b_U)
+        return F.linear(x, self.W_U.T, bias_to_add(self.b_U))
