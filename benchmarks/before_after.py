@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
     print(
-        f"{args.folder.name}: batch {args.batch} x {args.pos}, {args.rounds} rounds, {torch.get_num_threads()} threads, "
-        f"load average {os.getloadavg()[0]:.1f}; before ({args.rev}) vs after logits: max |diff| {difference:.1e}"
+        f"{args.folder.name}: batch {args.batch} x {args.pos}, {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+        f"before ({args.rev}) vs after logits: max |diff| {difference:.1e}"
     )
     for name in fns:
         print(f"  {name:<24} {statistics.median(times[name]) * 1e3:9.1f} ms (median)")

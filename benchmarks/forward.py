@@ -182,7 +182,9 @@ def speed_figures(size: str, work: Path, repeats: int, warmup: int) -> tuple[lis
             {"ours_cache": ours_cache, "hf_eager_full": hf_full, "ours_hooks": ours_hooks}, repeats, warmup
         )
         figures.append(ratio_figure("run_with_cache / HF eager+outputs", times, "ours_cache", "hf_eager_full", 1.5))
-        figures.append(ratio_figure("every hook, none kept / HF eager+outputs", times, "ours_hooks", "hf_eager_full", None))
+        figures.append(
+            ratio_figure("every hook, none kept / HF eager+outputs", times, "ours_hooks", "hf_eager_full", None)
+        )
 
         times = interleaved(
             {

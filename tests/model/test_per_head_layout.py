@@ -45,9 +45,8 @@ def test_the_matmul_reads_per_head_weights_in_place(hybrid_folder):
         for dtype in (torch.float32, torch.float64):  # loaded and folded, then cast
             model.to(dtype)
             weights = per_head_weights(model)
-            assert any(".attn.W_G" in n for n in weights) and any("linear_attn" in n for n in weights) or (
-                label == "gate_headwise"
-            )
+            assert any(".attn.W_G" in n for n in weights)
+            assert any(".linear_attn." in n for n in weights) == (label == "qwen3_5_text")
             for name, W in weights.items():
                 matrix = as_matrix(W)
                 assert matrix.data_ptr() == W.data_ptr() and matrix.is_contiguous(), f"{label} {name} is copied"
