@@ -7,6 +7,8 @@ folder), all in one process, float32, `torch.no_grad()`, after warm-up:
   forward / HF sdpa          our plain forward (no hooks) over HF with attn_implementation="sdpa"
   run_with_cache / HF eager  our `run_with_cache()` (full cache) over HF eager with
                              output_attentions=True, output_hidden_states=True
+  every hook / HF eager      (information) `run_with_hooks` with a no-op hook on every hook point:
+                             the hooks' own cost, without keeping the cache's activations
   forward / HF eager         (information) our plain forward over plain HF eager
   headwise / baseline        (information) our forward with a headwise gate over our baseline forward
   elementwise / baseline     (information) the same for the elementwise gate
@@ -22,6 +24,7 @@ Run from the repository root:
 
     python benchmarks/forward.py                 # the ~100M-parameter model, batch 4 x 256
     python benchmarks/forward.py --size small    # a quick run on a small model
+    python benchmarks/forward.py --size 40m      # 42M parameters, batch 4 x 128
     python benchmarks/forward.py --out results.json --repeats 7
 """
 
@@ -55,6 +58,11 @@ SIZES: dict[str, dict[str, Any]] = {
         config=replace(_SMALL, d_model=768, n_layers=12, n_heads=12, n_key_value_heads=4, d_mlp=2048, d_vocab=16000),
         batch=4,
         seq=256,
+    ),
+    "40m": dict(
+        config=replace(_SMALL, d_model=512, n_layers=8, n_heads=8, n_key_value_heads=4, d_mlp=1536, d_vocab=16000),
+        batch=4,
+        seq=128,
     ),
     "small": dict(config=_SMALL, batch=2, seq=128),
 }
@@ -167,8 +175,16 @@ def speed_figures(size: str, work: Path, repeats: int, warmup: int) -> tuple[lis
         def hf_full() -> None:
             hf_eager(tokens, output_attentions=True, output_hidden_states=True)
 
-        times = interleaved({"ours_cache": ours_cache, "hf_eager_full": hf_full}, repeats, warmup)
+        def ours_hooks() -> None:  # every hook fires (eager attention, as the cache needs), nothing is kept
+            ours.run_with_hooks(tokens, fwd_hooks=[(lambda name: True, lambda tensor, hook: None)])
+
+        times = interleaved(
+            {"ours_cache": ours_cache, "hf_eager_full": hf_full, "ours_hooks": ours_hooks}, repeats, warmup
+        )
         figures.append(ratio_figure("run_with_cache / HF eager+outputs", times, "ours_cache", "hf_eager_full", 1.5))
+        figures.append(
+            ratio_figure("every hook, none kept / HF eager+outputs", times, "ours_hooks", "hf_eager_full", None)
+        )
 
         times = interleaved(
             {

@@ -17,11 +17,13 @@ once; then, in this one process, float32, `torch.no_grad()`, after warm-up, inte
 
     python benchmarks/hybrid.py                       # the real shape (a ~0.8B model: minutes on a CPU)
     python benchmarks/hybrid.py --vocab 32000 --pos 128 --repeats 5
+    python benchmarks/hybrid.py --vocab 32000 --pos 128 --repeats 7 --threads 1   # steadier on a busy machine
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -71,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None, help="folder for the random checkpoint (default: temporary)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import transformers
 
@@ -122,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(
             ratio_figure("run_with_cache / bridge", times, "ours run_with_cache", "bridge run_with_cache", 1.0)
         )
-    print(f"batch {args.batch} x {args.pos} tokens, vocab {args.vocab}, {probe['n_params'] / 1e6:.0f}M parameters")
+    print(
+        f"batch {args.batch} x {args.pos} tokens, vocab {args.vocab}, {probe['n_params'] / 1e6:.0f}M parameters, "
+        f"{torch.get_num_threads()} threads, {args.repeats} rounds, load average {os.getloadavg()[0]:.1f}"
+    )
     print_table(figures)
     if why_not:
         print(f"TransformerBridge: not timed, it did not boot from {folder}: {why_not}")

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from transformer_lens import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
-from gated_interp.components.bias import register_bias
+from gated_interp.components.bias import bias_to_add, register_bias
+from gated_interp.components.per_head import as_matrix, per_head_weight
 from gated_interp.components.rms_norm import RMSNorm
 from gated_interp.components.rotary import RotaryEmbedding
 from gated_interp.config import GatedQwen3Config
@@ -52,13 +53,14 @@ class GatedAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, kv, d, m = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
-        self.W_Q = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
-        self._W_K = nn.Parameter(torch.empty(kv, m, d, dtype=cfg.dtype))
-        self._W_V = nn.Parameter(torch.empty(kv, m, d, dtype=cfg.dtype))
+        # Laid out for one matmul over every head (`per_head`): no weight copy per call.
+        self.W_Q = per_head_weight(h, m, d, cfg.dtype)
+        self._W_K = per_head_weight(kv, m, d, cfg.dtype)
+        self._W_V = per_head_weight(kv, m, d, cfg.dtype)
         self.W_O = nn.Parameter(torch.empty(h, d, m, dtype=cfg.dtype))
         bias_shapes = {"b_Q": (h, d), "_b_K": (kv, d), "_b_V": (kv, d), "b_O": (m,)}
         if cfg.is_gated:
-            self.W_G = nn.Parameter(torch.empty(h, m, cfg.gate_width, dtype=cfg.dtype))
+            self.W_G = per_head_weight(h, m, cfg.gate_width, cfg.dtype)
             bias_shapes["b_G"] = (h, cfg.gate_width)
         for name, shape in bias_shapes.items():
             register_bias(self, name, shape, cfg.qkv_bias, cfg.dtype)
@@ -126,13 +128,11 @@ class GatedAttention(nn.Module):
         """`x [batch, pos, d_model]` times per-head `W [head, d_model, d]` plus `b [head, d]` →
         `[batch, pos, head, d]`.
 
-        One matmul against `W` laid out as `[d_model, head * d]` (a small copy per call): an
-        einsum here runs one small batched matmul per head and then permutes its output, which
-        is measurably slower than the single large matmul Hugging Face's `nn.Linear` does. The
-        bias rides in the same call (`addmm`), so a zero bias costs next to nothing."""
-        heads, d_model, width = W.shape
-        weight = W.transpose(0, 1).reshape(d_model, heads * width)
-        return F.linear(x, weight.T, b.flatten()).unflatten(-1, (heads, width))
+        One matmul against `W` as `[d_model, head * d]` (a view: see `per_head`): an einsum here
+        runs one small batched matmul per head and then permutes its output, which is measurably
+        slower than the single large matmul Hugging Face's `nn.Linear` does. The bias rides in
+        the same call (`addmm`); a zero bias buffer is left out (`bias_to_add`)."""
+        return F.linear(x, as_matrix(W).T, bias_to_add(b.flatten())).unflatten(-1, (W.shape[0], W.shape[2]))
 
     @staticmethod
     def _project_heads(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
@@ -205,7 +205,7 @@ class GatedAttention(nn.Module):
             )
             return result.sum(dim=-2) + self.b_O
         # `W_O [head, d_head, d_model]` is already `[head * d_head, d_model]` in memory.
-        return F.linear(z.flatten(-2), self.W_O.flatten(0, 1).T, self.b_O)
+        return F.linear(z.flatten(-2), self.W_O.flatten(0, 1).T, bias_to_add(self.b_O))
 
     def _attend(
         self,

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from gated_interp.components.per_head import as_matrix, per_head_weight
 from gated_interp.config import GatedQwen3Config
 from gated_interp.masks import Mask
 
@@ -43,10 +44,11 @@ class GatedDeltaNet(nn.Module):
         self.cfg = cfg
         m, dt = cfg.d_model, cfg.dtype
         kh, vh, dk, dv = cfg.linear_n_key_heads, cfg.linear_n_value_heads, cfg.linear_d_key, cfg.linear_d_value
-        self.W_Q = nn.Parameter(torch.empty(kh, m, dk, dtype=dt))
-        self.W_K = nn.Parameter(torch.empty(kh, m, dk, dtype=dt))
-        self.W_V = nn.Parameter(torch.empty(vh, m, dv, dtype=dt))
-        self.W_Z = nn.Parameter(torch.empty(vh, m, dv, dtype=dt))  # the output gate's input
+        # Laid out for one matmul over every head (`per_head`): no weight copy per call.
+        self.W_Q = per_head_weight(kh, m, dk, dt)
+        self.W_K = per_head_weight(kh, m, dk, dt)
+        self.W_V = per_head_weight(vh, m, dv, dt)
+        self.W_Z = per_head_weight(vh, m, dv, dt)  # the output gate's input
         self.W_b = nn.Parameter(torch.empty(m, vh, dtype=dt))  # beta logits (write strength)
         self.W_a = nn.Parameter(torch.empty(m, vh, dtype=dt))  # decay input
         # Depthwise convolution over the channels [queries, keys, values] (transformers' order).
@@ -79,17 +81,34 @@ class GatedDeltaNet(nn.Module):
             x = x * padding_mask[:, :, None].to(x.dtype)
         batch, pos, _ = x.shape
         kh, vh, dk, dv = cfg.linear_n_key_heads, cfg.linear_n_value_heads, cfg.linear_d_key, cfg.linear_d_value
-        qkv_weight = torch.cat([w.transpose(0, 1).flatten(1) for w in (self.W_Q, self.W_K, self.W_V)], dim=1)
-        mixed = F.linear(x, qkv_weight.T).transpose(1, 2)  # [batch, d_conv, pos]
         carried = state is not None and state.conv is not None
-        past = state.conv if carried else mixed.new_zeros(batch, mixed.shape[1], cfg.linear_conv_kernel - 1)
-        history = torch.cat([past.to(mixed.dtype), mixed], dim=-1)
-        mixed = F.silu(F.conv1d(history, self.conv[:, None, :], groups=mixed.shape[1])).transpose(1, 2)
-        q, k, v = mixed.split([kh * dk, kh * dk, vh * dv], dim=-1)
-        q = self.hook_q(q.unflatten(-1, (kh, dk)))
-        k = self.hook_k(k.unflatten(-1, (kh, dk)))
-        v = self.hook_v(v.unflatten(-1, (vh, dv)))
-        z = self.hook_z(F.linear(x, self.W_Z.transpose(0, 1).flatten(1).T).unflatten(-1, (vh, dv)))
+        # Queries, keys and values each: projection, causal depthwise convolution over the inputs
+        # carried from earlier positions (zeros on a first call: the convolution pads, no copy)
+        # and these, SiLU. The convolution is per channel, so the three parts run apart:
+        # concatenating their weights into transformers' one matrix would copy them every call.
+        widths = [kh * dk, kh * dk, vh * dv]
+        n_past = cfg.linear_conv_kernel - 1
+        parts, histories = [], []
+        for W, conv, past in zip(
+            (self.W_Q, self.W_K, self.W_V),
+            self.conv.split(widths),
+            state.conv.split(widths, dim=1) if carried else [None] * 3,
+        ):
+            projected = F.linear(x, as_matrix(W).T).transpose(1, 2)  # [batch, channel, pos]
+            if past is None:
+                convolved = F.conv1d(projected, conv[:, None, :], padding=n_past, groups=conv.shape[0])[..., :pos]
+                kept = projected[..., max(0, pos - n_past) :]
+                history = F.pad(kept, (n_past - kept.shape[-1], 0)) if state is not None else None
+            else:
+                history = torch.cat([past.to(projected.dtype), projected], dim=-1)
+                convolved = F.conv1d(history, conv[:, None, :], groups=conv.shape[0])
+                history = history[..., history.shape[-1] - n_past :]
+            parts.append(F.silu(convolved).transpose(1, 2))
+            histories.append(history)
+        q = self.hook_q(parts[0].unflatten(-1, (kh, dk)))
+        k = self.hook_k(parts[1].unflatten(-1, (kh, dk)))
+        v = self.hook_v(parts[2].unflatten(-1, (vh, dv)))
+        z = self.hook_z(F.linear(x, as_matrix(self.W_Z).T).unflatten(-1, (vh, dv)))
         beta = self.hook_beta(torch.sigmoid(F.linear(x, self.W_b.T)))
         # In float32 as transformers does (A_log.exp() overflows half precision).
         a = F.linear(x, self.W_a.T).float()
@@ -99,7 +118,7 @@ class GatedDeltaNet(nn.Module):
         recurrent_out = self.hook_recurrent_out(recurrent_out)
         out = self.hook_out(self._gated_norm(recurrent_out, z))
         if state is not None:
-            state.conv, state.recurrent = history[..., pos:], recurrent
+            state.conv, state.recurrent = torch.cat(histories, dim=1), recurrent
             state.n_seen += pos
         return F.linear(out.flatten(-2), self.W_O.flatten(0, 1).T)
 

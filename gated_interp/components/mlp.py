@@ -8,7 +8,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from gated_interp.components.bias import register_bias
+from gated_interp.components.bias import bias_to_add, register_bias
 from gated_interp.config import GatedQwen3Config
 
 
@@ -32,7 +32,7 @@ class GatedMLP(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         # Each bias sits on its own projection, as an `nn.Linear` bias would (`b_in` on the up
         # projection, not after the product as in TransformerLens' GatedMLP); all are zero here.
-        pre = self.hook_pre(F.linear(x, self.W_gate.T, self.b_gate))
-        pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
+        pre = self.hook_pre(F.linear(x, self.W_gate.T, bias_to_add(self.b_gate)))
+        pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, bias_to_add(self.b_in)))
         post = self.hook_post(F.silu(pre) * pre_linear)
-        return F.linear(post, self.W_out.T, self.b_out)
+        return F.linear(post, self.W_out.T, bias_to_add(self.b_out))

@@ -270,13 +270,37 @@ def _deltanet_rows(
     )
 
 
+# Routed experts sit on disk either one module per expert (`experts.{e}.gate_proj.weight`, ...) or
+# fused, as transformers' modules hold them (`experts.gate_up_proj [expert, 2 d_mlp_expert, d_model]`,
+# gate rows first, and `experts.down_proj [expert, d_model, d_mlp_expert]`); transformers reads both
+# for qwen3_5_moe and qwen3_next (conversion_mapping's "qwen2_moe" merges the first into the second).
+# `cfg.hf_extra[FUSED_EXPERTS]` records which a folder had, so that `save_hf` writes it back so.
+FUSED_EXPERTS = "fused_experts"
+
+
+def note_expert_layout(cfg: GatedQwen3Config, names: set[str]) -> None:
+    """Record in `cfg` whether the folder's tensor `names` hold fused experts (read by `_moe_rows`)."""
+    cfg.hf_extra[FUSED_EXPERTS] = any(name.endswith(".mlp.experts.gate_up_proj") for name in names)
+
+
 def _moe_rows(hf: str, ours: str, cfg: GatedQwen3Config) -> Iterator[tuple[str, tuple[int, ...], list[Part]]]:
-    m, f = cfg.d_model, cfg.d_mlp_expert
-    yield f"{hf}.gate.weight", (cfg.n_experts, m), [(f"{ours}.W_router", None, _t)]
-    for e in range(cfg.n_experts):
-        yield f"{hf}.experts.{e}.gate_proj.weight", (f, m), [(f"{ours}.W_gate", e, _t)]
-        yield f"{hf}.experts.{e}.up_proj.weight", (f, m), [(f"{ours}.W_in", e, _t)]
-        yield f"{hf}.experts.{e}.down_proj.weight", (m, f), [(f"{ours}.W_out", e, _t)]
+    m, f, e = cfg.d_model, cfg.d_mlp_expert, cfg.n_experts
+    yield f"{hf}.gate.weight", (e, m), [(f"{ours}.W_router", None, _t)]
+    if cfg.hf_extra.get(FUSED_EXPERTS):
+        yield (
+            f"{hf}.experts.gate_up_proj",
+            (e, 2 * f, m),
+            [
+                (f"{ours}.W_gate", None, lambda t: t[:, :f].transpose(1, 2)),
+                (f"{ours}.W_in", None, lambda t: t[:, f:].transpose(1, 2)),
+            ],
+        )
+        yield f"{hf}.experts.down_proj", (e, m, f), [(f"{ours}.W_out", None, lambda t: t.transpose(1, 2))]
+    else:
+        for expert in range(e):
+            yield f"{hf}.experts.{expert}.gate_proj.weight", (f, m), [(f"{ours}.W_gate", expert, _t)]
+            yield f"{hf}.experts.{expert}.up_proj.weight", (f, m), [(f"{ours}.W_in", expert, _t)]
+            yield f"{hf}.experts.{expert}.down_proj.weight", (m, f), [(f"{ours}.W_out", expert, _t)]
     if cfg.d_mlp_shared:
         s = cfg.d_mlp_shared
         for name, ours_name, shape in (

@@ -199,6 +199,7 @@ def load_hybrid_folder(
         device=device,
         model_name=folder.name,
     )
+    hybrid.note_expert_layout(cfg, names)  # per-expert or fused tensors: expected_shapes follows
     if cfg.tie_word_embeddings and "lm_head.weight" in names:
         check_tied_copy(files, folder, embed_name=f"{hybrid.family_of(cfg).prefix}embed_tokens.weight")
         names.discard("lm_head.weight")
