@@ -37,8 +37,13 @@ def models(tmp_path_factory):
 
 
 def _equal(got, want, what):
+    """Equal to float32 rounding (<= 1e-5 relative to max(1, |x|)): a block read back from the disk
+    holds its weights contiguous, not in the per-head layout the whole model reads in place, so its
+    matrix products may sum in another order (a few 1e-6 here)."""
     assert got.shape == want.shape, what
-    assert torch.allclose(got.float(), want.float(), rtol=0, atol=1e-6), f"{what}: {(got - want).abs().max()}"
+    got, want = got.float(), want.float()
+    error = torch.where(got == want, 0.0, (got - want).abs() / want.abs().clamp(min=1))  # masked scores: -inf
+    assert bool((error <= 1e-5).all()), f"{what}: {error.max()}"
 
 
 def test_offloaded_parameters_are_on_meta_and_the_map_is_kept(models):
