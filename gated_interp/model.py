@@ -61,18 +61,21 @@ class HookedGatedQwen3(
     HookedRoot,
 ):
     """Qwen3 (RMSNorm, rotary, grouped-query attention, q/k norm, SwiGLU) whose attention output
-    may be scaled by a sigmoid gate (`cfg.gate`: "none", "headwise" or "elementwise").
+    may be scaled by a sigmoid gate (`cfg.gate`: "none", "headwise" or "elementwise"); with
+    `cfg.layer_types`, also the Qwen3.5 / Qwen3-Next hybrids (Gated DeltaNet layers between gated
+    full-attention ones, dense or MoE MLPs).
 
     Where each part lives:
     - here (`gated_interp.model`): construction, `init_weights`, device/dtype (`to`), `forward`
       (with `start_at_layer` / `stop_at_layer` / `past_kv_cache`), the attention mask, `loss_fn`;
-    - `gated_interp.components`: the blocks; `components.attention` is plain attention plus the gate;
+    - `gated_interp.components`: the blocks; `components.attention` is plain attention plus the gate,
+      `components.linear_attention` the Gated DeltaNet, `components.moe` the sparse MoE MLP;
     - `gated_interp.hooked_root.HookedRoot`: hook plumbing: the per-model lock, the `set_use_*`
       switches, hook-name resolution (`gated_interp.hooks` is the table of every hook),
       `run_with_cache`, `run_with_hooks`, `add_hook` and their warnings;
     - `gated_interp.tokenization.TokenizationMixin`: `to_tokens`, `to_str_tokens`, `to_string`,
       `to_single_token`, `get_token_position`, `set_tokenizer`, and input → (tokens, mask);
-    - `gated_interp.generation.GenerationMixin`: `generate` and its key-value cache;
+    - `gated_interp.generation.GenerationMixin`: `generate` and its key-value (and recurrent) cache;
     - `gated_interp.weight_views.WeightViewsMixin`: stacked `W_Q`, ..., `b_out`, `W_E`, `W_U`,
       `OV`, `QK`, `tl_parameters`, `tokens_to_residual_directions`, `accumulated_bias`,
       `all_head_labels`, `all_composition_scores`;
