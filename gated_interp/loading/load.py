@@ -148,24 +148,13 @@ def load_folder(
     check_tensors(names, files, cfg, folder)
     files.check_float(names)
     table = by_hf_name(cfg)
-    if dispatch is not None:
-        return _dispatched(
-            folder, cfg, files, names, lambda name, t: ((n, None, v) for n, v in hf_to_ours(name, t, cfg, table)),
-            progress, fold_ln, center_unembed, dispatch,
-        )  # fmt: skip
 
-    model = HookedGatedQwen3(cfg, tokenizer=_checked_tokenizer(folder, cfg))
-    params = dict(model.named_parameters())
-    non_finite = []
-    with torch.no_grad():
-        for name in _loading_bar(sorted(names), files, folder, progress):
-            tensor = files.get(name)
-            if not bool(torch.isfinite(tensor).all()):
-                non_finite.append(name)
-            for our_name, part in hf_to_ours(name, tensor, cfg, table):
-                params[our_name].copy_(part)
-    if non_finite:
-        warn_non_finite(folder, non_finite)
+    def convert(name: str, tensor: torch.Tensor) -> Any:
+        return ((our_name, None, part) for our_name, part in hf_to_ours(name, tensor, cfg, table))
+
+    if dispatch is not None:
+        return _dispatched(folder, cfg, files, names, convert, progress, fold_ln, center_unembed, dispatch)
+    model = _load_whole(folder, cfg, files, names, convert, progress)
     if fold_ln or center_unembed or fold_value_biases:
         model.process_weights_(fold_ln=fold_ln, center_unembed=center_unembed, fold_value_biases=fold_value_biases)
     # Eval mode, as Hugging Face's from_pretrained returns: transformer_lens.patching refuses
@@ -212,12 +201,22 @@ def load_hybrid_folder(
             f"{folder}: an ungated model ({hybrid.UNGATED_KEY}: false) cannot be loaded with a device_map; "
             "load it whole (these are small trained models)"
         )
-    if dispatch is not None:  # processed while loading (fold_ln, center_unembed), one block at a time
-        return _dispatched(
-            folder, cfg, files, names, lambda name, t: ((n, e, r(t)) for n, e, r in table[name]),
-            progress, fold_ln, center_unembed, dispatch,
-        )  # fmt: skip
 
+    def convert(name: str, tensor: torch.Tensor) -> Any:
+        return ((our_name, expert, rearrange(tensor)) for our_name, expert, rearrange in table[name])
+
+    if dispatch is not None:  # processed while loading (fold_ln, center_unembed), one block at a time
+        return _dispatched(folder, cfg, files, names, convert, progress, fold_ln, center_unembed, dispatch)
+    return _load_whole(folder, cfg, files, names, convert, progress)
+
+
+def _load_whole(
+    folder: Path, cfg: GatedQwen3Config, files: WeightFiles, names: set[str], convert: Any, progress: bool | None
+) -> HookedGatedQwen3:
+    """The model on one device, unprocessed: each stored tensor read once, named when not finite,
+    and copied into the parameters `convert(name, tensor)` yields as `(our name, expert index or
+    None, value)`; a None name is a value that was checked but is not kept (an ungated hybrid's
+    zero gate rows)."""
     model = HookedGatedQwen3(cfg, tokenizer=_checked_tokenizer(folder, cfg))
     params = dict(model.named_parameters())
     non_finite = []
@@ -226,12 +225,9 @@ def load_hybrid_folder(
             tensor = files.get(name)
             if not bool(torch.isfinite(tensor).all()):
                 non_finite.append(name)
-            for our_name, expert, rearrange in table[name]:
-                if our_name is None:  # an ungated model's zero gate rows: checked, not kept
-                    rearrange(tensor)
-                    continue
-                target = params[our_name] if expert is None else params[our_name][expert]
-                target.copy_(rearrange(tensor))
+            for our_name, expert, value in convert(name, tensor):
+                if our_name is not None:
+                    (params[our_name] if expert is None else params[our_name][expert]).copy_(value)
     if non_finite:
         warn_non_finite(folder, non_finite)
     return model
