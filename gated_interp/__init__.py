@@ -27,6 +27,7 @@ _LAZY = {
     "GatedQwen3Config": "gated_interp.config",
     "HookedGatedQwen3": "gated_interp.model",
     "VARIANTS": "gated_interp.loading.resolve",
+    "HYBRID_VARIANTS": "gated_interp.loading.resolve",
     "load_hooked": "gated_interp.loading.load",
     "plan_device_map": "gated_interp.loading.device_map",
     "save_hf": "gated_interp.loading.save",
@@ -48,6 +49,7 @@ _SUBPACKAGES = frozenset(
 )
 
 __all__ = [
+    "HYBRID_VARIANTS",
     "VARIANTS",
     "CheckpointError",
     "GatedActivationCache",
@@ -67,7 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from
     from gated_interp.loading.device_map import plan_device_map
     from gated_interp.loading.errors import CheckpointError, NonFiniteWeightsWarning, ReleaseNotAvailable
     from gated_interp.loading.load import load_hooked
-    from gated_interp.loading.resolve import VARIANTS
+    from gated_interp.loading.resolve import HYBRID_VARIANTS, VARIANTS
     from gated_interp.loading.save import save_hf
     from gated_interp.model import HookedGatedQwen3
 

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gated_interp.loading.resolve import CHECKPOINTS_ENV, SIZES, VARIANTS
+from gated_interp.loading.resolve import CHECKPOINTS_ENV, HYBRID_VARIANTS, SIZES, VARIANTS
+
+# Every name a command takes for a model: the paper's three and the bundled hybrid pair (tiny only).
+MODEL_NAMES = VARIANTS + HYBRID_VARIANTS
 
 DEMO_PROMPT = "Sparse gating mechanism mitigates attention sink."
 
@@ -67,7 +70,8 @@ def add_model_options(parser: argparse.ArgumentParser, variants: bool = True) ->
             nargs="+",
             default=list(VARIANTS),
             metavar="VARIANT",
-            help=f"variant names ({', '.join(VARIANTS)}) or checkpoint folders; default: all three",
+            help=f"variant names ({', '.join(MODEL_NAMES)}; the hybrid pair with --size tiny only) or checkpoint "
+            "folders; default: the paper's three",
         )
         parser.add_argument(
             "--device", default=None, help="torch device, e.g. cpu or cuda:0; default: cuda if available"
@@ -92,7 +96,7 @@ def resolve_variants(names: Sequence[str], size: str) -> list[Variant]:
     for name in names:
         check_name(name)
         folder = resolve_checkpoint(name, size)
-        variants.append(Variant(name if name in VARIANTS else folder.name, folder, name in VARIANTS))
+        variants.append(Variant(name if name in MODEL_NAMES else folder.name, folder, name in MODEL_NAMES))
     duplicates = [name for name, n in Counter(v.name for v in variants).items() if n > 1]
     if duplicates:
         raise UsageError(f"variant name(s) {duplicates} given twice (folders are named after their last part)")
@@ -102,8 +106,8 @@ def resolve_variants(names: Sequence[str], size: str) -> list[Variant]:
 def check_name(name: str) -> None:
     """A variant name, or something meant as a path (an unknown bare name is a usage error)."""
     looks_like_path = Path(name).expanduser().exists() or os.sep in name or name.startswith((".", "~"))
-    if name not in VARIANTS and not looks_like_path:
-        raise UsageError(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)} or give a checkpoint folder")
+    if name not in MODEL_NAMES and not looks_like_path:
+        raise UsageError(f"unknown variant {name!r}: choose from {', '.join(MODEL_NAMES)} or give a checkpoint folder")
 
 
 def check_out_dir(out: Path) -> Path:

@@ -7,8 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gated_interp.cli.common import DTYPES, UsageError, add_model_options, check_name
-from gated_interp.loading.resolve import VARIANTS
+from gated_interp.cli.common import DTYPES, MODEL_NAMES, UsageError, add_model_options, check_name
 
 
 def add_info(commands: Any) -> None:
@@ -19,7 +18,7 @@ def add_info(commands: Any) -> None:
         "files and their dtype, read from config.json and the weight files' headers, and the tensors holding "
         "NaN or Inf (each tensor read once, one at a time; the model is not built).",
     )
-    info.add_argument("checkpoint", metavar="PATH_OR_VARIANT", help=f"a folder, or one of {', '.join(VARIANTS)}")
+    info.add_argument("checkpoint", metavar="PATH_OR_VARIANT", help=f"a folder, or one of {', '.join(MODEL_NAMES)}")
     add_model_options(info, variants=False)
     info.add_argument(
         "--plan",
@@ -74,6 +73,6 @@ def run_info(args: argparse.Namespace) -> int:
     folder = resolve_checkpoint(name, args.size)
     from gated_interp.loading.inspect import describe_checkpoint
 
-    for key, value in describe_checkpoint(folder, name if name in VARIANTS else None):
+    for key, value in describe_checkpoint(folder, name if name in MODEL_NAMES else None):
         print(f"{key + ':':<22} {value}")
     return 0

@@ -10,6 +10,9 @@ from gated_interp.loading.errors import CheckpointError, ReleaseNotAvailable
 
 # The keys of config.VARIANT_GATES, repeated here so that the CLI needs no torch (tests/model/test_hooks_table.py).
 VARIANTS = ("baseline", "gate_headwise", "gate_elementwise")
+# The bundled pair in Qwen3.5's hybrid layout (train.trainer.HYBRID_VARIANT_GATES): tiny only, as no
+# such release exists; the shipped Qwen3.5 / Qwen3-Next models load by hub id or folder.
+HYBRID_VARIANTS = ("hybrid_gated", "hybrid_ungated")
 SIZES = ("1B", "tiny")
 HUB_REPO = "QwQZh/gated_attention"
 CHECKPOINTS_ENV = "GATED_INTERP_CHECKPOINTS"
@@ -25,6 +28,13 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, size: str = "1B") -> Pat
     if size not in SIZES:
         raise CheckpointError(f"size must be one of {SIZES}, got {size!r}")
     name = str(name_or_path)
+    if name in HYBRID_VARIANTS:
+        if size != "tiny":
+            raise CheckpointError(
+                f'{name!r} exists only as a bundled tiny model: load_hooked("{name}", size="tiny"). '
+                'For a released hybrid model give its hub id or folder, e.g. "Qwen/Qwen3.5-0.8B"'
+            )
+        return _bundled(name)
     if name in VARIANTS:
         if size == "tiny":
             return _bundled(name)
@@ -39,17 +49,31 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, size: str = "1B") -> Pat
     if os.sep in name or name.startswith("."):
         raise CheckpointError(f"checkpoint folder {path} does not exist")
     raise CheckpointError(
-        f"unknown model {name!r}: give a variant name ({', '.join(VARIANTS)}) or the path of a checkpoint folder"
+        f"unknown model {name!r}: give a variant name ({', '.join(VARIANTS + HYBRID_VARIANTS)}), a hub id or the "
+        "path of a checkpoint folder"
+    )
+
+
+def bundle_of(variant: str) -> str:
+    """The folder of `checkpoints/` that holds a bundled variant: `tiny` for the paper's three,
+    `tiny_hybrid` for the Qwen3.5-layout pair (each bundle has its own card and measurements)."""
+    if variant in HYBRID_VARIANTS:
+        return "tiny_hybrid"
+    if variant in VARIANTS:
+        return "tiny"
+    raise CheckpointError(
+        f"no bundled model is called {variant!r}; choose from {', '.join(VARIANTS + HYBRID_VARIANTS)}"
     )
 
 
 def _bundled(variant: str) -> Path:
-    folder = BUNDLED_DIR / "tiny" / variant
+    folder = BUNDLED_DIR / bundle_of(variant) / variant
     if not (folder / "config.json").is_file():
+        layout = " --layout qwen3_5" if variant in HYBRID_VARIANTS else ""
         raise CheckpointError(
             f"the bundled tiny {variant} model is missing from {folder}; reinstall gated-interp, or "
-            "train it with `python -m gated_interp.train --corpus PATH --out "
-            f"{BUNDLED_DIR / 'tiny'}`"
+            f"train it with `python -m gated_interp.train --corpus PATH{layout} --variants {variant}` and "
+            "bundle it with `python -m maintainer.model_card` (from a clone)"
         )
     return folder
 

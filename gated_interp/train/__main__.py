@@ -32,7 +32,7 @@ process training all variants; the card combines the run folders (and checks tha
 CORPUS_DIR holds `train.txt` and `valid.txt`: plain UTF-8 text, documents separated by one blank
 line. The books the bundled models were trained on are listed in
 `gated_interp/checkpoints/tiny/CORPUS.md`. Training never writes into the bundled models' folder
-(`gated_interp/checkpoints/tiny`); the maintainer command `python -m maintainer.model_card` (run from
+(`gated_interp/checkpoints/`); the maintainer command `python -m maintainer.model_card` (run from
 a clone's root: it is not installed) copies a finished run there only when told to with `--out`.
 """
 
@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from gated_interp.loading.bundled import TINY_DIR
+from gated_interp.loading.resolve import BUNDLED_DIR
 from gated_interp.train.data import evaluation_windows, make_windows, read_documents, tokenize_documents
 from gated_interp.train.tokenizer import save_tokenizer, train_bpe_tokenizer
 from gated_interp.train.trainer import (
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.resume is not None:
         args.out = args.resume
-    if args.out.resolve() == TINY_DIR.resolve() or TINY_DIR.resolve() in args.out.resolve().parents:
+    if args.out.resolve() == BUNDLED_DIR.resolve() or BUNDLED_DIR.resolve() in args.out.resolve().parents:
         print(
             f"error: --out {args.out} is inside the bundled models' folder; train into another folder "
             "(default runs/tiny) and copy a finished run with python -m maintainer.model_card",
