@@ -168,12 +168,14 @@ def without_shape_checks() -> Iterator[None]:
 
 
 # ---- the bundled tiny models -------------------------------------------------------------
-def require_bundled() -> None:
+def require_bundled(bundle: str = "tiny") -> None:
     """Fail (never skip) when the tiny models the package ships are missing: that is a packaging
-    regression, not an optional extra."""
-    missing = [v for v in gated_interp.VARIANTS if not (TINY_DIR / v / "config.json").is_file()]
-    missing += [f for f in ("metrics.json", "heldout_tokens.safetensors") if not (TINY_DIR / f).is_file()]
-    assert not missing, f"bundled tiny models missing from {TINY_DIR}: {missing}"
+    regression, not an optional extra. `bundle`: "tiny" (the paper's three) or "tiny_hybrid"."""
+    folder = TINY_DIR.parent / bundle
+    variants = gated_interp.HYBRID_VARIANTS if bundle == "tiny_hybrid" else gated_interp.VARIANTS
+    missing = [v for v in variants if not (folder / v / "config.json").is_file()]
+    missing += [f for f in ("metrics.json", "heldout_tokens.safetensors") if not (folder / f).is_file()]
+    assert not missing, f"bundled tiny models missing from {folder}: {missing}"
 
 
 # ---- TransformerLens-parity models -------------------------------------------------------

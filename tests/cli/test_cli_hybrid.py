@@ -76,3 +76,21 @@ def test_sinks_compares_a_hybrid_with_a_paper_variant(folders, tmp_path, capsys)
     texts = ["the dog ran to the garden.", "a little girl saw a bird."]
     direct = analysis.compare_variants({"qwen35": model}, texts)
     assert table.loc["qwen35", "first_token_attention"] == pytest.approx(direct.loc["qwen35", "first_token_attention"])
+
+
+def test_the_bundled_hybrid_pair_is_taken_by_name(tmp_path, capsys):
+    """`sinks` takes the pair's names (tiny only) and measures them on the bundled held-out windows."""
+    csv = tmp_path / "sinks.csv"
+    argv = ["sinks", "--variants", "hybrid_gated", "hybrid_ungated", "--csv", str(csv), "--quiet"]
+    assert main(argv + ["--limit", "8"]) == 0
+    table = pd.read_csv(csv)
+    assert list(table["variant"]) == ["hybrid_gated", "hybrid_ungated"]
+    assert set(table["attention_layers"].astype(str)) == {"3"}
+    assert main(["info", "hybrid_ungated"]) == 0
+    assert "linear_attention (Gated DeltaNet) on layers [0, 1, 2]" in capsys.readouterr().out
+
+
+def test_the_bundled_hybrid_pair_at_size_1b_is_one_clear_error(capsys):
+    assert main(["sinks", "--size", "1B", "--variants", "hybrid_gated", "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert 'load_hooked("hybrid_gated", size="tiny")' in error and error.count("\n") == 1

@@ -144,13 +144,14 @@ def test_loads_from_an_installed_wheel_offline(tmp_path):
     (wheel,) = wheel_dir.glob("gated_interp-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "gated_interp/checkpoints/tiny/gate_headwise/model.safetensors" in names
+    assert "gated_interp/checkpoints/tiny_hybrid/hybrid_gated/model.safetensors" in names
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True
     )
     script = (
         "import gated_interp, sys\n"
         "assert gated_interp.__file__.startswith(sys.argv[1]), gated_interp.__file__\n"
-        "for v in gated_interp.VARIANTS:\n"
+        "for v in gated_interp.VARIANTS + gated_interp.HYBRID_VARIANTS:\n"
         "    m = gated_interp.load_hooked(v, size='tiny', progress=False)\n"
         "    print(v, m.cfg.gate, float(m('Once upon a time there was a king.', return_type='loss')))\n"
     )
@@ -170,4 +171,6 @@ def test_loads_from_an_installed_wheel_offline(tmp_path):
         ["baseline", "none"],
         ["gate_headwise", "headwise"],
         ["gate_elementwise", "elementwise"],
+        ["hybrid_gated", "elementwise"],
+        ["hybrid_ungated", "none"],
     ]
