@@ -12,10 +12,17 @@ from typing import Any
 import pandas as pd
 
 from gated_interp.loading.bundled import METRICS_FILE
-from gated_interp.plotting.training import logged_layers
-from gated_interp.train.trainer import CONFIG_FILE, VARIANT_GATES, TrainConfig
+from gated_interp.plotting.training import logged_layers, residual_layers
+from gated_interp.train.__main__ import (
+    FLOAT_OPTIONS,
+    INT_OPTIONS,
+    MODEL_FLOAT_OPTIONS,
+    MODEL_INT_OPTIONS,
+)
+from gated_interp.train.trainer import CONFIG_FILE, TRAINABLE_VARIANT_GATES, TrainConfig
 
 CARD_PROGRAM = "python -m maintainer.model_card"
+DEFAULT_VOCAB_SIZE = 4096  # python -m gated_interp.train's --vocab-size
 
 
 def card_command(card_runs: dict[str, list[str]]) -> str:
@@ -25,6 +32,45 @@ def card_command(card_runs: dict[str, list[str]]) -> str:
         if card_runs.get(option):
             parts += ["--" + option.replace("_", "-"), *card_runs[option]]
     return " ".join(parts + ["--corpus CORPUS_DIR --out OUT_DIR"])
+
+
+def train_commands(summary: dict[str, Any], variants: list[str]) -> list[str]:
+    """The training commands behind a card: the one recorded with `--command` (one line per variant
+    where it says VARIANT and each variant trained in its own process), else one rebuilt from the
+    recorded train config."""
+    separate = summary.get("processes", 1) == len(variants) > 1
+    command = summary.get("command") or rebuilt_train_command(summary, variants)
+    if separate and "VARIANT" in command:
+        return [command.replace("VARIANT", variant) for variant in variants]
+    return [command]
+
+
+def rebuilt_train_command(summary: dict[str, Any], variants: list[str]) -> str:
+    """`python -m gated_interp.train` with the flags that give the recorded train config: those
+    whose value differs from the trainer's default (`--variants VARIANT` for one process per variant)."""
+    train, default = TrainConfig.from_dict(summary["train_config"]), TrainConfig()
+    parts = ["python -m gated_interp.train --corpus CORPUS_DIR --out RUN_DIR"]
+    if train.model.layer_types:
+        parts.append("--layout qwen3_5")
+    separate = summary.get("processes", 1) == len(variants) > 1
+    parts.append("--variants " + ("VARIANT" if separate else " ".join(variants)))
+    tokens = train.total_tokens
+    parts.append(f"--tokens {tokens / 1e6:g}e6" if tokens % 100_000 == 0 else f"--tokens {tokens}")
+    if isinstance(summary.get("torch_threads"), int):
+        parts.append(f"--threads {summary['torch_threads']}")
+    for name in MODEL_INT_OPTIONS + MODEL_FLOAT_OPTIONS:
+        if getattr(train.model, name) != getattr(default.model, name):
+            parts.append(f"--{name.replace('_', '-')} {getattr(train.model, name):g}")
+    for name in INT_OPTIONS + FLOAT_OPTIONS:
+        if getattr(train, name) != getattr(default, name):
+            parts.append(f"--{name.replace('_', '-')} {getattr(train, name):g}")
+    if train.model.d_vocab != DEFAULT_VOCAB_SIZE:  # the tokenizer's size; BPE may stop short of --vocab-size
+        parts.append(f"--vocab-size {train.model.d_vocab}")
+    if train.extra.get("max_corpus_bytes") is not None:
+        parts.append(f"--max-corpus-bytes {train.extra['max_corpus_bytes']}")
+    if not train.model.use_qk_norm:
+        parts.append("--no-qk-norm")
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -107,7 +153,9 @@ def combine_runs(runs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict
                 f"{run} and {first} differ in {', '.join(mismatch)}: only runs with the same flags apart from "
                 "--variants and --out (and trained as far) can share a card"
             )
-    order = [v for v in VARIANT_GATES if v in run_of] + [v for v in run_of if v not in VARIANT_GATES]
+    # The trainer's order of its layout's variants (baseline, headwise, elementwise; gated, ungated).
+    known = [v for v in TRAINABLE_VARIANT_GATES if v in run_of]
+    order = known + [v for v in run_of if v not in known]
     summary = dict(summaries[0])
     summary["train_config"] = {**summary["train_config"], "variants": order}
     if len(runs) > 1:
@@ -170,10 +218,13 @@ def trial_summary(run: Path) -> list[dict[str, Any]]:
         config = TrainConfig.from_dict(json.loads((run / "training_summary.json").read_text())["train_config"])
     log = pd.read_csv(run / "training_log.csv")
     rows = []
-    layers = logged_layers(log)
+    # Every layer; None where it has no first-token attention (a hybrid's linear-attention layers).
+    attention_layers, layers = logged_layers(log), residual_layers(log)
     for variant, variant_rows in log.groupby("variant", sort=False):
         last = variant_rows.sort_values("step").iloc[-1]
-        attention = [float(last[f"first_token_attention_L{layer}"]) for layer in layers]
+        attention = [
+            float(last[f"first_token_attention_L{layer}"]) if layer in attention_layers else None for layer in layers
+        ]
         rows.append(
             {
                 "run": run.name,

@@ -1,6 +1,8 @@
 """The bundled models' card (`README.md`), its training figure and the list of books: what the
 card says is in `model_card.md.j2`; this module turns `metrics.json` and `training_log.csv` into
 the figures it quotes (formatted numbers, table rows, goal checks, trends in the training log).
+A hybrid pair (Qwen3.5 layout) gets its own card, `hybrid_card.py` with `hybrid_card.md.j2`;
+`render` picks it from the bundle's train config.
 
 jinja2 renders the template; it is not a dependency of `gated_interp` but comes with torch (and
 this folder is not installed)."""
@@ -45,12 +47,23 @@ def render(bundle: Path) -> None:
     if seq_len:
         windows += f" of {seq_len} tokens"
         reference = (uniform_first_token_attention(seq_len), f"uniform attention over {seq_len} tokens")
-    fig = training_curves(log, windows, reference, title="Training curves of the bundled tiny models")
+    # A hybrid pair (Qwen3.5 layout) has its own card: hybrid_card builds on this module's helpers.
+    from maintainer.hybrid_card import hybrid_card_text, is_hybrid, shared_with_paper_bundle
+
+    hybrid = is_hybrid(config)
+    models = "tiny hybrid models" if hybrid else "tiny models"
+    fig = training_curves(log, windows, reference, title=f"Training curves of the bundled {models}")
     fig.savefig(bundle / FIGURE_FILE, dpi=110)
     plt.close(fig)
-    text = card_text(
-        saved["variants"], saved["training"], saved["corpus"], log, saved.get("seeds"), saved.get("trials")
-    )
+    if hybrid:
+        text = hybrid_card_text(
+            saved["variants"], saved["training"], saved["corpus"], saved.get("seeds"), saved.get("trials"),
+            shared_with_paper_bundle(bundle),
+        )  # fmt: skip
+    else:
+        text = card_text(
+            saved["variants"], saved["training"], saved["corpus"], log, saved.get("seeds"), saved.get("trials")
+        )
     (bundle / "README.md").write_text(text)
 
 
@@ -71,11 +84,8 @@ def card_text(
     layer = strongest_sink_layer(metrics)
     all_seeds = {str(train.seed): metrics, **(other_seeds or {})}
     context = {
-        "books": _book_counts(corpus_info.get("books")),
-        "corpus": {
-            "megabytes": f"{corpus_info['train_bytes'] / 1e6:.1f}",
-            "windows": f"{corpus_info['training_windows']:,}",
-        },
+        "books": book_counts(corpus_info.get("books")),
+        "corpus": corpus_facts(corpus_info),
         "seq_len": train.seq_len,
         "arch": {
             "vocabulary": f"{arch.d_vocab:,}",  # the tokenizer's size: training sets d_vocab to it
@@ -89,19 +99,8 @@ def card_text(
             "rope_theta": f"{arch.rope_theta:g}",
             "embeddings": "tied" if arch.tie_word_embeddings else "untied",
         },
-        "train": {
-            "lr": f"{train.lr:g}",
-            "warmup_steps": train.warmup_steps,
-            "min_lr_ratio": f"{train.min_lr_ratio:g}",
-            "weight_decay": train.weight_decay,
-            "betas": tuple(train.betas),
-            "batch_size": train.batch_size,
-            "grad_clip": train.grad_clip,
-            "seed": train.seed,
-            "eval_interval": train.eval_interval,
-            "eval_windows": train.eval_windows,
-        },
-        "run": _run_facts(summary, len(variants), arch.device),
+        "train": train_facts(train),
+        "run": run_facts(summary, len(variants), arch.device),
         "figure": FIGURE_FILE,
         "n_heldout_windows": metrics[variants[0]]["n_heldout_windows"],
         "headline_rows": [_headline_row(v, metrics[v]) for v in variants],
@@ -110,11 +109,16 @@ def card_text(
         "first_token_attention_rows": _layer_rows(metrics, "first_token_attention_by_layer", "{:.4f}"),
         "max_abs_resid_rows": _layer_rows(metrics, "max_abs_resid_by_layer", "{:.1f}"),
         "contrast": _contrast(metrics, layer, log) if "baseline" in metrics else None,
-        "trials": {"rows": [_trial_row(t) for t in trials], "note": summary.get("trial_note")} if trials else None,
+        "trials": {"rows": [trial_row(t) for t in trials], "note": summary.get("trial_note")} if trials else None,
         "seeds": _seeds(all_seeds, layer) if len(all_seeds) > 1 else None,
         "sampling": SAMPLING,
         "samples": [(v, repr(metrics[v]["sample"].strip())) for v in variants],
     }
+    return render_template(TEMPLATE.name, context)
+
+
+def render_template(name: str, context: dict[str, Any]) -> str:
+    """The card template `name` (a file next to this module) rendered with `context`."""
     environment = Environment(
         loader=FileSystemLoader(TEMPLATE.parent),
         trim_blocks=True,
@@ -123,10 +127,33 @@ def card_text(
         undefined=StrictUndefined,
         autoescape=False,  # Markdown, not HTML
     )
-    return environment.get_template(TEMPLATE.name).render(context)
+    return environment.get_template(name).render(context)
 
 
-def _book_counts(books: dict[str, int] | None) -> dict[str, str]:
+def corpus_facts(corpus_info: dict[str, Any]) -> dict[str, str]:
+    return {
+        "megabytes": f"{corpus_info['train_bytes'] / 1e6:.1f}",
+        "windows": f"{corpus_info['training_windows']:,}",
+    }
+
+
+def train_facts(train: TrainConfig) -> dict[str, Any]:
+    """The training recipe as the cards state it."""
+    return {
+        "lr": f"{train.lr:g}",
+        "warmup_steps": train.warmup_steps,
+        "min_lr_ratio": f"{train.min_lr_ratio:g}",
+        "weight_decay": train.weight_decay,
+        "betas": tuple(train.betas),
+        "batch_size": train.batch_size,
+        "grad_clip": train.grad_clip,
+        "seed": train.seed,
+        "eval_interval": train.eval_interval,
+        "eval_windows": train.eval_windows,
+    }
+
+
+def book_counts(books: dict[str, int] | None) -> dict[str, str]:
     """The corpus's book counts (recorded from its `manifest.tsv` when the bundle was written)."""
     if not books:
         return {"total": "an unrecorded number of", "train": "some", "held_out": "some"}
@@ -134,7 +161,7 @@ def _book_counts(books: dict[str, int] | None) -> dict[str, str]:
             "held_out": str(books["held_out"])}  # fmt: skip
 
 
-def _run_facts(summary: dict[str, Any], n_variants: int, device: str) -> dict[str, Any]:
+def run_facts(summary: dict[str, Any], n_variants: int, device: str) -> dict[str, Any]:
     minutes = f"{summary['wall_time_s'] / 60:.0f} minutes"
     processes = summary.get("processes", 1)
     together = {1: "the one variant", 2: "both together", 3: "all three together"}.get(n_variants, f"all {n_variants}")
@@ -323,9 +350,9 @@ def _seeds(all_seeds: dict[str, dict[str, Any]], layer: int) -> dict[str, Any]:
     }
 
 
-def _trial_row(t: dict[str, Any]) -> list[str]:
-    attention = t["first_token_attention_by_layer"]
-    layer = max(range(len(attention)), key=attention.__getitem__)
+def trial_row(t: dict[str, Any]) -> list[str]:
+    attention = t["first_token_attention_by_layer"]  # None on a hybrid's linear-attention layers
+    layer = max((i for i, a in enumerate(attention) if a is not None), key=attention.__getitem__)
     planned = t.get("planned_tokens", t["tokens"])
     tokens = f"{t['tokens']:,}" if t["tokens"] >= planned else f"{t['tokens']:,} (stopped; {planned:,} planned)"
     return [

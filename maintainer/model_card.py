@@ -10,7 +10,9 @@ from the training run, fixes the held-out windows the card is measured on (shipp
 `heldout_tokens.safetensors`), measures every variant on them through the same `load_hooked` path
 users take (so the card's figures are those of the bf16 files shipped), and writes
 `metrics.json`, `training_log.csv`, `training_emergence.png`, `CORPUS.md` (the books, from the
-corpus folder's `manifest.tsv`) and `README.md` (the card, from `model_card.md.j2`).
+corpus folder's `manifest.tsv`) and `README.md` (the card, from `model_card.md.j2`; for a hybrid
+pair trained with `--layout qwen3_5`, from `hybrid_card.md.j2`). `metrics.json` is strict JSON:
+a figure a layer does not have (first-token attention on a linear-attention layer) is null.
 `--from-bundle` re-renders the card and the plot from a bundle's `metrics.json` and
 `training_log.csv` without measuring again; with `--seed-run` or `--trial-run` it first records
 runs made after the bundle (other seeds of its recipe are measured on its own held-out windows).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -49,19 +52,49 @@ from maintainer.card_text import FIGURE_FILE, SAMPLING, SEED_FIGURES, log_trends
 
 __all__ = ["log_trends", "main", "measure", "render"]
 
-CHECKPOINT_FILES = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
+# A variant's folder in the bundle: the model (required) and the tokenizer files the run has
+# (newer transformers write no special_tokens_map.json; the hybrid runs' folders have none).
+REQUIRED_CHECKPOINT_FILES = ("config.json", "model.safetensors")
+OPTIONAL_CHECKPOINT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+CHECKPOINT_FILES = REQUIRED_CHECKPOINT_FILES + OPTIONAL_CHECKPOINT_FILES
 
 
 def measure(model, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]:
     """Held-out loss and the sink / activation / gate figures over all windows: the one
-    measurement loop (`gated_interp.analysis.measure`), under the names it gives each quantity."""
-    return measure_model(model, tokens, batch_size=batch_size, progress=False).as_dict()
+    measurement loop (`gated_interp.analysis.measure`), under the names it gives each quantity.
+    Strict JSON: a quantity a layer does not have (first-token attention and gate on a hybrid's
+    linear-attention layers, NaN in the measurement) is None; a hybrid also records its layer types."""
+    measured = {
+        key: _none_for_nan(value)
+        for key, value in measure_model(model, tokens, batch_size=batch_size, progress=False).as_dict().items()
+    }
+    if model.cfg.layer_types is not None:
+        measured["layer_types"] = list(model.cfg.layer_types)
+    return measured
+
+
+def _none_for_nan(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_none_for_nan(x) for x in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def copy_checkpoints(run_of: dict[str, Path], variants: list[str], out: Path) -> None:
+    """Each variant's model and tokenizer files into `out/<variant>/`; every run's required files
+    are checked before anything is copied."""
+    missing = [
+        str(run_of[v] / v / name)
+        for v in variants
+        for name in REQUIRED_CHECKPOINT_FILES
+        if not (run_of[v] / v / name).is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(f"no {', '.join(missing)}: --run needs finished runs with each variant's checkpoint")
+    for variant in variants:
+        (out / variant).mkdir(parents=True, exist_ok=True)
+        for name in CHECKPOINT_FILES:
+            if (run_of[variant] / variant / name).is_file():
+                shutil.copy2(run_of[variant] / variant / name, out / variant / name)
 
 
 def this_machine() -> str:
@@ -114,7 +147,7 @@ def add_to_bundle(
         saved["training"]["trial_note"] = trial_note
     saved["training"]["card_runs"] = card_runs
     saved["training"].pop("card_command", None)  # older bundles: the card renders it from card_runs
-    (bundle / METRICS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+    (bundle / METRICS_FILE).write_text(json.dumps(saved, indent=2, allow_nan=False) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -207,11 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.trial_note:
         summary["trial_note"] = args.trial_note
     corpus_info["corpus"] = Path(corpus_info.get("corpus", args.corpus)).name  # no local paths in the bundle
-    args.out.mkdir(parents=True, exist_ok=True)
-    for variant in variants:
-        (args.out / variant).mkdir(exist_ok=True)
-        for name in CHECKPOINT_FILES:
-            shutil.copy2(run_of[variant] / variant / name, args.out / variant / name)
+    try:
+        copy_checkpoints(run_of, variants, args.out)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     if seed_runs:
         log = log_with_seeds(log, summary["train_config"]["seed"], seed_runs)
     if len(args.run) == 1 and not seed_runs:
@@ -246,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics_meta["seeds"] = other_seeds
     if args.trial_run:
         metrics_meta["trials"] = trials
-    (args.out / METRICS_FILE).write_text(json.dumps({"variants": metrics, **metrics_meta}, indent=2) + "\n")
+    (args.out / METRICS_FILE).write_text(
+        json.dumps({"variants": metrics, **metrics_meta}, indent=2, allow_nan=False) + "\n"
+    )
     render(args.out)
     print(f"wrote {args.out}")
     return 0

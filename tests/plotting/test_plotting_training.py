@@ -103,3 +103,61 @@ def test_importing_plotting_leaves_the_matplotlib_backend_alone():
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def hybrid_log(variants=("hybrid_gated", "hybrid_ungated"), steps=(0, 50, 100)) -> pd.DataFrame:
+    """A Qwen3.5-layout log: first-token attention on the full-attention layer 3 only, max
+    |residual| after every block; every value different, so each panel's data can be told apart."""
+    rows = []
+    for step in steps:
+        for index, variant in enumerate(variants):
+            row = {
+                "step": step,
+                "tokens": step * 1000,
+                "variant": variant,
+                "val_loss": 5.0 - index * 0.25 - step / 1000,
+            }
+            row["first_token_attention_L3"] = 0.05 + 0.1 * index + step / 10_000
+            row.update({f"max_abs_resid_L{layer}": 1.0 + layer + 10 * index + step / 100 for layer in range(4)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_training_curves_of_a_hybrid_log_note_the_linear_layers_and_draw_every_residual():
+    log = hybrid_log()
+    fig = training_curves(log, reference=(1 / 128, "uniform attention over 128 tokens"))
+    top, bottom = fig.axes[:5], fig.axes[5:]  # 2 x (4 layers + the loss/legend column), row by row
+    for layer in (0, 1, 2):  # linear attention: a note, no curves, no axes
+        assert not top[layer].axison and top[layer].get_lines() == []
+        assert [t.get_text() for t in top[layer].texts] == [f"layer {layer}: linear attention,\nno attention pattern"]
+    assert top[3].axison and top[3].get_title() == "First-token attention, layer 3"
+    lines = {line.get_label(): line for line in top[3].get_lines()}
+    for variant in ("hybrid_gated", "hybrid_ungated"):
+        rows = log[log["variant"] == variant]
+        assert list(lines[variant].get_ydata()) == pytest.approx(list(rows["first_token_attention_L3"]))
+    assert top[3].get_ylabel() == "mean attention to position 0" and top[3].get_ylim()[0] == 0
+    for layer in range(4):
+        assert bottom[layer].get_title() == f"Max |residual| after block {layer}"
+        drawn = [list(line.get_ydata()) for line in bottom[layer].get_lines()]
+        expected = [
+            list(log[log["variant"] == v][f"max_abs_resid_L{layer}"]) for v in ("hybrid_gated", "hybrid_ungated")
+        ]
+        assert drawn == expected
+    legend_labels = [text.get_text() for text in bottom[-1].get_legend().get_texts()]
+    assert legend_labels == ["hybrid_gated", "hybrid_ungated", "uniform attention over 128 tokens"]
+
+
+def test_the_loss_panel_of_a_hybrid_log_is_relative_to_the_ungated_twin():
+    ax_loss = training_curves(hybrid_log()).axes[4]
+    assert ax_loss.get_title() == "Held-out loss minus\nhybrid_ungated's"
+    gated, ungated = (line.get_ydata() for line in ax_loss.get_lines()[:2])
+    assert list(gated) == pytest.approx([0.25] * 3) and list(ungated) == pytest.approx([0.0] * 3)
+
+    ax_loss = training_curves(hybrid_log(), reference_variant="hybrid_gated").axes[4]
+    assert ax_loss.get_title() == "Held-out loss minus\nhybrid_gated's"
+    assert list(ax_loss.get_lines()[1].get_ydata()) == pytest.approx([-0.25] * 3)
+
+    ax_loss = training_curves(hybrid_log(variants=("hybrid_gated",))).axes[4]  # nothing to compare with
+    assert ax_loss.get_title() == "Held-out loss (no reference variant in the log)"
+    (zero_line,) = ax_loss.get_lines()  # only the zero line
+    assert list(zero_line.get_ydata()) == [0, 0]
