@@ -23,13 +23,19 @@ VISION = dict(
     temporal_patch_size=2, spatial_merge_size=1, in_channels=3,
 )  # fmt: skip
 FAMILIES = ("qwen3_5_text", "qwen3_5", "qwen3_next", "qwen3_5_moe_text")
+# Qwen3.5-0.8B's widths (benchmarks/hybrid.py has its full shape) on a few layers and a small
+# vocabulary: the head counts and head sizes users meet, at a cost a test can pay (about 70M weights).
+QWEN3_5_08B_WIDTHS = dict(
+    hidden_size=1024, num_attention_heads=8, num_key_value_heads=2, head_dim=256, intermediate_size=3584,
+    linear_num_key_heads=16, linear_num_value_heads=16, linear_key_head_dim=128, linear_value_head_dim=128,
+)  # fmt: skip
 
 
 def build(family: str, **overrides) -> transformers.PreTrainedModel:
     """A random transformers model of `family`; `overrides` change the language model's config keys."""
     common = {**COMMON, **overrides}
     if family == "qwen3_5_text":
-        return transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**common, intermediate_size=48))
+        return transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**{"intermediate_size": 48, **common}))
     if family == "qwen3_5":
         config = transformers.Qwen3_5Config(text_config={**common, "intermediate_size": 48}, vision_config=VISION)
         return transformers.Qwen3_5ForConditionalGeneration(config)
@@ -39,7 +45,9 @@ def build(family: str, **overrides) -> transformers.PreTrainedModel:
     return transformers.Qwen3_5MoeForCausalLM(transformers.Qwen3_5MoeTextConfig(**common, **MOE))
 
 
-def hybrid_checkpoint(family: str, folder: Path, seed: int, **overrides) -> transformers.PreTrainedModel:
+def hybrid_checkpoint(
+    family: str, folder: Path, seed: int, max_shard_size: str = "40KB", **overrides
+) -> transformers.PreTrainedModel:
     """Build `family` (`overrides` as in `build`), perturb every weight, save it to `folder` (sharded,
     with an index); return the transformers model in eval mode with eager attention (so that it
     returns attention patterns)."""
@@ -49,7 +57,7 @@ def hybrid_checkpoint(family: str, folder: Path, seed: int, **overrides) -> tran
         for param in reference.parameters():  # every weight: vectors (norms, A_log, dt_bias) by 0.2,
             # matrices by their init scale, so that activations stay O(1) and float32 rounding small
             param.add_(torch.randn_like(param) * (0.2 if param.ndim == 1 else 0.02))
-    reference.save_pretrained(folder, max_shard_size="40KB")  # sharded, with an index
+    reference.save_pretrained(folder, max_shard_size=max_shard_size)  # sharded, with an index
     reference.config._attn_implementation = "eager"
     if hasattr(reference.config, "text_config"):
         reference.config.text_config._attn_implementation = "eager"

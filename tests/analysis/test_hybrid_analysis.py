@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hybrid_models import hybrid_checkpoint
+from hybrid_models import QWEN3_5_08B_WIDTHS, hybrid_checkpoint
 
 from gated_interp import GatedQwen3Config, HookedGatedQwen3
 from gated_interp.analysis import (
@@ -52,10 +52,15 @@ def no_grad():
         yield
 
 
-@pytest.fixture(scope="module")
-def hybrid(tmp_path_factory):
+# The tiny random shape, and Qwen3.5-0.8B's widths (8 query / 2 key-value heads of 256, DeltaNet
+# 16 key / 16 value heads of 128, d_model 1024) on the same four layers.
+SHAPES = {"tiny": {}, "0.8B widths": {**QWEN3_5_08B_WIDTHS, "max_shard_size": "100MB"}}
+
+
+@pytest.fixture(scope="module", params=["tiny", pytest.param("0.8B widths", marks=pytest.mark.slow)])
+def hybrid(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("qwen3_5_text")
-    hybrid_checkpoint("qwen3_5_text", folder, seed=3, layer_types=LAYER_TYPES)
+    hybrid_checkpoint("qwen3_5_text", folder, seed=3, layer_types=LAYER_TYPES, **SHAPES[request.param])
     return load_folder(folder, device="cpu", fold_ln=False, progress=False)
 
 
@@ -83,11 +88,11 @@ def test_first_token_attention_keeps_true_layer_indices(run):
     torch.testing.assert_close(first_token_attention(cache, per="model"), want[FULL].mean())
 
 
-def test_key_importance_and_sink_rate_over_full_attention_layers(run):
+def test_key_importance_and_sink_rate_over_full_attention_layers(hybrid, run):
     _, cache = run
     per_seq = torch.stack([cache["pattern", layer][..., 0].mean(-1) for layer in FULL], 1)  # [batch, 2, head]
     got = key_importance(cache, per_sequence=True)
-    assert got.shape == (5, 4, 4) and torch.isnan(got[:, LINEAR]).all()
+    assert got.shape == (5, 4, hybrid.cfg.n_heads) and torch.isnan(got[:, LINEAR]).all()
     torch.testing.assert_close(got[:, FULL], per_seq)
     for eps in (0.2, 0.3, 0.5):
         want = (per_seq > eps).float().mean(dim=(1, 2)).mean()
@@ -113,10 +118,10 @@ def test_gates_on_full_attention_layers_only(run):
     assert head_averaged_patterns(cache, [3]).shape == (1, 10, 10)
 
 
-def test_head_quietness_rows_are_full_attention_heads(run):
+def test_head_quietness_rows_are_full_attention_heads(hybrid, run):
     _, cache = run
     table = head_quietness(cache)
-    assert sorted(table.layer.unique()) == FULL and len(table) == 8
+    assert sorted(table.layer.unique()) == FULL and len(table) == len(FULL) * hybrid.cfg.n_heads
     want = cache["pattern", 3][:, 2, 1:, 0].mean()
     got = table[(table.layer == 3) & (table["head"] == 2)].first_token_attention.item()
     assert got == pytest.approx(float(want), rel=1e-5)
@@ -235,7 +240,7 @@ def test_head_ablation_of_both_kinds(hybrid, run):
     want = cache["attn_out", 0] - cache["lin_out", 0][:, :, 3] @ W_O[3]
     torch.testing.assert_close(ablated["attn_out", 0], want, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="heads"):
-        zero_ablate_heads(hybrid, [(1, 4)])  # 4 query heads: 0..3
+        zero_ablate_heads(hybrid, [(1, hybrid.cfg.n_heads)])  # query heads 0 .. n_heads - 1
     mean_hooks = mean_ablate_heads(hybrid, [(2, 0)], tokens)
     with intervene(hybrid, mean_hooks):
         _, meaned = hybrid.run_with_cache(tokens)
@@ -259,4 +264,3 @@ def test_ablation_effects_with_intervals_on_both_kinds(hybrid, run):
     logits = hybrid.run_with_hooks(tokens, fwd_hooks=open_linear_gates(hybrid))
     assert table.loc["open linear gates", "loss"] == pytest.approx(float(hybrid.loss_fn(logits, tokens)), rel=1e-5)
     assert (table.loss_lo <= table.loss + 1e-9).all() and (table.loss <= table.loss_hi + 1e-9).all()
-

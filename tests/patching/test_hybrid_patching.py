@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
-from hybrid_models import hybrid_checkpoint
+from hybrid_models import QWEN3_5_08B_WIDTHS, hybrid_checkpoint
 
 from gated_interp.hooks import hook_name
 from gated_interp.loading.load import load_folder
@@ -36,16 +36,19 @@ FULL, LINEAR = [1, 3], [0, 2]
 N_PROMPTS, N_POS = 3, 7
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qwen3_5_patching")
-    hybrid_checkpoint("qwen3_5_text", folder, seed=5, layer_types=LAYER_TYPES)
+def _setup(folder, **shape):
+    hybrid_checkpoint("qwen3_5_text", folder, seed=5, layer_types=LAYER_TYPES, **shape)
     model = load_folder(folder, device="cpu", fold_ln=False, progress=False).eval()
     gen = torch.Generator().manual_seed(2)
     clean, corrupted = (torch.randint(1, 64, (N_PROMPTS, N_POS), generator=gen) for _ in range(2))
     # each row's last real token: right padding ends row 1 at 4; left padding keeps the last column
     metric = partial(logit_diff, answer_tokens=[5, 6, 7], wrong_tokens=[8, 9, 10], position=[-1, 4, -1])
     return model, clean, corrupted, metric
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return _setup(tmp_path_factory.mktemp("qwen3_5_patching"))
 
 
 def masks() -> dict[str, torch.Tensor | None]:
@@ -232,3 +235,28 @@ def test_screen_and_verify_ranks_linear_heads(setup):
     verified = result.table[result.table.verified]
     want = exact[verified["layer"].to_list(), verified["head"].to_list()].double()
     torch.testing.assert_close(torch.tensor(verified.exact_metric.to_list(), dtype=torch.float64), want)
+
+
+@pytest.mark.slow
+def test_sweeps_at_qwen3_5_08b_widths(tmp_path):
+    """Qwen3.5-0.8B's head counts and sizes (8 query / 2 key-value heads of 256, DeltaNet 16 key /
+    16 value heads of 128, d_model 1024) on four layers: full- and linear-attention head sweeps
+    equal one forward per patch, by position with left padding too (the resumed delta-rule state)."""
+    model, clean, corrupted, metric = _setup(tmp_path, **QWEN3_5_08B_WIDTHS, max_shard_size="100MB")
+    cfg, mask = model.cfg, masks()["left"]
+    assert (cfg.n_heads, cfg.d_head, cfg.linear_n_value_heads, cfg.d_model) == (8, 256, 16, 1024)
+    # by position, one linear layer (16 heads x 7 positions of one-forward references): the last
+    # one before the full-attention layer, whose copies resume the corrupted run's state
+    for padding, per_position, heads in [
+        (None, False, {"z": (FULL, cfg.n_heads), "recurrent_out": (LINEAR, cfg.linear_n_value_heads)}),
+        (mask, True, {"recurrent_out": ([LINEAR[-1]], cfg.linear_n_value_heads)}),
+    ]:
+        _, clean_cache = model.run_with_cache(clean, attention_mask=padding)
+        for activation, (layers, n_heads) in heads.items():
+            got = patch_heads(
+                model, corrupted, clean_cache, metric, activation, per_position, attention_mask=padding, progress=False
+            )
+            want = loop_sweep(model, corrupted, padding, clean_cache, metric, activation, layers, n_heads, per_position)
+            torch.testing.assert_close(
+                got[layers], want[layers], atol=5e-5, rtol=0, equal_nan=True, msg=f"{activation} {per_position}"
+            )
