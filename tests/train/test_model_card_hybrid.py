@@ -112,7 +112,7 @@ def test_the_hybrid_card_states_the_numbers_of_its_metrics(hybrid_runs):
     assert "--run runs/s0_hybrid_ungated runs/s0_hybrid_gated --corpus" in text
     assert "Each variant was trained once, from seed 0" in text and "training_emergence.png" in text
     assert "paper-layout" not in text  # the test corpus and tokenizer are not the bundled models'
-    assert "(`tests/loading/test_bundled.py`)" in text
+    assert "(`tests/loading/test_bundled_hybrid.py`)" in text
 
 
 @pytest.mark.slow
