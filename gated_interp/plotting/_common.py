@@ -19,7 +19,15 @@ from matplotlib.ticker import FuncFormatter
 
 # One colour per variant in every figure; a variant's modified runs (e.g. "gate_headwise, gates
 # opened") keep the colour and change the line style.
-VARIANT_COLORS = {"baseline": "#1f77b4", "gate_headwise": "#d62728", "gate_elementwise": "#2ca02c"}
+VARIANT_COLORS = {
+    "baseline": "#1f77b4",
+    "gate_headwise": "#d62728",
+    "gate_elementwise": "#2ca02c",
+    # the bundled Qwen3.5-layout pair (without entries here they took the colour cycle's red and purple,
+    # the red being gate_headwise's)
+    "hybrid_gated": "#9467bd",
+    "hybrid_ungated": "#ff7f0e",
+}
 MODIFIED_LINESTYLES = ("--", ":", "-.")
 DIVERGING_CMAP = "RdBu"
 SEQUENTIAL_CMAP = "viridis"
