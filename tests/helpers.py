@@ -30,6 +30,7 @@ import gated_interp  # noqa: E402
 # The tiny trained models shipped inside the package (not via the loader's own constants, so that a
 # loader regression cannot hide them).
 TINY_DIR = Path(gated_interp.__file__).resolve().parent / "checkpoints" / "tiny"
+TINY_HYBRID_DIR = TINY_DIR.parent / "tiny_hybrid"
 
 GATES = ("none", "headwise", "elementwise")
 
@@ -174,6 +175,13 @@ def require_bundled() -> None:
     missing = [v for v in gated_interp.VARIANTS if not (TINY_DIR / v / "config.json").is_file()]
     missing += [f for f in ("metrics.json", "heldout_tokens.safetensors") if not (TINY_DIR / f).is_file()]
     assert not missing, f"bundled tiny models missing from {TINY_DIR}: {missing}"
+
+
+def require_bundled_hybrid() -> None:
+    """Fail (never skip) when the bundled Qwen3.5-layout pair or its held-out windows are missing."""
+    missing = [v for v in gated_interp.HYBRID_VARIANTS if not (TINY_HYBRID_DIR / v / "config.json").is_file()]
+    missing += [f for f in ("heldout_tokens.safetensors",) if not (TINY_HYBRID_DIR / f).is_file()]
+    assert not missing, f"bundled tiny hybrid models missing from {TINY_HYBRID_DIR}: {missing}"
 
 
 # ---- TransformerLens-parity models -------------------------------------------------------

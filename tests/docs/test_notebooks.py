@@ -18,10 +18,10 @@ from pathlib import Path
 import nbformat
 import papermill  # a dev dependency: missing, it fails the run rather than skipping the notebooks
 import pytest
-from helpers import require_bundled
+from helpers import require_bundled, require_bundled_hybrid
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-NOTEBOOKS = ("01_quickstart", "02_attention_sinks", "03_gate_sparsity", "04_patching")
+NOTEBOOKS = ("01_quickstart", "02_attention_sinks", "03_gate_sparsity", "04_patching", "05_gated_attention_as_it_ships")
 GATED = ("gate_headwise", "gate_elementwise")
 RECORD_MARKER = "RECORDED NOTEBOOK VALUES: "
 
@@ -325,11 +325,219 @@ def check_04(values: dict, claims: Claims) -> None:
     )
 
 
+# ---- 05 -----------------------------------------------------------------------------------------
+HYBRIDS = ("hybrid_gated", "hybrid_ungated")
+RECORD_05 = {
+    "n_windows": "int(tokens.shape[0])",
+    "layer_types": "{n: list(m.cfg.layer_types) for n, m in hybrids.items()}",
+    "d_model": "{n: m.cfg.d_model for n, m in hybrids.items()}",
+    "only_gated": "only_gated",
+    "table": "{n: {c: float(r[c]) for c in ('first_token_attention', 'sink_rate', 'mean_gate', 'loss')} "
+    "for n, r in table.iterrows()}",
+    "first_by_layer": "{n: v.tolist() for n, v in first_by_layer.items()}",
+    "uniform": "uniform[0]",
+    "pair_gap": "pair_gap",
+    "ratio_first": "ratio_first",
+    "raw": "raw",
+    "ratio": "ratio",
+    "at_first_token": "{n: int(f.loc[f.ratio.idxmax(), 'position']) for n, f in massive.items()}",
+    "gates": "gate_table[['gate_frac_below_0.1', 'gate_pos0', 'gate_other']].to_dict(orient='list')",
+    "paper_gates": "{n: [float(f.mean_gate.mean()), float(f[f.layer == f.layer.max()].mean_gate.mean())] "
+    "for n, f in paper_gates.items()}",
+    "linear": "{n: s[['label', 'layer', 'half_life', 'gate_abs', 'gate_frac_near_zero']].to_dict(orient='list') "
+    "for n, s in linear.items()}",
+    "effects": "{n: f[['delta_loss', 'delta_loss_lo']].to_dict(orient='index') for n, f in effects.items()}",
+    "task": "{n: {k: float(v) for k, v in r.items()} for n, r in task.iterrows()}",
+    "does_task": "does_task",
+}
+
+
+def check_05(values: dict, claims: Claims) -> None:
+    claims.check(values["n_windows"] == 64, "the 64 held-out windows of 128 tokens the model cards measure on", values)
+    claims.check(
+        all(t == ["linear_attention"] * 3 + ["full_attention"] for t in values["layer_types"].values()),
+        "4 layers, layers 0-2 linear_attention and layer 3 full_attention",
+        values["layer_types"],
+    )
+    claims.check(set(values["d_model"].values()) == {128}, "d_model 128", values["d_model"])
+    claims.check(
+        values["only_gated"]
+        == ["blocks.3.attn.hook_gate", "blocks.3.attn.hook_gate_logits", "blocks.3.attn.hook_z_pre_gate"],
+        "hybrid_ungated is identical without the gate (only the gate's hooks differ)",
+        values["only_gated"],
+    )
+    table, first = values["table"], values["first_by_layer"]
+    # Section 2: the pair.
+    gap, low, high = values["pair_gap"]["first-token attention"]
+    claims.check(
+        [table[n]["first_token_attention"] for n in ("hybrid_ungated", "hybrid_gated")]
+        == [stated("0.092"), stated("0.067")],
+        "the ungated hybrid puts more attention on the first token: 0.092 against 0.067",
+        table,
+    )
+    claims.check(values["ratio_first"] == stated("1.39"), "(1.39x", values["ratio_first"])
+    claims.check(
+        [gap, low, high] == [stated("0.026"), stated("0.021"), stated("0.031")],
+        "paired difference +0.026, 95% interval +0.021 to +0.031",
+        values["pair_gap"],
+    )
+    claims.check(
+        all(first[n][3] > values["uniform"] for n in HYBRIDS) and values["uniform"] == stated("0.035"),
+        "both above the uniform level (0.035)",
+        (first, values["uniform"]),
+    )
+    claims.check(
+        [first[n][3] for n in ("baseline", "gate_headwise", "gate_elementwise")]
+        == [stated("0.056"), stated("0.032"), stated("0.030")],
+        "layer 3 of the paper-layout models gives it 0.056 (baseline), 0.032 (headwise) and 0.030 (elementwise)",
+        first,
+    )
+    claims.check(
+        table["hybrid_ungated"]["sink_rate"] == stated("0.008") and table["hybrid_gated"]["sink_rate"] == 0,
+        "Neither hybrid has a sink (sink rate 0.008 ungated, 0 gated)",
+        table,
+    )
+    raw, ratio = values["raw"], values["ratio"]
+    claims.check(
+        [raw["hybrid_ungated"], raw["hybrid_gated"], raw["baseline"]]
+        == [stated("3.16"), stated("2.15"), stated("31.7")],
+        "largest |resid_post| 3.16 ungated and 2.15 gated, against 31.7 in the paper's baseline",
+        raw,
+    )
+    claims.check(
+        [ratio["hybrid_ungated"], ratio["hybrid_gated"], ratio["baseline"]]
+        == [stated("42"), stated("17.6"), stated("85", about=1)],
+        "the ungated hybrid's largest value is 42x its layer's median, the gated one's 17.6x (the baseline's 85x)",
+        ratio,
+    )
+    claims.check(set(values["at_first_token"].values()) == {0}, "in every model it sits at the first token", values)
+    loss_gap = values["pair_gap"]["loss"]
+    claims.check(
+        loss_gap == [stated("0.024"), stated("0.008"), stated("0.041")],
+        "lowers the held-out loss, by 0.024 nats per window (paired interval 0.008 to 0.041)",
+        loss_gap,
+    )
+    # Section 3: the gates.
+    gates, paper = values["gates"], values["paper_gates"]["gate_elementwise"]
+    claims.check(
+        table["hybrid_gated"]["mean_gate"] == stated("0.317") and paper == [stated("0.277"), stated("0.244")],
+        "a mean of 0.317 over the heads of layer 3 (0.277 over all of gate_elementwise, 0.244 in its layer 3)",
+        (table["hybrid_gated"], paper),
+    )
+    below = gates["gate_frac_below_0.1"]
+    claims.check(
+        min(below) == stated("0.07", about=0.005) and max(below) == stated("0.13", about=0.005),
+        "7-13% of the values below 0.1 in each head",
+        below,
+    )
+    claims.check(
+        all(p < o for p, o in zip(gates["gate_pos0"], gates["gate_other"]))
+        and [min(gates["gate_pos0"]), max(gates["gate_pos0"])] == [stated("0.15"), stated("0.21")]
+        and [min(gates["gate_other"]), max(gates["gate_other"])] == [stated("0.29"), stated("0.37")],
+        "Every head gates the first token more tightly (gate_pos0 0.15-0.21 against gate_other 0.29-0.37)",
+        gates,
+    )
+    linear = values["linear"]
+    gated_lin = linear["hybrid_gated"]
+    slowest = max(range(len(gated_lin["label"])), key=lambda i: gated_lin["half_life"][i])
+    claims.check(
+        max(max(s["half_life"]) for s in linear.values()) == stated("3.4") and gated_lin["label"][slowest] == "L2H2",
+        "every head's state halves within 3.4 tokens (the slowest, L2H2 of hybrid_gated)",
+        linear,
+    )
+    for name, (first_layer, last_layer) in (("hybrid_gated", ("0.37", "1.54")), ("hybrid_ungated", ("0.45", "1.29"))):
+        s = linear[name]
+        means = [
+            sum(h for h, layer in zip(s["half_life"], s["layer"]) if layer == k) / s["layer"].count(k)
+            for k in (0, 1, 2)
+        ]
+        claims.check(
+            means == sorted(means) and [means[0], means[2]] == [stated(first_layer), stated(last_layer)],
+            f"the mean half-life grows with depth ({name}: {first_layer} to {last_layer} tokens)",
+            means,
+        )
+    gate_abs = [g for s in linear.values() for g in s["gate_abs"]]
+    near_zero = [g for s in linear.values() for g in s["gate_frac_near_zero"]]
+    claims.check(
+        [min(gate_abs), max(gate_abs)] == [stated("0.17"), stated("0.28")]
+        and [min(near_zero), max(near_zero)] == [stated("0.23"), stated("0.37")],
+        "the mean |silu(z)| is 0.17-0.28 per head and 23-37% of the values are below 0.1, in both models",
+        (gate_abs, near_zero),
+    )
+    # Section 4: ablation.
+    effects = values["effects"]
+    opened = {n: effects[n]["silu(z) = 1 on the linear layers"]["delta_loss"] for n in HYBRIDS}
+    claims.check(
+        [opened["hybrid_gated"], opened["hybrid_ungated"]] == [stated("1.74"), stated("1.48")]
+        and all(opened[n] == max(r["delta_loss"] for r in effects[n].values()) for n in HYBRIDS),
+        "Taking the DeltaNet output gates out costs the most by far: +1.74 gated and +1.48 ungated",
+        opened,
+    )
+    gated_fx = effects["hybrid_gated"]
+    claims.check(
+        gated_fx["sigmoid gates = 1 (open)"]["delta_loss"] == stated("0.31")
+        and gated_fx["sigmoid gates = their mean"]["delta_loss"] == stated("0.023"),
+        "Opening the sigmoid gates of layer 3 costs +0.31, fixing them at their mean only +0.023",
+        gated_fx,
+    )
+    for name, top, full in (("hybrid_gated", "0.079", "0.046"), ("hybrid_ungated", "0.091", "0.045")):
+        heads = {k: r for k, r in effects[name].items() if k.startswith("zero")}
+        costliest = max(heads, key=lambda k: heads[k]["delta_loss"])
+        costliest_full = max((k for k in heads if k.startswith("zero L3")), key=lambda k: heads[k]["delta_loss"])
+        claims.check(
+            costliest == "zero L2H1" and heads[costliest]["delta_loss"] == stated(top),
+            f"L2H1 costs the most in {name} (+{top})",
+            heads,
+        )
+        claims.check(
+            costliest_full == "zero L3H2" and heads[costliest_full]["delta_loss"] == stated(full),
+            f"L3H2 is the costliest full-attention head in {name} (+{full})",
+            heads,
+        )
+        claims.check(
+            min(r["delta_loss_lo"] for r in heads.values()) > 0, f"{name}: every head's cost is beyond noise", heads
+        )
+    # Section 5: patching.
+    task = values["task"]
+    claims.check(
+        all(task[n]["clean prompts with she > he"] == 0 and abs(task[n]["gap"]) < 0.05 for n in HYBRIDS),
+        "Neither hybrid does the task: the sign is right on 0% of the female prompts, the gap below 0.05 logits",
+        task,
+    )
+    claims.check(
+        [min(task[n]["gap"] for n in GATED + ("baseline",)), max(task[n]["gap"] for n in GATED + ("baseline",))]
+        == [stated("3.30"), stated("3.49")],
+        "against 3.30-3.49 for the paper's trio",
+        task,
+    )
+    claims.check(values["does_task"] == [], "here it ran on none", values["does_task"])
+    # Recap: the same numbers, restated.
+    claims.check(
+        [table[n]["first_token_attention"] for n in ("hybrid_gated", "hybrid_ungated")]
+        == [stated("0.067"), stated("0.092")]
+        and [ratio["hybrid_gated"], ratio["hybrid_ungated"]] == [stated("17.6"), stated("42")]
+        and loss_gap[0] == stated("0.024")
+        and max(table[n]["sink_rate"] for n in HYBRIDS) == stated("0.008")
+        and raw["baseline"] == stated("31.7"),
+        "Recap: 0.067 against 0.092, 17.6x against 42x, lower loss by 0.024, sink rate at most 0.008, "
+        "the baseline's 31.7",
+        (table, ratio, loss_gap, raw),
+    )
+    claims.check(
+        table["hybrid_gated"]["mean_gate"] == stated("0.317")
+        and [opened["hybrid_gated"], opened["hybrid_ungated"]] == [stated("1.74"), stated("1.48")]
+        and gated_fx["sigmoid gates = 1 (open)"]["delta_loss"] == stated("0.31"),
+        "Recap: mean gate 0.317; +1.74 and +1.48 nats when silu(z) is set to 1, against +0.31 for opening the gates",
+        (table, opened, gated_fx),
+    )
+
+
 FACTS: dict[str, tuple[dict[str, str], Callable[[dict, Claims], None]]] = {
     "01_quickstart": (RECORD_01, check_01),
     "02_attention_sinks": (RECORD_02, check_02),
     "03_gate_sparsity": (RECORD_03, check_03),
     "04_patching": (RECORD_04, check_04),
+    "05_gated_attention_as_it_ships": (RECORD_05, check_05),
 }
 
 
@@ -355,6 +563,8 @@ def test_every_notebook_is_tested():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_and_prints_what_its_text_says(name: str, tmp_path: Path) -> None:
     require_bundled()
+    if name == "05_gated_attention_as_it_ships":
+        require_bundled_hybrid()
     expressions, check = FACTS[name]
     notebook = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell(recording_cell(expressions)))
