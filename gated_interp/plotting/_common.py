@@ -19,12 +19,15 @@ from matplotlib.ticker import FuncFormatter
 
 # One colour per variant in every figure; a variant's modified runs (e.g. "gate_headwise, gates
 # opened") keep the colour and change the line style.
-# The hybrid pair in purple (ungated) and orange (gated), away from the paper trio's colours, so that
-# all five can share a figure.
 VARIANT_COLORS = {
-    "baseline": "#1f77b4", "gate_headwise": "#d62728", "gate_elementwise": "#2ca02c",
-    "hybrid_ungated": "#9467bd", "hybrid_gated": "#ff7f0e",
-}  # fmt: skip
+    "baseline": "#1f77b4",
+    "gate_headwise": "#d62728",
+    "gate_elementwise": "#2ca02c",
+    # the bundled Qwen3.5-layout pair (without entries here they took the colour cycle's red and purple,
+    # the red being gate_headwise's)
+    "hybrid_gated": "#9467bd",
+    "hybrid_ungated": "#ff7f0e",
+}
 MODIFIED_LINESTYLES = ("--", ":", "-.")
 DIVERGING_CMAP = "RdBu"
 SEQUENTIAL_CMAP = "viridis"

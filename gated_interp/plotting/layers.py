@@ -54,9 +54,10 @@ def plot_by_layer(
     if reference is not None:
         level, label = reference
         ax.axhline(level, color="0.4", linestyle="--", linewidth=1, label=label)
-    lowest = min(float(np.min(to_numpy(series))) for series in values.values())
+    # NaN marks a layer without the quantity (a hybrid model's linear-attention layers): not drawn, not counted
+    lowest = min(float(np.nanmin(to_numpy(series), initial=np.inf)) for series in values.values())
     if errors:
-        lowest = min([lowest] + [float(np.min(to_numpy(low))) for low, _ in errors.values()])
+        lowest = min([lowest] + [float(np.nanmin(to_numpy(low), initial=np.inf)) for low, _ in errors.values()])
     if not log_scale and lowest >= 0 and (reference is None or reference[0] >= 0):
         ax.set_ylim(bottom=0)
     ax.set_xlabel("Layer")

@@ -21,7 +21,7 @@ import pytest
 from helpers import require_bundled
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-NOTEBOOKS = ("01_quickstart", "02_attention_sinks", "03_gate_sparsity", "04_patching")
+NOTEBOOKS = ("01_quickstart", "02_attention_sinks", "03_gate_sparsity", "04_patching", "05_gated_attention_as_it_ships")
 GATED = ("gate_headwise", "gate_elementwise")
 RECORD_MARKER = "RECORDED NOTEBOOK VALUES: "
 
@@ -325,11 +325,280 @@ def check_04(values: dict, claims: Claims) -> None:
     )
 
 
+# ---- 05 -----------------------------------------------------------------------------------------
+HYBRIDS = ("hybrid_gated", "hybrid_ungated")
+RECORD_05 = {
+    "n_windows": "int(tokens.shape[0])",
+    "layer_types": "{n: list(m.cfg.layer_types) for n, m in hybrids.items()}",
+    "d_model": "{n: m.cfg.d_model for n, m in hybrids.items()}",
+    "only_gated": "only_gated",
+    "table": "{n: {c: float(r[c]) for c in ('first_token_attention', 'sink_rate', 'mean_gate', 'loss')} "
+    "for n, r in table.iterrows()}",
+    "first_by_layer": "{n: v.tolist() for n, v in first_by_layer.items()}",
+    "uniform": "uniform[0]",
+    "pair_gap": "pair_gap",
+    "ratio_first": "ratio_first",
+    "raw": "raw",
+    "ratio": "ratio",
+    "sink_ci": "{n: [float(table.loc[n, 'sink_rate_lo']), float(table.loc[n, 'sink_rate_hi'])] for n in hybrids}",
+    "at_first_token": "{n: int(f.loc[f.ratio.idxmax(), 'position']) for n, f in massive.items()}",
+    "n_massive": "{n: int(f.n_massive.sum()) for n, f in massive.items()}",
+    "gates": "gate_table.drop(columns=['label']).to_dict(orient='list')",
+    "paper_gates": "{n: [float(f.mean_gate.mean()), float(f[f.layer == f.layer.max()].mean_gate.mean())] "
+    "for n, f in paper_gates.items()}",
+    "linear": "{n: s[['label', 'layer', 'half_life', 'gate_abs', 'gate_frac_near_zero']].to_dict(orient='list') "
+    "for n, s in linear.items()}",
+    "effects": "{n: f[['delta_loss', 'delta_loss_lo']].to_dict(orient='index') for n, f in effects.items()}",
+    "task": "{n: {k: float(v) for k, v in r.items()} for n, r in task.iterrows()}",
+    "does_task": "does_task",
+    "head_effects": "{n: v.tolist() for n, v in head_effects.items()}",
+    "gate_effects": "{n: v.tolist() for n, v in gate_effects.items()}",
+    "top_heads": "top_heads",
+}
+
+
+def check_05(values: dict, claims: Claims) -> None:
+    claims.check(values["n_windows"] == 64, "the 64 held-out windows of 128 tokens the model cards measure on", values)
+    claims.check(
+        all(t == ["linear_attention"] * 3 + ["full_attention"] for t in values["layer_types"].values()),
+        "4 layers, layers 0-2 linear_attention and layer 3 full_attention",
+        values["layer_types"],
+    )
+    claims.check(set(values["d_model"].values()) == {128}, "d_model 128", values["d_model"])
+    claims.check(
+        values["only_gated"]
+        == ["blocks.3.attn.hook_gate", "blocks.3.attn.hook_gate_logits", "blocks.3.attn.hook_z_pre_gate"],
+        "hybrid_ungated is identical without the gate (only the gate's hooks differ)",
+        values["only_gated"],
+    )
+    table, first = values["table"], values["first_by_layer"]
+    # Section 2: the pair.
+    claims.check(
+        [table[n]["first_token_attention"] for n in ("hybrid_ungated", "hybrid_gated")]
+        == [stated("0.193"), stated("0.096")],
+        "the gate halves the full-attention layer's attention to the first token: 0.193 against 0.096",
+        table,
+    )
+    claims.check(values["ratio_first"] == stated("2.01"), "(2.01x", values["ratio_first"])
+    claims.check(
+        values["pair_gap"]["first-token attention"] == [stated("0.097"), stated("0.085"), stated("0.110")],
+        "paired difference +0.097, 95% interval +0.085 to +0.110",
+        values["pair_gap"],
+    )
+    paper_layer3 = [first[n][3] for n in ("baseline", "gate_headwise", "gate_elementwise")]
+    claims.check(
+        paper_layer3 == [stated("0.056"), stated("0.032"), stated("0.030")] and values["uniform"] == stated("0.035"),
+        "the uniform level (0.035); layer 3 of the paper-layout models: 0.056, 0.032 and 0.030",
+        (first, values["uniform"]),
+    )
+    claims.check(
+        all(first[n][3] > max(values["uniform"], *paper_layer3) for n in HYBRIDS),
+        "Both are above the uniform level and above layer 3 of every paper-layout model",
+        first,
+    )
+    baseline = first["baseline"]
+    claims.check(
+        first["hybrid_ungated"][3] > max(baseline)
+        and max(baseline) == stated("0.146")
+        and baseline.index(max(baseline)) == 2,
+        "the ungated hybrid more than the baseline does in any layer (at most 0.146, layer 2)",
+        first,
+    )
+    claims.check(
+        table["hybrid_ungated"]["sink_rate"] == stated("0.078")
+        and values["sink_ci"]["hybrid_ungated"] == [stated("0.035"), stated("0.121")]
+        and table["hybrid_gated"]["sink_rate"] == 0
+        and table["baseline"]["sink_rate"] == stated("0.021"),
+        "sink rate 0.078 (95% interval 0.035 to 0.121), against 0 for the gated one and 0.021 for the baseline",
+        (table, values["sink_ci"]),
+    )
+    raw, ratio = values["raw"], values["ratio"]
+    claims.check(
+        [raw["hybrid_ungated"], raw["hybrid_gated"], raw["baseline"]]
+        == [stated("11.4"), stated("5.55"), stated("31.7")]
+        and 1.9 < raw["hybrid_ungated"] / raw["hybrid_gated"] < 2.1,
+        "The gate also halves the largest activation, 11.4 ungated against 5.55 gated (31.7 in the baseline)",
+        raw,
+    )
+    claims.check(
+        [ratio["hybrid_ungated"], ratio["baseline"], ratio["hybrid_gated"]]
+        == [stated("113"), stated("85", about=1), stated("59")],
+        "the ungated hybrid's largest value is 113x its median, above the baseline's 85x, the gated one's 59x",
+        ratio,
+    )
+    claims.check(
+        set(values["at_first_token"].values()) == {0} and set(values["n_massive"].values()) == {0},
+        "In every model it sits at the first token, and no value is massive by Sun et al.'s definition",
+        values,
+    )
+    loss_gap = values["pair_gap"]["loss"]
+    claims.check(
+        loss_gap == [stated("0.003"), stated("-0.013"), stated("0.018")] and loss_gap[1] < 0 < loss_gap[2],
+        "The held-out loss does not tell the pair apart (+0.003 nats per window, paired interval -0.013 to +0.018)",
+        loss_gap,
+    )
+    paper_losses = [table[n]["loss"] for n in ("baseline", *GATED)]
+    claims.check(
+        [table["hybrid_gated"]["loss"], table["hybrid_ungated"]["loss"]] == [stated("3.799"), stated("3.802")]
+        and [min(paper_losses), max(paper_losses)] == [stated("3.836"), stated("3.896")],
+        "both hybrids are below the paper-layout models (3.799 and 3.802 against 3.836-3.896)",
+        table,
+    )
+    # Section 3: the gates.
+    gates, paper = values["gates"], values["paper_gates"]["gate_elementwise"]
+    claims.check(
+        table["hybrid_gated"]["mean_gate"] == stated("0.304") and paper == [stated("0.277"), stated("0.244")],
+        "a mean of 0.304 over the heads of layer 3 (0.277 over all of gate_elementwise, 0.244 in its layer 3)",
+        (table["hybrid_gated"], paper),
+    )
+    below = gates["gate_frac_below_0.1"]
+    claims.check(
+        [min(below), max(below)] == [stated("0.21", about=0.005), stated("0.28", about=0.005)],
+        "21-28% of the values below 0.1 in each head",
+        below,
+    )
+    claims.check(
+        all(p < o for p, o in zip(gates["gate_pos0"], gates["gate_other"]))
+        and [min(gates["gate_pos0"]), max(gates["gate_pos0"])] == [stated("0.14"), stated("0.16")]
+        and [min(gates["gate_other"]), max(gates["gate_other"])] == [stated("0.27"), stated("0.33")],
+        "Every head gates the first token more tightly (gate_pos0 0.14-0.16 against gate_other 0.27-0.33)",
+        gates,
+    )
+    ungated_heads = gates["first_token_attention (hybrid_ungated)"]
+    gated_heads = gates["first_token_attention (hybrid_gated)"]
+    claims.check(
+        [min(ungated_heads), max(ungated_heads), min(gated_heads), max(gated_heads)]
+        == [stated("0.12"), stated("0.24"), stated("0.03"), stated("0.15")],
+        "Head by head, layer 3 of the ungated model gives the first token 0.12-0.24, that of the gated one 0.03-0.15",
+        gates,
+    )
+    linear = values["linear"]
+    gated_lin = linear["hybrid_gated"]
+    slowest = max(range(len(gated_lin["label"])), key=lambda i: gated_lin["half_life"][i])
+    claims.check(
+        max(max(s["half_life"]) for s in linear.values()) == stated("4.2") and gated_lin["label"][slowest] == "L2H2",
+        "every head's state halves within 4.2 tokens (the slowest, L2H2 of hybrid_gated)",
+        linear,
+    )
+    for name, (first_layer, last_layer) in (("hybrid_gated", ("0.34", "1.86")), ("hybrid_ungated", ("0.39", "1.58"))):
+        s = linear[name]
+        means = [
+            sum(h for h, layer in zip(s["half_life"], s["layer"]) if layer == k) / s["layer"].count(k)
+            for k in (0, 1, 2)
+        ]
+        claims.check(
+            means == sorted(means) and [means[0], means[2]] == [stated(first_layer), stated(last_layer)],
+            f"the mean half-life grows with depth ({name}: {first_layer} to {last_layer} tokens)",
+            means,
+        )
+    gate_abs = [g for s in linear.values() for g in s["gate_abs"]]
+    near_zero = [g for s in linear.values() for g in s["gate_frac_near_zero"]]
+    claims.check(
+        [min(gate_abs), max(gate_abs)] == [stated("0.19"), stated("0.34")]
+        and [min(near_zero), max(near_zero)] == [stated("0.18"), stated("0.34")],
+        "the mean |silu(z)| is 0.19-0.34 per head and 18-34% of the values are below 0.1, in both models",
+        (gate_abs, near_zero),
+    )
+    # Section 4: ablation.
+    effects = values["effects"]
+    opened = {n: effects[n]["silu(z) = 1 on the linear layers"]["delta_loss"] for n in HYBRIDS}
+    claims.check(
+        [opened["hybrid_gated"], opened["hybrid_ungated"]] == [stated("3.12"), stated("2.82")]
+        and all(opened[n] == max(r["delta_loss"] for r in effects[n].values()) for n in HYBRIDS),
+        "Taking the DeltaNet output gates out costs the most by far: +3.12 gated and +2.82 ungated",
+        opened,
+    )
+    gated_fx = effects["hybrid_gated"]
+    claims.check(
+        gated_fx["sigmoid gates = 1 (open)"]["delta_loss"] == stated("0.86")
+        and gated_fx["sigmoid gates = their mean"]["delta_loss"] == stated("0.062"),
+        "Opening the sigmoid gates of layer 3 costs +0.86, fixing them at their mean only +0.062",
+        gated_fx,
+    )
+    heads = {n: {k: r["delta_loss"] for k, r in effects[n].items() if k.startswith("zero")} for n in HYBRIDS}
+    costliest = {n: max(h, key=h.get) for n, h in heads.items()}
+    claims.check(
+        costliest == {"hybrid_gated": "zero L2H1", "hybrid_ungated": "zero L0H0"}
+        and [heads["hybrid_gated"]["zero L2H1"], heads["hybrid_ungated"]["zero L0H0"]]
+        == [stated("0.083"), stated("0.073")]
+        and heads["hybrid_ungated"]["zero L2H1"] == stated("0.073"),
+        "a linear-attention head costs the most (L2H1 gated +0.083; L0H0 ungated +0.073, L2H1 behind at +0.073)",
+        heads,
+    )
+    costliest_full = {n: max((k for k in h if k.startswith("zero L3")), key=h.get) for n, h in heads.items()}
+    claims.check(
+        set(costliest_full.values()) == {"zero L3H2"}
+        and [heads[n]["zero L3H2"] for n in HYBRIDS] == [stated("0.073"), stated("0.055")],
+        "L3H2 is the costliest full-attention head in both (+0.073 and +0.055)",
+        heads,
+    )
+    claims.check(
+        min(r["delta_loss_lo"] for n in HYBRIDS for k, r in effects[n].items() if k.startswith("zero")) > 0,
+        "every head's cost is beyond noise",
+        effects,
+    )
+    # Section 5: patching.
+    task = values["task"]
+    claims.check(
+        [[task[n][k] for k in ("metric clean", "metric corrupted", "gap")] for n in HYBRIDS]
+        == [[stated("2.28"), stated("-1.28"), stated("3.55")], [stated("1.60"), stated("-1.78"), stated("3.38")]],
+        "+2.28 and -1.28 in the gated hybrid (gap 3.55), +1.60 and -1.78 in the ungated one (gap 3.38)",
+        task,
+    )
+    trio = [task[n]["gap"] for n in ("baseline", *GATED)]
+    claims.check(
+        [min(trio), max(trio)] == [stated("3.30"), stated("3.49")]
+        and all(
+            task[n][k] == 1 for n in task for k in ("clean prompts with she > he", "corrupted prompts with he > she")
+        ),
+        "against gaps of 3.30-3.49 for the trio, with the sign right on every prompt",
+        task,
+    )
+    claims.check(values["does_task"] == list(HYBRIDS), "Both hybrids do the task", values["does_task"])
+    effect, gate = values["head_effects"], values["gate_effects"]
+    claims.check(
+        values["top_heads"]["hybrid_gated"][0] == [3, 1] and effect["hybrid_gated"][3][1] == stated("1.00"),
+        "in the gated hybrid one head, L3H1, restores all of it (1.00) through its output z",
+        effect,
+    )
+    claims.check(
+        values["top_heads"]["hybrid_ungated"][:2] == [[3, 0], [3, 1]]
+        and effect["hybrid_ungated"][3][:2] == [stated("0.77"), stated("0.28")],
+        "in the ungated one two heads share it (L3H0 0.77, L3H1 0.28)",
+        effect,
+    )
+    linear_effects = [abs(x) for n in HYBRIDS for row in effect[n][:3] for x in row]
+    gate_values = [abs(x) for n in HYBRIDS for row in gate[n] for x in row if x == x]  # x == x: not NaN
+    claims.check(
+        max(linear_effects) < 0.01 and max(gate_values) < 0.04,
+        "No single linear-attention value head restores more than 0.01, and no gate of either kind more than 0.04",
+        (max(linear_effects), max(gate_values)),
+    )
+    # Recap: the same numbers, restated.
+    claims.check(
+        [table[n]["first_token_attention"] for n in ("hybrid_gated", "hybrid_ungated")]
+        == [stated("0.096"), stated("0.193")]
+        and [table[n]["sink_rate"] for n in ("hybrid_gated", "hybrid_ungated")] == [0, stated("0.078")]
+        and [raw["hybrid_gated"], raw["hybrid_ungated"]] == [stated("5.55"), stated("11.4")]
+        and loss_gap[0] == stated("0.003"),
+        "Recap: 0.096 against 0.193, sink rate 0 against 0.078, 5.55 against 11.4, loss difference +0.003",
+        (table, raw, loss_gap),
+    )
+    claims.check(
+        table["hybrid_gated"]["mean_gate"] == stated("0.304")
+        and [opened["hybrid_gated"], opened["hybrid_ungated"]] == [stated("3.12"), stated("2.82")]
+        and gated_fx["sigmoid gates = 1 (open)"]["delta_loss"] == stated("0.86"),
+        "Recap: mean gate 0.304; +3.12 and +2.82 nats when silu(z) is set to 1, against +0.86 for opening the gates",
+        (table, opened, gated_fx),
+    )
+
+
 FACTS: dict[str, tuple[dict[str, str], Callable[[dict, Claims], None]]] = {
     "01_quickstart": (RECORD_01, check_01),
     "02_attention_sinks": (RECORD_02, check_02),
     "03_gate_sparsity": (RECORD_03, check_03),
     "04_patching": (RECORD_04, check_04),
+    "05_gated_attention_as_it_ships": (RECORD_05, check_05),
 }
 
 
@@ -355,6 +624,8 @@ def test_every_notebook_is_tested():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_and_prints_what_its_text_says(name: str, tmp_path: Path) -> None:
     require_bundled()
+    if name == "05_gated_attention_as_it_ships":
+        require_bundled("tiny_hybrid")
     expressions, check = FACTS[name]
     notebook = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell(recording_cell(expressions)))

@@ -46,22 +46,27 @@ def test_readme_python_examples_run(tmp_path):
     assert namespace["loss_open"].ndim == 0
 
 
-def test_readme_table_of_the_bundled_models_is_the_model_card():
-    """The README's table of the bundled models quotes metrics.json, the figures test_bundled re-measures."""
+@pytest.mark.parametrize("bundle", ["tiny", "tiny_hybrid"])
+def test_readme_table_of_the_bundled_models_is_the_model_card(bundle):
+    """The README's tables of the bundled models quote metrics.json, the figures test_bundled and
+    test_bundled_hybrid re-measure ("-" where a quantity does not apply: no gate, no attention pattern)."""
     from gated_interp.loading.bundled import bundled_metrics
+
+    def per_layer(values: list[float | None], fmt: str) -> str:
+        return " / ".join("-" if x is None else fmt.format(x) for x in values)
 
     section = README.read_text().split("## Bundled tiny models", 1)[1].split("\n## ", 1)[0]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
-    for variant, m in bundled_metrics()["variants"].items():
+    for variant, m in bundled_metrics(bundle)["variants"].items():
         cells = [cell.strip() for cell in rows[variant].strip("|").split("|")]
         expected = [
             variant,
             f"{m['loss']:.3f}",
             f"{m['first_token_attention']:.3f}",
-            " / ".join(f"{x:.3f}" for x in m["first_token_attention_by_layer"]),
-            " / ".join(f"{x:.1f}" for x in m["max_abs_resid_by_layer"]),
+            per_layer(m["first_token_attention_by_layer"], "{:.3f}"),
+            per_layer(m["max_abs_resid_by_layer"], "{:.1f}"),
             f"{m['sink_rate']:.3f}",
-            f"{m['mean_gate']:.3f}" if "mean_gate" in m else "-",
+            "-" if m.get("mean_gate") is None else f"{m['mean_gate']:.3f}",
         ]
         assert cells == expected, f"README row of {variant}: {cells}, metrics.json: {expected}"
 

@@ -143,6 +143,22 @@ def test_plot_by_layer_draws_from_zero_with_a_reference_level():
     assert signed.get_ylim()[0] < -0.2  # values below 0 keep matplotlib's range
 
 
+def test_plot_by_layer_draws_a_hybrid_from_zero_and_keeps_its_colour():
+    """A hybrid model's attention curve is NaN on its linear-attention layers (as the analyses return
+    it): the NaN layers are skipped, the axis still starts at 0, and each bundled variant of the five
+    keeps a colour of its own."""
+    values = {
+        "hybrid_gated": torch.tensor([float("nan"), float("nan"), float("nan"), 0.03]),  # first: min() sees its NaN
+        "gate_headwise": torch.tensor([0.06, 0.04, 0.04, 0.03]),
+        "hybrid_ungated": torch.tensor([float("nan"), float("nan"), float("nan"), 0.05]),
+    }
+    (ax,) = plot_by_layer(values, "F-Attn", "by layer", reference=(0.04, "uniform")).axes
+    assert ax.get_ylim()[0] == 0
+    colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    assert colors["hybrid_gated"] == VARIANT_COLORS["hybrid_gated"] != VARIANT_COLORS["gate_headwise"]
+    assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)
+
+
 def test_plot_by_layer_from_analysis(tmp_path):
     """The curve drawn is the analysis' value for each 0-based layer: the attention of queries
     >= 1 to token 0, averaged over heads, read here straight from the cached patterns."""
