@@ -85,3 +85,22 @@ def test_ci_runs_the_readmes_set_up_and_test_commands():
     assert test == ["python -m pytest -n 2 -q"]
     run = (README.parent / ".ci" / "run").read_text()
     assert "readme_commands.py setup" in run and "readme_commands.py test" in run
+
+
+def test_readme_demo_figures_of_the_hybrid_pair_state_what_the_demo_measures():
+    """The sentence under the pair's demo figures: layer 3's first-token attention on the demo prompt."""
+    import torch
+
+    import gated_interp
+    from gated_interp.analysis import first_token_attention
+    from gated_interp.cli.common import DEMO_PROMPT
+
+    sentence = README.read_text().split("draws the\nauthors' figure for the pair", 1)[1].split("![", 1)[0]
+    stated = [float(x) for x in re.findall(r"0\.\d\d", sentence)]
+    measured = []
+    for variant in ("hybrid_ungated", "hybrid_gated"):
+        model = gated_interp.load_hooked(variant, size="tiny", progress=False)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(DEMO_PROMPT)
+        measured.append(float(first_token_attention(cache)[3].mean()))
+    assert stated == pytest.approx(measured, abs=0.005 + 1e-9)
