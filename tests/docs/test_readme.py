@@ -104,3 +104,21 @@ def test_readme_demo_figures_of_the_hybrid_pair_state_what_the_demo_measures():
             _, cache = model.run_with_cache(DEMO_PROMPT)
         measured.append(float(first_token_attention(cache)[3].mean()))
     assert stated == pytest.approx(measured, abs=0.005 + 1e-9)
+
+
+def test_readme_second_seed_of_the_hybrid_pair_is_the_cards():
+    """The README's sentence on the hybrid pair's second seed quotes its card's metrics.json."""
+    from gated_interp.loading.bundled import bundled_metrics
+
+    seed = bundled_metrics("tiny_hybrid")["seeds"]["1"]
+    gated, ungated = seed["hybrid_gated"], seed["hybrid_ungated"]
+    sentence = README.read_text().split("A second seed of the same recipe (the card's", 1)[1].split("Notebook 05", 1)[0]
+    sentence = " ".join(sentence.split())
+    attention = ungated["first_token_attention_by_layer"][3], gated["first_token_attention_by_layer"][3]
+    assert (
+        f"({attention[0]:.3f} without the gate, {attention[1]:.3f} with it: {attention[0] / attention[1]:.1f}x)"
+        in sentence
+    )
+    assert f"({gated['loss'] - ungated['loss']:+.3f} nats)" in sentence
+    resid = [" / ".join(f"{x:.1f}" for x in m["max_abs_resid_by_layer"]) for m in (ungated, gated)]
+    assert f"({resid[0]} against {resid[1]} gated)" in sentence
