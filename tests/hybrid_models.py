@@ -45,9 +45,7 @@ def build(family: str, **overrides) -> transformers.PreTrainedModel:
     return transformers.Qwen3_5MoeForCausalLM(transformers.Qwen3_5MoeTextConfig(**common, **MOE))
 
 
-def hybrid_checkpoint(
-    family: str, folder: Path, seed: int, max_shard_size: str = "40KB", **overrides
-) -> transformers.PreTrainedModel:
+def hybrid_checkpoint(family: str, folder: Path, seed: int, **overrides) -> transformers.PreTrainedModel:
     """Build `family` (`overrides` as in `build`), perturb every weight, save it to `folder` (sharded,
     with an index); return the transformers model in eval mode with eager attention (so that it
     returns attention patterns)."""
@@ -57,7 +55,9 @@ def hybrid_checkpoint(
         for param in reference.parameters():  # every weight: vectors (norms, A_log, dt_bias) by 0.2,
             # matrices by their init scale, so that activations stay O(1) and float32 rounding small
             param.add_(torch.randn_like(param) * (0.2 if param.ndim == 1 else 0.02))
-    reference.save_pretrained(folder, max_shard_size=max_shard_size)  # sharded, with an index
+    # Sharded, with an index: 40 kB shards (several for the tiny models), or ten shards of a larger model.
+    size = sum(param.numel() * param.element_size() for param in reference.parameters())
+    reference.save_pretrained(folder, max_shard_size=max(40_000, size // 10))
     reference.config._attn_implementation = "eager"
     if hasattr(reference.config, "text_config"):
         reference.config.text_config._attn_implementation = "eager"

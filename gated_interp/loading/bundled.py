@@ -20,9 +20,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from gated_interp.loading.errors import CheckpointError
-from gated_interp.loading.resolve import BUNDLED_DIR
+from gated_interp.loading.resolve import BUNDLED_DIR, BUNDLES
 
-BUNDLES = ("tiny", "tiny_hybrid")
 TINY_DIR = BUNDLED_DIR / "tiny"
 TINY_HYBRID_DIR = BUNDLED_DIR / "tiny_hybrid"
 HELDOUT_FILE = "heldout_tokens.safetensors"

@@ -14,6 +14,8 @@ VARIANTS = ("baseline", "gate_headwise", "gate_elementwise")
 # such release exists; the shipped Qwen3.5 / Qwen3-Next models load by hub id or folder.
 HYBRID_VARIANTS = ("hybrid_gated", "hybrid_ungated")
 SIZES = ("1B", "tiny")
+# The folders of checkpoints/ that hold bundled models: the paper's three, the hybrid pair.
+BUNDLES = ("tiny", "tiny_hybrid")
 HUB_REPO = "QwQZh/gated_attention"
 CHECKPOINTS_ENV = "GATED_INTERP_CHECKPOINTS"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"

@@ -54,7 +54,7 @@ def no_grad():
 
 # The tiny random shape, and Qwen3.5-0.8B's widths (8 query / 2 key-value heads of 256, DeltaNet
 # 16 key / 16 value heads of 128, d_model 1024) on the same four layers.
-SHAPES = {"tiny": {}, "0.8B widths": {**QWEN3_5_08B_WIDTHS, "max_shard_size": "100MB"}}
+SHAPES = {"tiny": {}, "0.8B widths": QWEN3_5_08B_WIDTHS}
 
 
 @pytest.fixture(scope="module", params=["tiny", pytest.param("0.8B widths", marks=pytest.mark.slow)])

@@ -242,7 +242,7 @@ def test_sweeps_at_qwen3_5_08b_widths(tmp_path):
     """Qwen3.5-0.8B's head counts and sizes (8 query / 2 key-value heads of 256, DeltaNet 16 key /
     16 value heads of 128, d_model 1024) on four layers: full- and linear-attention head sweeps
     equal one forward per patch, by position with left padding too (the resumed delta-rule state)."""
-    model, clean, corrupted, metric = _setup(tmp_path, **QWEN3_5_08B_WIDTHS, max_shard_size="100MB")
+    model, clean, corrupted, metric = _setup(tmp_path, **QWEN3_5_08B_WIDTHS)
     cfg, mask = model.cfg, masks()["left"]
     assert (cfg.n_heads, cfg.d_head, cfg.linear_n_value_heads, cfg.d_model) == (8, 256, 16, 1024)
     # by position, one linear layer (16 heads x 7 positions of one-forward references): the last
